@@ -1,0 +1,466 @@
+#!/usr/bin/env bash
+# A real, local Kubernetes control plane: etcd + kube-apiserver built from their Go modules
+# by hack/tools/build.sh, on loopback, with RBAC, service-account keys and an admin
+# kubeconfig, and optionally a KMS v2 EncryptionConfiguration for Secrets.
+#
+# Usage:
+#   hack/control-plane.sh up   [options]   start etcd (+ plugin) + kube-apiserver, wait for /readyz
+#   hack/control-plane.sh down [--state-dir DIR]   stop everything that `up` started there
+#   hack/control-plane.sh env  [--state-dir DIR]   print `export ...` lines for a shell
+#   hack/control-plane.sh status [--state-dir DIR]
+#
+# Options for `up`:
+#   --state-dir DIR       where certs, etcd data, logs and pids live (default: a new mktemp
+#                         folder; `down`/`env` then find it through .state/control-plane)
+#   --kms-socket PATH     (env KUBEKMS_KMS_SOCKET) encrypt Secrets with a KMS v2 provider
+#                         named "kubekms" at unix://PATH, identity as fallback for reads
+#   --plugin-cmd CMD      (env KUBEKMS_PLUGIN_CMD) a long-running command started after etcd
+#                         and before kube-apiserver (the KMS plugin must be up first); its
+#                         log is logs/kms-plugin.log and `down` stops it. With --kms-socket,
+#                         `up` waits for that socket to appear before starting the apiserver.
+#   --etcd-port N, --etcd-peer-port N, --apiserver-port N
+#                         fixed loopback ports (default: free ports picked at random);
+#                         a busy port is an immediate error
+#   --timeout SECS        how long to wait for each process to become ready (default 90)
+#   --watch-pid PID       tear everything down when process PID exits (used by tests so
+#                         nothing outlives them, even after SIGKILL)
+#   --tools-bin DIR       use binaries from DIR instead of running hack/tools/build.sh
+#
+# Everything lives in the state folder: pki/, etcd-data/, logs/<process>.log, pids/,
+# kubeconfig, encryption-config.yaml, and env (KEY=VALUE lines read by the e2e harness).
+set -euo pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "${HACK_DIR}/.." && pwd)"
+POINTER="${REPO_ROOT}/.state/control-plane"
+
+log() { echo "[control-plane] $*" >&2; }
+die() { echo "[control-plane] error: $*" >&2; exit 1; }
+
+usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+# ---------------------------------------------------------------- helpers
+
+port_in_use() {
+  # A successful connect means something listens there.
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+who_listens() {
+  if command -v ss >/dev/null 2>&1; then
+    ss -ltnpH "sport = :$1" 2>/dev/null || true
+  fi
+}
+
+check_port_free() {
+  local name="$1" port="$2"
+  if ! [[ "${port}" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+    die "${name}: not a port: ${port}"
+  fi
+  if port_in_use "${port}"; then
+    die "${name} port ${port} on 127.0.0.1 is already in use; pick another or stop that process: $(who_listens "${port}")"
+  fi
+}
+
+declare -a PICKED_PORTS=()
+pick_port() {
+  local port i
+  for ((i = 0; i < 200; i++)); do
+    port=$((20000 + RANDOM % 40000))
+    if [[ " ${PICKED_PORTS[*]} " == *" ${port} "* ]]; then continue; fi
+    if ! port_in_use "${port}"; then
+      PICKED_PORTS+=("${port}")
+      echo "${port}"
+      return 0
+    fi
+  done
+  die "found no free loopback port"
+}
+
+proc_starttime() {
+  # Field 22 of /proc/PID/stat (after the parenthesised comm, which may hold spaces).
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  # shellcheck disable=SC2086
+  set -- ${stat}
+  echo "${20}"
+}
+
+# start_proc NAME CMD... : runs CMD in its own session with output in logs/NAME.log and
+# records "PID STARTTIME" in pids/NAME.pid (the start time guards against PID reuse).
+start_proc() {
+  local name="$1"
+  shift
+  setsid "$@" >"${STATE}/logs/${name}.log" 2>&1 </dev/null &
+  local pid=$!
+  local st
+  st="$(proc_starttime "${pid}" || echo 0)"
+  echo "${pid} ${st}" >"${STATE}/pids/${name}.pid"
+}
+
+# alive NAME : true while the process recorded for NAME is running (and is still ours).
+alive() {
+  local f="${STATE}/pids/$1.pid" pid st now
+  [[ -f "${f}" ]] || return 1
+  read -r pid st <"${f}" || return 1
+  now="$(proc_starttime "${pid}")" || return 1
+  [[ "${st}" == "0" || "${now}" == "${st}" ]] || return 1
+  # A zombie is as good as dead.
+  [[ "$(awk '/^State:/ {print $2}' "/proc/${pid}/status" 2>/dev/null)" != "Z" ]]
+}
+
+log_tail() {
+  local name="$1" file="${STATE}/logs/$1.log"
+  echo "---- last 40 lines of ${file} ----" >&2
+  tail -n 40 "${file}" >&2 2>/dev/null || echo "(no log)" >&2
+  echo "---- end of ${name} log ----" >&2
+}
+
+# fail_proc NAME WHY : explain which process failed, where its log is, show its tail,
+# stop everything, exit non-zero.
+fail_proc() {
+  local name="$1" why="$2"
+  echo "[control-plane] error: ${name} ${why}" >&2
+  echo "[control-plane] ${name} log: ${STATE}/logs/${name}.log" >&2
+  log_tail "${name}"
+  if [[ "${name}" == "kube-apiserver" ]] && alive kube-apiserver; then
+    echo "[control-plane] failing /readyz checks:" >&2
+    "${TOOLS_BIN}/kubectl" --kubeconfig "${STATE}/kubeconfig" --request-timeout 5s \
+      get --raw '/readyz?verbose' 2>&1 | grep -E '^\[-\]|error' >&2 || true
+  fi
+  if [[ -z "${KUBEKMS_KEEP_ON_FAILURE:-}" ]]; then
+    do_down >/dev/null 2>&1 || true
+    echo "[control-plane] stopped what was started; state kept in ${STATE}" >&2
+  else
+    echo "[control-plane] KUBEKMS_KEEP_ON_FAILURE set: processes left running; stop with: $0 down --state-dir ${STATE}" >&2
+  fi
+  exit 1
+}
+
+# wait_for NAME TIMEOUT CHECK... : poll CHECK until it succeeds; fail clearly if NAME dies
+# or the timeout passes.
+wait_for() {
+  local name="$1" timeout="$2"
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  while ! "$@" >/dev/null 2>&1; do
+    alive "${name}" || fail_proc "${name}" "exited before it became ready"
+    ((SECONDS < deadline)) || fail_proc "${name}" "was not ready after ${timeout}s"
+    sleep 0.5
+  done
+}
+
+stop_proc() {
+  local name="$1" grace="${2:-15}" f pid st
+  f="${STATE}/pids/${name}.pid"
+  [[ -f "${f}" ]] || return 0
+  read -r pid st <"${f}" || true
+  if alive "${name}"; then
+    # Each process leads its own session/process group: signal the whole group.
+    kill -TERM -- "-${pid}" 2>/dev/null || kill -TERM "${pid}" 2>/dev/null || true
+    local deadline=$((SECONDS + grace))
+    while alive "${name}" && ((SECONDS < deadline)); do sleep 0.2; done
+    if alive "${name}"; then
+      log "${name} (pid ${pid}) ignored SIGTERM for ${grace}s; sending SIGKILL"
+      kill -KILL -- "-${pid}" 2>/dev/null || kill -KILL "${pid}" 2>/dev/null || true
+      while alive "${name}"; do sleep 0.1; done
+    fi
+    log "stopped ${name} (pid ${pid})"
+  fi
+  rm -f "${f}"
+}
+
+resolve_state_for_existing() {
+  if [[ -z "${STATE}" ]]; then
+    [[ -L "${POINTER}" || -e "${POINTER}" ]] || die "no --state-dir given and no running control plane recorded at ${POINTER}"
+    STATE="$(readlink -f "${POINTER}")"
+  fi
+  [[ -d "${STATE}" ]] || die "state folder ${STATE} does not exist"
+  STATE="$(cd "${STATE}" && pwd)"
+}
+
+# ---------------------------------------------------------------- down / env / status
+
+do_down() {
+  [[ -d "${STATE}/pids" ]] || return 0
+  local f name
+  # Reverse start order: apiserver first (it talks to the plugin and etcd), etcd last.
+  for name in kube-apiserver kms-plugin etcd; do
+    stop_proc "${name}"
+  done
+  for f in "${STATE}"/pids/*.pid; do
+    [[ -e "${f}" ]] || continue
+    name="$(basename "${f}" .pid)"
+    if [[ "${name}" == "watchdog" ]]; then
+      local pid st
+      read -r pid st <"${f}" || true
+      # The watchdog runs `down` itself when its target exits; don't kill ourselves.
+      if [[ "${pid}" == "$$" ]]; then rm -f "${f}"; continue; fi
+      stop_proc watchdog 2
+      continue
+    fi
+    stop_proc "${name}"
+  done
+  if [[ -L "${POINTER}" && "$(readlink -f "${POINTER}")" == "${STATE}" ]]; then
+    rm -f "${POINTER}"
+  fi
+}
+
+do_env() {
+  [[ -f "${STATE}/env" ]] || die "${STATE} has no env file; was the control plane started there?"
+  local k v
+  while IFS='=' read -r k v; do
+    [[ -n "${k}" ]] || continue
+    printf 'export %s=%q\n' "${k}" "${v}"
+  done <"${STATE}/env"
+  printf 'export ETCDCTL_ENDPOINTS=%q\n' "$(sed -n 's/^KUBEKMS_ETCD_ENDPOINT=//p' "${STATE}/env")"
+  # shellcheck disable=SC2016 # ${PATH} is for the shell that evals this
+  printf 'export PATH=%q:"${PATH}"\n' "$(sed -n 's/^KUBEKMS_TOOLS_BIN=//p' "${STATE}/env")"
+}
+
+do_status() {
+  local name rc=0
+  for name in etcd kms-plugin kube-apiserver watchdog; do
+    if [[ -f "${STATE}/pids/${name}.pid" ]]; then
+      if alive "${name}"; then
+        echo "${name}: running (pid $(cut -d' ' -f1 "${STATE}/pids/${name}.pid")), log ${STATE}/logs/${name}.log"
+      else
+        echo "${name}: NOT running, log ${STATE}/logs/${name}.log"
+        rc=1
+      fi
+    fi
+  done
+  return "${rc}"
+}
+
+# ---------------------------------------------------------------- up
+
+gen_pki() {
+  local pki="${STATE}/pki"
+  mkdir -p "${pki}"
+  (
+    cd "${pki}"
+    umask 077
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=kubekms-local-ca" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    sign() { # sign NAME SUBJECT EXTENSIONS
+      openssl req -new "${ec[@]}" -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      printf '%s\n' "$3" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+        -out "$1.crt" -days 3650 -extfile "$1.ext" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    sign apiserver "/CN=kube-apiserver" "$(printf '%s\n' \
+      "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=serverAuth" \
+      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1")"
+    sign admin "/O=system:masters/CN=kubekms-admin" "$(printf '%s\n' \
+      "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=clientAuth")"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
+    openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
+  ) || die "generating certificates with openssl failed in ${pki}"
+}
+
+write_kubeconfig() {
+  local pki="${STATE}/pki"
+  b64() { base64 -w0 <"$1"; }
+  cat >"${STATE}/kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: kubekms-local
+  cluster:
+    server: https://127.0.0.1:${APISERVER_PORT}
+    certificate-authority-data: $(b64 "${pki}/ca.crt")
+users:
+- name: kubekms-admin
+  user:
+    client-certificate-data: $(b64 "${pki}/admin.crt")
+    client-key-data: $(b64 "${pki}/admin.key")
+contexts:
+- name: kubekms-local
+  context:
+    cluster: kubekms-local
+    user: kubekms-admin
+    namespace: default
+current-context: kubekms-local
+YAML
+  chmod 600 "${STATE}/kubeconfig"
+}
+
+write_encryption_config() {
+  cat >"${STATE}/encryption-config.yaml" <<YAML
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources:
+  - secrets
+  providers:
+  - kms:
+      apiVersion: v2
+      name: kubekms
+      endpoint: unix://${KMS_SOCKET}
+      timeout: 3s
+  - identity: {}
+YAML
+}
+
+do_up() {
+  if [[ -z "${TOOLS_BIN}" ]]; then
+    TOOLS_BIN="$("${HACK_DIR}/tools/build.sh" --print-dir)"
+  fi
+  local b
+  for b in etcd etcdctl kube-apiserver kubectl; do
+    [[ -x "${TOOLS_BIN}/${b}" ]] || die "${TOOLS_BIN}/${b} is missing; run hack/tools/build.sh"
+  done
+  command -v openssl >/dev/null || die "openssl is not installed (run hack/install-deps.sh)"
+  command -v setsid >/dev/null || die "setsid (util-linux) is not installed (run hack/install-deps.sh)"
+
+  local record_pointer=false
+  if [[ -z "${STATE}" ]]; then
+    STATE="$(mktemp -d "${TMPDIR:-/tmp}/kubekms-cp.XXXXXX")"
+    record_pointer=true
+  fi
+  mkdir -p "${STATE}"
+  STATE="$(cd "${STATE}" && pwd)"
+  if [[ -d "${STATE}/pids" ]] && compgen -G "${STATE}/pids/*.pid" >/dev/null; then
+    die "${STATE} already has running processes recorded in pids/; run '$0 down --state-dir ${STATE}' first"
+  fi
+  mkdir -p "${STATE}/logs" "${STATE}/pids"
+  if ${record_pointer}; then
+    mkdir -p "$(dirname "${POINTER}")"
+    if [[ -L "${POINTER}" ]] && [[ -d "$(readlink -f "${POINTER}")/pids" ]] &&
+      compgen -G "$(readlink -f "${POINTER}")/pids/*.pid" >/dev/null; then
+      log "note: another control plane is recorded at ${POINTER} ($(readlink -f "${POINTER}")); pointing it at the new one"
+    fi
+    ln -sfn "${STATE}" "${POINTER}"
+  fi
+
+  # Stop what was started if we are interrupted half-way.
+  trap 'echo "[control-plane] interrupted; stopping" >&2; do_down; exit 130' INT TERM
+
+  if [[ -n "${ETCD_PORT}" ]]; then check_port_free etcd "${ETCD_PORT}"; else ETCD_PORT="$(pick_port)"; fi
+  if [[ -n "${ETCD_PEER_PORT}" ]]; then check_port_free etcd-peer "${ETCD_PEER_PORT}"; else ETCD_PEER_PORT="$(pick_port)"; fi
+  if [[ -n "${APISERVER_PORT}" ]]; then check_port_free kube-apiserver "${APISERVER_PORT}"; else APISERVER_PORT="$(pick_port)"; fi
+  PICKED_PORTS+=("${ETCD_PORT}" "${ETCD_PEER_PORT}" "${APISERVER_PORT}")
+
+  gen_pki
+  write_kubeconfig
+  local etcd_url="http://127.0.0.1:${ETCD_PORT}"
+  {
+    echo "KUBECONFIG=${STATE}/kubeconfig"
+    echo "KUBEKMS_STATE_DIR=${STATE}"
+    echo "KUBEKMS_ETCD_ENDPOINT=${etcd_url}"
+    echo "KUBEKMS_APISERVER_URL=https://127.0.0.1:${APISERVER_PORT}"
+    echo "KUBEKMS_TOOLS_BIN=${TOOLS_BIN}"
+    if [[ -n "${KMS_SOCKET}" ]]; then echo "KUBEKMS_KMS_SOCKET=${KMS_SOCKET}"; fi
+  } >"${STATE}/env"
+
+  if [[ -n "${WATCH_PID}" ]]; then
+    kill -0 "${WATCH_PID}" 2>/dev/null || die "--watch-pid ${WATCH_PID}: no such process"
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    start_proc watchdog bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec "$2" down --state-dir "$3"' \
+      watchdog "${WATCH_PID}" "${HACK_DIR}/control-plane.sh" "${STATE}"
+  fi
+
+  log "state folder: ${STATE}"
+  log "starting etcd on ${etcd_url} (log: ${STATE}/logs/etcd.log)"
+  start_proc etcd "${TOOLS_BIN}/etcd" \
+    --name kubekms-local \
+    --data-dir "${STATE}/etcd-data" \
+    --listen-client-urls "${etcd_url}" \
+    --advertise-client-urls "${etcd_url}" \
+    --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" \
+    --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" \
+    --initial-cluster "kubekms-local=http://127.0.0.1:${ETCD_PEER_PORT}" \
+    --log-level warn
+  wait_for etcd "${TIMEOUT}" "${TOOLS_BIN}/etcdctl" --endpoints "${etcd_url}" --command-timeout=2s endpoint health
+
+  if [[ -n "${PLUGIN_CMD}" ]]; then
+    log "starting KMS plugin: ${PLUGIN_CMD} (log: ${STATE}/logs/kms-plugin.log)"
+    start_proc kms-plugin bash -c "${PLUGIN_CMD}"
+  fi
+  local enc_args=()
+  if [[ -n "${KMS_SOCKET}" ]]; then
+    write_encryption_config
+    enc_args=(--encryption-provider-config "${STATE}/encryption-config.yaml"
+      --encryption-provider-config-automatic-reload=true)
+    if [[ -n "${PLUGIN_CMD}" ]]; then
+      wait_for kms-plugin "${TIMEOUT}" test -S "${KMS_SOCKET}"
+    elif [[ ! -S "${KMS_SOCKET}" ]]; then
+      log "warning: ${KMS_SOCKET} is not a socket yet; kube-apiserver will not be ready until a KMS v2 plugin serves it"
+    fi
+  fi
+
+  local pki="${STATE}/pki"
+  log "starting kube-apiserver on https://127.0.0.1:${APISERVER_PORT} (log: ${STATE}/logs/kube-apiserver.log)"
+  start_proc kube-apiserver "${TOOLS_BIN}/kube-apiserver" \
+    --advertise-address 127.0.0.1 \
+    --bind-address 127.0.0.1 \
+    --secure-port "${APISERVER_PORT}" \
+    --etcd-servers "${etcd_url}" \
+    --tls-cert-file "${pki}/apiserver.crt" \
+    --tls-private-key-file "${pki}/apiserver.key" \
+    --client-ca-file "${pki}/ca.crt" \
+    --authorization-mode Node,RBAC \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "${pki}/sa.pub" \
+    --service-account-signing-key-file "${pki}/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --cert-dir "${pki}" \
+    --profiling=false \
+    "${enc_args[@]}"
+  wait_for kube-apiserver "${TIMEOUT}" \
+    "${TOOLS_BIN}/kubectl" --kubeconfig "${STATE}/kubeconfig" --request-timeout 5s get --raw /readyz
+
+  trap - INT TERM
+  log "ready: kube-apiserver https://127.0.0.1:${APISERVER_PORT}, etcd ${etcd_url}"
+  echo "${STATE}"
+}
+
+# ---------------------------------------------------------------- main
+
+cmd="${1:-}"
+[[ -n "${cmd}" ]] || {
+  usage >&2
+  exit 2
+}
+shift
+
+STATE="${KUBEKMS_STATE_DIR:-}"
+KMS_SOCKET="${KUBEKMS_KMS_SOCKET:-}"
+PLUGIN_CMD="${KUBEKMS_PLUGIN_CMD:-}"
+ETCD_PORT="" ETCD_PEER_PORT="" APISERVER_PORT="" WATCH_PID="" TOOLS_BIN=""
+TIMEOUT="${KUBEKMS_CONTROL_PLANE_TIMEOUT:-90}"
+
+while (($#)); do
+  case "$1" in
+    --state-dir) STATE="${2:?--state-dir needs a value}"; shift 2 ;;
+    --kms-socket) KMS_SOCKET="${2:?--kms-socket needs a value}"; shift 2 ;;
+    --plugin-cmd) PLUGIN_CMD="${2:?--plugin-cmd needs a value}"; shift 2 ;;
+    --etcd-port) ETCD_PORT="${2:?}"; shift 2 ;;
+    --etcd-peer-port) ETCD_PEER_PORT="${2:?}"; shift 2 ;;
+    --apiserver-port) APISERVER_PORT="${2:?}"; shift 2 ;;
+    --timeout) TIMEOUT="${2:?}"; shift 2 ;;
+    --watch-pid) WATCH_PID="${2:?}"; shift 2 ;;
+    --tools-bin) TOOLS_BIN="${2:?}"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+  esac
+done
+if [[ -n "${KMS_SOCKET}" && "${KMS_SOCKET}" != /* ]]; then
+  KMS_SOCKET="$(pwd)/${KMS_SOCKET}"
+fi
+
+case "${cmd}" in
+  up) do_up ;;
+  down) resolve_state_for_existing; do_down; log "down: nothing left running from ${STATE}" ;;
+  env) resolve_state_for_existing; do_env ;;
+  status) resolve_state_for_existing; do_status ;;
+  -h|--help|help) usage ;;
+  *) usage >&2; exit 2 ;;
+esac
