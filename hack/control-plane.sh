@@ -166,6 +166,12 @@ stop_proc() {
       kill -KILL -- "-${pid}" 2>/dev/null || kill -KILL "${pid}" 2>/dev/null || true
       while alive "${name}"; do sleep 0.1; done
     fi
+    # Give init a moment to reap it, so no <defunct> entry lingers after `down`.
+    local i
+    for ((i = 0; i < 50; i++)); do
+      [[ "$(proc_starttime "${pid}" 2>/dev/null)" == "${st}" ]] || break
+      sleep 0.1
+    done
     log "stopped ${name} (pid ${pid})"
   fi
   rm -f "${f}"
