@@ -57,6 +57,13 @@ pub struct ControlPlane {
     pub tools_bin: PathBuf,
     /// The KMS v2 plugin socket, when Secrets are configured to be encrypted by it.
     pub kms_socket: Option<PathBuf>,
+    /// How to run etcdctl when etcd is not ours on loopback (kind: `kubectl exec` into
+    /// the etcd pod), from `KUBEKMS_ETCDCTL_CMD` (words split on spaces). `None`: the
+    /// built etcdctl with `--endpoints <etcd_endpoint>`.
+    pub etcdctl_cmd: Option<Vec<String>>,
+    /// The Kubernetes version the API server must report (`KUBEKMS_KUBE_VERSION`);
+    /// `None`: the one pinned in hack/tools/kubernetes/go.mod.
+    pub expected_kube_version: Option<String>,
 }
 
 static SHARED: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
@@ -106,6 +113,14 @@ impl ControlPlane {
                 .get("KUBEKMS_KMS_SOCKET")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            etcdctl_cmd: vars
+                .get("KUBEKMS_ETCDCTL_CMD")
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| v.split_whitespace().map(str::to_owned).collect()),
+            expected_kube_version: vars
+                .get("KUBEKMS_KUBE_VERSION")
+                .filter(|v| !v.is_empty())
+                .map(|v| v.to_string()),
         })
     }
 
@@ -191,11 +206,19 @@ impl ControlPlane {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut cmd = Command::new(self.tool("etcdctl"));
-        cmd.arg("--endpoints")
-            .arg(&self.etcd_endpoint)
-            .arg("--command-timeout=5s")
-            .args(args);
+        let mut cmd = match self.etcdctl_cmd.as_deref() {
+            Some([program, rest @ ..]) => {
+                let mut cmd = Command::new(program);
+                cmd.env("KUBECONFIG", &self.kubeconfig).args(rest);
+                cmd
+            }
+            _ => {
+                let mut cmd = Command::new(self.tool("etcdctl"));
+                cmd.arg("--endpoints").arg(&self.etcd_endpoint);
+                cmd
+            }
+        };
+        cmd.arg("--command-timeout=5s").args(args);
         self.run_checked(cmd)
     }
 
@@ -234,6 +257,21 @@ impl ControlPlane {
             .and_then(|s| s.as_str())
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("no Status.version in etcdctl endpoint status: {v}"))
+    }
+}
+
+impl ControlPlane {
+    /// The Kubernetes version kube-apiserver must report.
+    pub fn expected_kube_version(&self) -> Result<String> {
+        match &self.expected_kube_version {
+            Some(v) => Ok(v.clone()),
+            None => pinned_go_module("kubernetes", "k8s.io/kubernetes"),
+        }
+    }
+
+    /// True when etcd is the one hack/control-plane.sh started from the pinned build.
+    pub fn etcd_is_pinned_build(&self) -> bool {
+        self.etcdctl_cmd.is_none()
     }
 }
 

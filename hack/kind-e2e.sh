@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Runs the e2e suite (e2e/) against a kind cluster whose kube-apiserver encrypts Secrets
+# through the kubekms KMS v2 plugin.
+#
+# IT CANNOT RUN ON THE PROJECT'S OWN MACHINES OR CI: they have no Docker engine. It needs
+# Linux, a Docker engine, kind (with a node image of the pinned Kubernetes minor), Go and
+# Rust. The plugin runs on the host; its socket folder is bind-mounted into the kind node
+# (a Linux host is needed for that: a Docker Desktop VM cannot share a Unix socket).
+#
+# Usage:
+#   KUBEKMS_PLUGIN_CMD='path/to/kubekms-plugin --socket {socket}' hack/kind-e2e.sh [--keep]
+#     {socket} is replaced by the host path of the socket. Without KUBEKMS_PLUGIN_CMD the
+#     cluster stores Secrets unencrypted (identity only) and the KMS test is skipped.
+#   KUBEKMS_KIND_IMAGE   node image (default kindest/node:v1.35.0)
+#   --keep               leave the cluster (and plugin) running afterwards
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${REPO_ROOT}"
+NAME="kubekms-e2e"
+IMAGE="${KUBEKMS_KIND_IMAGE:-kindest/node:v1.35.0}"
+keep=false
+[[ "${1:-}" == "--keep" ]] && keep=true
+
+log() { echo "[kind-e2e] $*" >&2; }
+for tool in docker kind cargo go; do
+  command -v "${tool}" >/dev/null || { log "error: ${tool} is not installed"; exit 1; }
+done
+docker info >/dev/null 2>&1 || { log "error: no Docker engine answers (docker info failed)"; exit 1; }
+
+TOOLS_BIN="$(hack/tools/build.sh --print-dir)"
+work="$(mktemp -d "${TMPDIR:-/tmp}/kubekms-kind.XXXXXX")"
+mkdir -p "${work}/encryption" "${work}/socket" "${work}/logs"
+socket="${work}/socket/kms.sock"
+plugin_pid=""
+
+cleanup() {
+  local rc=$?
+  if ! ${keep}; then
+    kind delete cluster --name "${NAME}" >/dev/null 2>&1 || true
+    if [[ -n "${plugin_pid}" ]]; then kill "${plugin_pid}" 2>/dev/null || true; wait "${plugin_pid}" 2>/dev/null || true; fi
+  fi
+  log "logs and kubeconfig in ${work}"
+  exit "${rc}"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ -n "${KUBEKMS_PLUGIN_CMD:-}" ]]; then
+  cp e2e/kind/encryption-config.yaml "${work}/encryption/encryption-config.yaml"
+  log "starting the plugin (log ${work}/logs/kms-plugin.log)"
+  bash -c "${KUBEKMS_PLUGIN_CMD//\{socket\}/${socket}}" >"${work}/logs/kms-plugin.log" 2>&1 &
+  plugin_pid=$!
+  for _ in $(seq 1 120); do [[ -S "${socket}" ]] && break; sleep 0.5; done
+  [[ -S "${socket}" ]] || { log "error: the plugin did not create ${socket}"; tail -n 40 "${work}/logs/kms-plugin.log" >&2; exit 1; }
+else
+  log "KUBEKMS_PLUGIN_CMD not set: Secrets stay unencrypted (identity provider only)"
+  printf '%s\n' "apiVersion: apiserver.config.k8s.io/v1" "kind: EncryptionConfiguration" \
+    "resources:" "- resources: [secrets]" "  providers:" "  - identity: {}" \
+    >"${work}/encryption/encryption-config.yaml"
+fi
+
+sed "s|__WORK_DIR__|${work}|g" e2e/kind/cluster.yaml >"${work}/cluster.yaml"
+kind create cluster --name "${NAME}" --image "${IMAGE}" --config "${work}/cluster.yaml" \
+  --kubeconfig "${work}/kubeconfig" --wait 180s
+
+kubectl=("${TOOLS_BIN}/kubectl" --kubeconfig "${work}/kubeconfig")
+server_version="$("${kubectl[@]}" version -o json | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | tail -n 1)"
+{
+  echo "KUBECONFIG=${work}/kubeconfig"
+  echo "KUBEKMS_STATE_DIR=${work}"
+  echo "KUBEKMS_ETCD_ENDPOINT=https://127.0.0.1:2379"
+  echo "KUBEKMS_APISERVER_URL=$("${kubectl[@]}" config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
+  echo "KUBEKMS_TOOLS_BIN=${TOOLS_BIN}"
+  echo "KUBEKMS_KUBE_VERSION=${server_version}"
+  echo "KUBEKMS_ETCDCTL_CMD=${TOOLS_BIN}/kubectl -n kube-system exec etcd-${NAME}-control-plane -- etcdctl --endpoints https://127.0.0.1:2379 --cacert /etc/kubernetes/pki/etcd/ca.crt --cert /etc/kubernetes/pki/etcd/server.crt --key /etc/kubernetes/pki/etcd/server.key"
+  if [[ -n "${plugin_pid}" ]]; then echo "KUBEKMS_KMS_SOCKET=${socket}"; fi
+} >"${work}/env"
+
+KUBEKMS_E2E_STATE="${work}" cargo test -p kubekms-e2e
