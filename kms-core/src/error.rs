@@ -98,6 +98,30 @@ pub enum ErrorClass {
 }
 
 impl KmsError {
+    /// Every AWS exception name this crate can return.
+    pub const ALL_EXCEPTION_NAMES: &'static [&'static str] = &[
+        "NotFoundException",
+        "DisabledException",
+        "KMSInvalidStateException",
+        "InvalidCiphertextException",
+        "IncorrectKeyException",
+        "InvalidKeyUsageException",
+        "KMSInvalidSignatureException",
+        "KMSInvalidMacException",
+        "ValidationException",
+        "InvalidArnException",
+        "InvalidAliasNameException",
+        "InvalidGrantTokenException",
+        "InvalidGrantIdException",
+        "AccessDeniedException",
+        "AlreadyExistsException",
+        "LimitExceededException",
+        "UnsupportedOperationException",
+        "IncorrectKeyMaterialException",
+        "KeyUnavailableException",
+        "KMSInternalException",
+    ];
+
     /// The AWS KMS exception name, exactly as the AWS API returns it in `__type`.
     #[must_use]
     pub fn aws_exception_name(&self) -> &'static str {

@@ -288,6 +288,67 @@ impl Grant {
     }
 }
 
+/// Length of a grant id: 64 lowercase hex digits (256 bits).
+pub const GRANT_ID_LEN: usize = 64;
+/// AWS's maximum grant token length.
+pub const MAX_GRANT_TOKEN_LEN: usize = 8192;
+
+/// A grant id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantId(String);
+
+impl GrantId {
+    /// A grant id from 32 random bytes.
+    #[must_use]
+    pub fn from_random(random: [u8; 32]) -> Self {
+        Self(random.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Parses a grant id.
+    ///
+    /// # Errors
+    /// `InvalidGrantIdException` unless it is 64 lowercase hex digits.
+    pub fn parse(text: &str) -> KmsResult<Self> {
+        if text.len() == GRANT_ID_LEN
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(KmsError::InvalidGrantId(format!(
+                "grant id {:?} is not {GRANT_ID_LEN} lowercase hex digits",
+                text.chars().take(80).collect::<String>()
+            )))
+        }
+    }
+
+    /// The text form.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks the shape of a grant token (its meaning is up to the issuer).
+///
+/// # Errors
+/// `InvalidGrantTokenException` for an empty or over-long token, or one with characters
+/// outside URL-safe base64.
+pub fn validate_grant_token(token: &str) -> KmsResult<()> {
+    let shape_ok = (1..=MAX_GRANT_TOKEN_LEN).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+' | b'/'));
+    if shape_ok {
+        Ok(())
+    } else {
+        Err(KmsError::InvalidGrantToken(
+            "the grant token is malformed".to_owned(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 use crate::blob::{self, HEADER_LEN, SALT_LEN};
 use crate::context::EncryptionContext;
 use crate::error::{KmsError, KmsResult};
+use crate::ids::KeyId;
 use crate::key::KmsKey;
 use crate::material::KeyMaterial;
 use crate::primitives::{self, AesGcmKey, GCM_NONCE_LEN, SignInput};
@@ -236,6 +237,34 @@ fn decrypt_as(
         rsa.decrypt_oaep(oaep_hash(algorithm), ciphertext_blob)?,
         version,
     ))
+}
+
+/// Decrypt of a symmetric blob when the key is found from the blob itself, as AWS's
+/// Decrypt does when KeyId is omitted. `named` is the key the caller named, if any.
+///
+/// A blob whose key id names no known key is corrupt (InvalidCiphertextException); a blob
+/// of another existing key than the one named is IncorrectKeyException.
+///
+/// # Errors
+/// As [`decrypt`].
+pub fn decrypt_symmetric<'k>(
+    lookup: impl Fn(&KeyId) -> Option<&'k KmsKey>,
+    named: Option<KeyId>,
+    ciphertext_blob: &[u8],
+    context: &EncryptionContext,
+) -> KmsResult<(SecretBytes, u32)> {
+    check_len("CiphertextBlob", ciphertext_blob.len(), MAX_CIPHERTEXT)?;
+    let (blob_key, _) = blob::peek(ciphertext_blob)?;
+    let key = lookup(&blob_key).ok_or(KmsError::InvalidCiphertext)?;
+    if named.is_some_and(|id| id != blob_key) {
+        return Err(KmsError::IncorrectKey);
+    }
+    decrypt(
+        key,
+        ciphertext_blob,
+        context,
+        EncryptionAlgorithm::SymmetricDefault,
+    )
 }
 
 /// One side of a ReEncrypt.

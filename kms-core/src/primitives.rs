@@ -509,17 +509,76 @@ impl EcPrivateKey {
     }
 }
 
-fn ecdh(private: &agreement::PrivateKey, peer_public_key: &[u8]) -> KmsResult<SecretBytes> {
-    let peer = agreement::UnparsedPublicKey::new(private.algorithm(), peer_public_key);
-    agreement::agree(
-        private,
-        peer,
-        KmsError::validation("the public key is not a valid key on this key's curve"),
-        |secret| Ok(SecretBytes::from_slice(secret)),
-    )
+/// Splits one DER TLV off `input`: (tag, contents, rest). Definite lengths up to 2^16.
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81 => {
+            let (&len, rest) = rest.split_first()?;
+            (usize::from(len), rest)
+        }
+        0x82 => {
+            let (bytes, rest) = rest.split_at_checked(2)?;
+            (usize::from(u16::from_be_bytes([bytes[0], bytes[1]])), rest)
+        }
+        _ => return None,
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
 }
 
-/// ECDH of a raw big-endian private scalar with a peer public key (SPKI or X9.62 point):
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+fn named_curve_oid(algorithm: &'static agreement::Algorithm) -> &'static [u8] {
+    if algorithm == &agreement::ECDH_P256 {
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]
+    } else if algorithm == &agreement::ECDH_P384 {
+        &[0x2b, 0x81, 0x04, 0x00, 0x22]
+    } else {
+        &[0x2b, 0x81, 0x04, 0x00, 0x23]
+    }
+}
+
+/// RFC 5480 requires named curves in SubjectPublicKeyInfo; explicit curve parameters are
+/// refused so a crafted curve can never reach the ECDH arithmetic.
+fn is_named_curve_spki(algorithm: &'static agreement::Algorithm, der: &[u8]) -> bool {
+    let parse = || {
+        let (0x30, spki, []) = der_tlv(der)? else {
+            return None;
+        };
+        let (0x30, algorithm_id, key) = der_tlv(spki)? else {
+            return None;
+        };
+        let (0x06, oid, params) = der_tlv(algorithm_id)? else {
+            return None;
+        };
+        let (0x06, curve, []) = der_tlv(params)? else {
+            return None;
+        };
+        let (0x03, _, []) = der_tlv(key)? else {
+            return None;
+        };
+        Some(oid == OID_EC_PUBLIC_KEY && curve == named_curve_oid(algorithm))
+    };
+    parse().unwrap_or(false)
+}
+
+fn ecdh(private: &agreement::PrivateKey, peer_public_key: &[u8]) -> KmsResult<SecretBytes> {
+    let invalid = || KmsError::validation("the public key is not a valid key on this key's curve");
+    if !is_named_curve_spki(private.algorithm(), peer_public_key) {
+        return Err(KmsError::validation(
+            "the public key must be a DER SubjectPublicKeyInfo on this key's named curve",
+        ));
+    }
+    let peer = agreement::UnparsedPublicKey::new(private.algorithm(), peer_public_key);
+    agreement::agree(private, peer, invalid(), |secret| {
+        Ok(SecretBytes::from_slice(secret))
+    })
+}
+
+/// ECDH of a raw big-endian private scalar with a peer DER SubjectPublicKeyInfo:
 /// the path Wycheproof's ECDH vectors take.
 ///
 /// # Errors
