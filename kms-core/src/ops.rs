@@ -313,7 +313,7 @@ pub fn data_key_length(
     number_of_bytes: Option<usize>,
 ) -> KmsResult<usize> {
     match (key_spec, number_of_bytes) {
-        (Some(spec), None) => Ok(spec.len()),
+        (Some(spec), None) => Ok(spec.byte_len()),
         (None, Some(n)) => {
             check_len("NumberOfBytes", n, MAX_RANDOM_BYTES)?;
             Ok(n)

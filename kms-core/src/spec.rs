@@ -444,7 +444,7 @@ impl MacAlgorithm {
 impl DataKeySpec {
     /// Key length in bytes.
     #[must_use]
-    pub fn len(self) -> usize {
+    pub fn byte_len(self) -> usize {
         match self {
             Self::Aes128 => 16,
             Self::Aes256 => 32,
