@@ -5,69 +5,47 @@ use std::collections::BTreeSet;
 
 use crate::context::EncryptionContext;
 use crate::error::{KmsError, KmsResult};
+use crate::names::aws_names;
 use crate::spec::{KeySpec, KeyUsage};
 
-macro_rules! grant_operations {
-    ($($variant:ident,)+) => {
-        /// An operation a grant can allow (AWS `GrantOperation`).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum GrantOperation {
-            $(
-                #[doc = stringify!($variant)]
-                $variant,
-            )+
-        }
-
-        impl GrantOperation {
-            /// Every grant operation.
-            pub const ALL: &'static [GrantOperation] = &[$(GrantOperation::$variant,)+];
-
-            /// The AWS name.
-            #[must_use]
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(GrantOperation::$variant => stringify!($variant),)+
-                }
-            }
-        }
-
-        impl std::str::FromStr for GrantOperation {
-            type Err = KmsError;
-
-            fn from_str(text: &str) -> KmsResult<Self> {
-                match text {
-                    $(stringify!($variant) => Ok(GrantOperation::$variant),)+
-                    _ => Err(KmsError::Validation(format!("{text:?} is not a valid GrantOperation"))),
-                }
-            }
-        }
-
-        impl std::fmt::Display for GrantOperation {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-grant_operations!(
-    Decrypt,
-    Encrypt,
-    GenerateDataKey,
-    GenerateDataKeyWithoutPlaintext,
-    GenerateDataKeyPair,
-    GenerateDataKeyPairWithoutPlaintext,
-    ReEncryptFrom,
-    ReEncryptTo,
-    Sign,
-    Verify,
-    GetPublicKey,
-    GenerateMac,
-    VerifyMac,
-    DeriveSharedSecret,
-    CreateGrant,
-    RetireGrant,
-    DescribeKey,
+aws_names!(
+    /// An operation a grant can allow (AWS `GrantOperation`).
+    GrantOperation {
+        /// Decrypt.
+        Decrypt => "Decrypt",
+        /// Encrypt.
+        Encrypt => "Encrypt",
+        /// GenerateDataKey.
+        GenerateDataKey => "GenerateDataKey",
+        /// GenerateDataKeyWithoutPlaintext.
+        GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
+        /// GenerateDataKeyPair.
+        GenerateDataKeyPair => "GenerateDataKeyPair",
+        /// GenerateDataKeyPairWithoutPlaintext.
+        GenerateDataKeyPairWithoutPlaintext => "GenerateDataKeyPairWithoutPlaintext",
+        /// ReEncryptFrom.
+        ReEncryptFrom => "ReEncryptFrom",
+        /// ReEncryptTo.
+        ReEncryptTo => "ReEncryptTo",
+        /// Sign.
+        Sign => "Sign",
+        /// Verify.
+        Verify => "Verify",
+        /// GetPublicKey.
+        GetPublicKey => "GetPublicKey",
+        /// GenerateMac.
+        GenerateMac => "GenerateMac",
+        /// VerifyMac.
+        VerifyMac => "VerifyMac",
+        /// DeriveSharedSecret.
+        DeriveSharedSecret => "DeriveSharedSecret",
+        /// CreateGrant.
+        CreateGrant => "CreateGrant",
+        /// RetireGrant.
+        RetireGrant => "RetireGrant",
+        /// DescribeKey.
+        DescribeKey => "DescribeKey",
+    }
 );
 
 impl GrantOperation {

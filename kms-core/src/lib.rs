@@ -5,6 +5,8 @@
 //! and no global state. The only I/O is the file key store, which reads and creates the
 //! root key file it is given.
 
+mod names;
+
 pub mod blob;
 pub mod context;
 pub mod error;

@@ -128,6 +128,33 @@ fn open_symmetric(
     )
 }
 
+/// The checks Encrypt, Decrypt and both sides of ReEncrypt share: state, usage, input
+/// length (`(name, length, max)`), algorithm, and no encryption context on RSA keys.
+fn check_encryption(
+    key: &KmsKey,
+    operation: Operation,
+    algorithm: EncryptionAlgorithm,
+    context: &EncryptionContext,
+    (what, len, max): (&str, usize, usize),
+) -> KmsResult<()> {
+    prepare(key, operation, KeyUsage::EncryptDecrypt)?;
+    check_len(what, len, max)?;
+    if !key
+        .metadata
+        .spec
+        .encryption_algorithms()
+        .contains(&algorithm)
+    {
+        return Err(unsupported_algorithm(key, &algorithm));
+    }
+    if !key.metadata.spec.is_symmetric() && !context.is_empty() {
+        return Err(KmsError::validation(
+            "EncryptionContext is not supported with asymmetric KMS keys",
+        ));
+    }
+    Ok(())
+}
+
 /// Encrypt. Symmetric keys write a ciphertext blob bound to the encryption context; RSA
 /// keys write raw RSA-OAEP ciphertext and take no encryption context.
 ///
@@ -151,23 +178,15 @@ fn encrypt_as(
     algorithm: EncryptionAlgorithm,
     operation: Operation,
 ) -> KmsResult<Vec<u8>> {
-    prepare(key, operation, KeyUsage::EncryptDecrypt)?;
-    check_len("Plaintext", plaintext.len(), MAX_PLAINTEXT)?;
-    if !key
-        .metadata
-        .spec
-        .encryption_algorithms()
-        .contains(&algorithm)
-    {
-        return Err(unsupported_algorithm(key, &algorithm));
-    }
+    check_encryption(
+        key,
+        operation,
+        algorithm,
+        context,
+        ("Plaintext", plaintext.len(), MAX_PLAINTEXT),
+    )?;
     if key.metadata.spec.is_symmetric() {
         return seal_symmetric(key, plaintext, context);
-    }
-    if !context.is_empty() {
-        return Err(KmsError::validation(
-            "EncryptionContext is not supported with asymmetric KMS keys",
-        ));
     }
     let (_, material) = key.current_material()?;
     let public = material
@@ -210,24 +229,16 @@ fn decrypt_as(
     algorithm: EncryptionAlgorithm,
     operation: Operation,
 ) -> KmsResult<(SecretBytes, u32)> {
-    prepare(key, operation, KeyUsage::EncryptDecrypt)?;
-    check_len("CiphertextBlob", ciphertext_blob.len(), MAX_CIPHERTEXT)?;
-    if !key
-        .metadata
-        .spec
-        .encryption_algorithms()
-        .contains(&algorithm)
-    {
-        return Err(unsupported_algorithm(key, &algorithm));
-    }
+    check_encryption(
+        key,
+        operation,
+        algorithm,
+        context,
+        ("CiphertextBlob", ciphertext_blob.len(), MAX_CIPHERTEXT),
+    )?;
     if key.metadata.spec.is_symmetric() {
         let (_, version) = blob::peek(ciphertext_blob)?;
         return Ok((open_symmetric(key, ciphertext_blob, context)?, version));
-    }
-    if !context.is_empty() {
-        return Err(KmsError::validation(
-            "EncryptionContext is not supported with asymmetric KMS keys",
-        ));
     }
     let (version, material) = key.current_material()?;
     let rsa = material

@@ -1,53 +1,7 @@
 //! Key specs, key usages and the algorithm names of AWS KMS, with AWS's valid combinations.
 
 use crate::error::{KmsError, KmsResult};
-
-/// Declares an enum whose variants have fixed AWS wire names, with `as_str`, `FromStr`,
-/// `Display` and `ALL`.
-macro_rules! aws_names {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
-
-            /// The AWS wire name.
-            #[must_use]
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)+
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = KmsError;
-
-            fn from_str(text: &str) -> KmsResult<Self> {
-                match text {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err(KmsError::Validation(format!(
-                        "{:?} is not a valid {}; valid values: {}",
-                        text,
-                        stringify!($name),
-                        [$($text),+].join(", ")
-                    ))),
-                }
-            }
-        }
-    };
-}
+use crate::names::aws_names;
 
 aws_names!(
     /// The type of key material (AWS `KeySpec`).

@@ -3,129 +3,89 @@
 
 use crate::error::{KmsError, KmsResult};
 use crate::ids::KeyId;
+use crate::names::aws_names;
 
-macro_rules! named_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident,)+ }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
-
-            /// The AWS name.
-            #[must_use]
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => stringify!($variant),)+
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = KmsError;
-
-            fn from_str(text: &str) -> KmsResult<Self> {
-                Self::ALL
-                    .iter()
-                    .copied()
-                    .find(|v| v.as_str() == text)
-                    .ok_or_else(|| KmsError::Validation(format!("{text:?} is not a valid {}", stringify!($name))))
-            }
-        }
-    };
-}
-
-named_enum!(
+aws_names!(
     /// The state of a key (AWS `KeyState`).
     KeyState {
         /// Being created; only DescribeKey works.
-        Creating,
+        Creating => "Creating",
         /// Usable.
-        Enabled,
+        Enabled => "Enabled",
         /// Not usable in cryptographic operations until enabled.
-        Disabled,
+        Disabled => "Disabled",
         /// Scheduled for deletion; cancel to use it again.
-        PendingDeletion,
+        PendingDeletion => "PendingDeletion",
         /// EXTERNAL origin without material yet.
-        PendingImport,
+        PendingImport => "PendingImport",
         /// Its key store is disconnected.
-        Unavailable,
+        Unavailable => "Unavailable",
     }
 );
 
-named_enum!(
+aws_names!(
     /// Every API operation that acts on an existing key.
     Operation {
         /// Encrypt.
-        Encrypt,
+        Encrypt => "Encrypt",
         /// Decrypt.
-        Decrypt,
+        Decrypt => "Decrypt",
         /// ReEncrypt, source side.
-        ReEncryptFrom,
+        ReEncryptFrom => "ReEncryptFrom",
         /// ReEncrypt, destination side.
-        ReEncryptTo,
+        ReEncryptTo => "ReEncryptTo",
         /// GenerateDataKey.
-        GenerateDataKey,
+        GenerateDataKey => "GenerateDataKey",
         /// GenerateDataKeyWithoutPlaintext.
-        GenerateDataKeyWithoutPlaintext,
+        GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
         /// GenerateDataKeyPair.
-        GenerateDataKeyPair,
+        GenerateDataKeyPair => "GenerateDataKeyPair",
         /// GenerateDataKeyPairWithoutPlaintext.
-        GenerateDataKeyPairWithoutPlaintext,
+        GenerateDataKeyPairWithoutPlaintext => "GenerateDataKeyPairWithoutPlaintext",
         /// Sign.
-        Sign,
+        Sign => "Sign",
         /// Verify.
-        Verify,
+        Verify => "Verify",
         /// GenerateMac.
-        GenerateMac,
+        GenerateMac => "GenerateMac",
         /// VerifyMac.
-        VerifyMac,
+        VerifyMac => "VerifyMac",
         /// DeriveSharedSecret.
-        DeriveSharedSecret,
+        DeriveSharedSecret => "DeriveSharedSecret",
         /// GetPublicKey.
-        GetPublicKey,
+        GetPublicKey => "GetPublicKey",
         /// DescribeKey.
-        DescribeKey,
+        DescribeKey => "DescribeKey",
         /// EnableKey.
-        EnableKey,
+        EnableKey => "EnableKey",
         /// DisableKey.
-        DisableKey,
+        DisableKey => "DisableKey",
         /// ScheduleKeyDeletion.
-        ScheduleKeyDeletion,
+        ScheduleKeyDeletion => "ScheduleKeyDeletion",
         /// CancelKeyDeletion.
-        CancelKeyDeletion,
+        CancelKeyDeletion => "CancelKeyDeletion",
         /// EnableKeyRotation.
-        EnableKeyRotation,
+        EnableKeyRotation => "EnableKeyRotation",
         /// DisableKeyRotation.
-        DisableKeyRotation,
+        DisableKeyRotation => "DisableKeyRotation",
         /// GetKeyRotationStatus.
-        GetKeyRotationStatus,
+        GetKeyRotationStatus => "GetKeyRotationStatus",
         /// RotateKeyOnDemand.
-        RotateKeyOnDemand,
+        RotateKeyOnDemand => "RotateKeyOnDemand",
         /// ListKeyRotations.
-        ListKeyRotations,
+        ListKeyRotations => "ListKeyRotations",
         /// ImportKeyMaterial.
-        ImportKeyMaterial,
+        ImportKeyMaterial => "ImportKeyMaterial",
         /// GetParametersForImport.
-        GetParametersForImport,
+        GetParametersForImport => "GetParametersForImport",
         /// CreateAlias / UpdateAlias (target side).
-        CreateAlias,
+        CreateAlias => "CreateAlias",
         /// CreateGrant.
-        CreateGrant,
+        CreateGrant => "CreateGrant",
         /// RetireGrant / RevokeGrant / ListGrants.
-        ManageGrants,
+        ManageGrants => "ManageGrants",
         /// TagResource / UntagResource / UpdateKeyDescription.
-        UpdateKeyAttributes,
+        UpdateKeyAttributes => "UpdateKeyAttributes",
     }
 );
 
