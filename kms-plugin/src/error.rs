@@ -1,0 +1,127 @@
+//! The plugin's errors and their gRPC status codes. Messages carry identifiers, sizes and
+//! names only: never plaintext, ciphertext or key material.
+
+use std::path::PathBuf;
+
+use kms_core::{ErrorClass, KeyId, KmsError};
+
+/// Every error of the plugin library.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The ciphertext is not a KubeKMS blob, was modified, or does not authenticate.
+    #[error("the ciphertext is invalid or was modified ({0})")]
+    InvalidCiphertext(&'static str),
+    /// The request's key_id is malformed.
+    #[error("key_id {0:?} is not a KubeKMS key id (expected <key-id>/v<version>)")]
+    MalformedKeyId(String),
+    /// The request's key_id names another key or version than the ciphertext.
+    #[error("key_id {request:?} does not match the ciphertext, which is under {blob:?}")]
+    KeyIdMismatch {
+        /// The key_id sent.
+        request: String,
+        /// The key_id the blob names.
+        blob: String,
+    },
+    /// An annotation this plugin did not write, or with another value.
+    #[error("annotation {0:?} does not match what this plugin writes")]
+    BadAnnotation(String),
+    /// The plaintext is empty or too long for a ciphertext of at most 1024 bytes.
+    #[error("plaintext of {0} bytes is outside 1..={max}", max = crate::service::MAX_PLAINTEXT)]
+    PlaintextSize(usize),
+    /// The ciphertext names a key that is not in the keyring.
+    #[error("key {0} is not known to this plugin")]
+    UnknownKey(KeyId),
+    /// The ciphertext names a material version that is not retained.
+    #[error("material version {version} of key {key_id} is not known to this plugin")]
+    UnknownVersion {
+        /// The key.
+        key_id: KeyId,
+        /// The version.
+        version: u32,
+    },
+    /// No usable key is loaded.
+    #[error("no usable key: {0}")]
+    NoKey(String),
+    /// The state folder was never initialised.
+    #[error("the state folder {0} is not initialised; run `kubekms-plugin init --state-dir {0}`")]
+    NotInitialized(PathBuf),
+    /// `init` would overwrite something.
+    #[error("{0} already exists; refusing to overwrite a state folder (keys would be lost)")]
+    AlreadyInitialized(PathBuf),
+    /// A state file is unreadable or malformed.
+    #[error("state folder: {0}")]
+    State(String),
+    /// The socket path is taken by something that must not be deleted.
+    #[error("socket {0}")]
+    Socket(String),
+    /// An error of kms-core.
+    #[error(transparent)]
+    Core(KmsError),
+}
+
+impl PluginError {
+    /// The gRPC status code for this error.
+    #[must_use]
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::InvalidCiphertext(_)
+            | Self::MalformedKeyId(_)
+            | Self::KeyIdMismatch { .. }
+            | Self::BadAnnotation(_)
+            | Self::PlaintextSize(_) => Code::InvalidArgument,
+            Self::UnknownKey(_) | Self::UnknownVersion { .. } => Code::NotFound,
+            Self::NoKey(_) | Self::NotInitialized(_) | Self::State(_) => Code::FailedPrecondition,
+            Self::AlreadyInitialized(_) => Code::AlreadyExists,
+            Self::Socket(_) => Code::Internal,
+            Self::Core(e) => match e.class() {
+                ErrorClass::NotFound => Code::NotFound,
+                ErrorClass::InvalidArgument => Code::InvalidArgument,
+                ErrorClass::FailedPrecondition | ErrorClass::Unsupported => {
+                    Code::FailedPrecondition
+                }
+                ErrorClass::PermissionDenied => Code::PermissionDenied,
+                ErrorClass::AlreadyExists => Code::AlreadyExists,
+                ErrorClass::ResourceExhausted => Code::ResourceExhausted,
+                ErrorClass::Unavailable => Code::Unavailable,
+                ErrorClass::Internal => Code::Internal,
+            },
+        }
+    }
+}
+
+impl From<PluginError> for tonic::Status {
+    fn from(e: PluginError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert_eq!(
+            PluginError::InvalidCiphertext("x").code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            PluginError::Core(KmsError::InvalidCiphertext).code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            PluginError::Core(KmsError::Disabled("k".into())).code(),
+            tonic::Code::FailedPrecondition
+        );
+        let key_id = KeyId::single_from_random([7; 16]);
+        assert_eq!(
+            PluginError::UnknownVersion { key_id, version: 9 }.code(),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            PluginError::NoKey("x".into()).code(),
+            tonic::Code::FailedPrecondition
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! kubekms-plugin: the KubeKMS data plane for kube-apiserver.
+//!
+//! - [`pb`]: the KMS v2 gRPC API (`v2.KeyManagementService`: Status, Encrypt, Decrypt),
+//!   compiled from `proto/kms_v2.proto` at build time.
+//! - [`state`]: the local state folder (root key + wrapped material), so the plugin starts
+//!   and answers with no API server (cold start, bootstrap of a brand-new cluster).
+//! - [`service`]: the keyring in memory and the handlers.
+//! - [`server`]: the Unix-socket gRPC server (mode 0600), HTTP health and metrics,
+//!   reload of the state folder, graceful shutdown.
+//! - [`client`]: a client over the Unix socket (tests, benchmarks, `status` subcommand).
+//!
+//! See docs/plugin.md.
+
+pub mod client;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod state;
+
+/// The generated KMS v2 messages, client and server.
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+pub mod pb {
+    tonic::include_proto!("v2");
+}
+
+pub use error::PluginError;
+pub use service::{Keyring, Plugin, format_key_id, parse_key_id};
+pub use state::StateDir;

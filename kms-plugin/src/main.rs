@@ -1,0 +1,183 @@
+//! `kubekms-plugin`: the KMS v2 plugin for kube-apiserver, and the subcommands that manage
+//! its local state folder.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use kms_plugin::metrics::Metrics;
+use kms_plugin::server::{ServeConfig, serve, shutdown_signal};
+use kms_plugin::{Plugin, StateDir, format_key_id};
+use time::OffsetDateTime;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubekms-plugin",
+    version,
+    about = "KubeKMS KMS v2 plugin for kube-apiserver"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a state folder: a root key (0600) and a first SYMMETRIC_DEFAULT key.
+    /// Refuses to overwrite an existing one.
+    Init {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// Rotate the active key on demand: a new material version becomes current (running
+    /// servers on this folder pick it up within seconds; kube-apiserver within a minute).
+    Rotate {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// List the active key's material versions.
+    Versions {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// Serve KMS v2 on a Unix socket.
+    Serve {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Unix socket path (created with mode 0600; a stale socket is replaced).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Address for /healthz, /readyz and /metrics (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        http_addr: Option<SocketAddr>,
+        /// How often to check the state folder for a rotation, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        reload_interval_ms: u64,
+    },
+    /// Ask a running plugin for its Status (as kube-apiserver does).
+    Status {
+        #[arg(long)]
+        socket: PathBuf,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let now = OffsetDateTime::now_utc();
+    match cli.command {
+        Command::Init { state_dir } => {
+            let dir = StateDir::new(&state_dir);
+            let key = dir.init(now)?;
+            println!(
+                "initialised {}: key {key}, key_id {}",
+                state_dir.display(),
+                format_key_id(key, 1)
+            );
+        }
+        Command::Rotate { state_dir } => {
+            let (key, version) = StateDir::new(&state_dir).rotate(now)?;
+            println!(
+                "rotated {key}: version {version} is current, key_id {}",
+                format_key_id(key, version)
+            );
+        }
+        Command::Versions { state_dir } => {
+            let record = StateDir::new(&state_dir).active_record()?;
+            let current = record.versions.last().map(|v| v.version);
+            println!(
+                "key {} ({}, {})",
+                record.key_id, record.key_spec, record.key_state
+            );
+            println!(
+                "{:<8} {:<26} {:<12} {:<8} KEY_ID",
+                "VERSION", "CREATED", "TYPE", "CURRENT"
+            );
+            for v in &record.versions {
+                println!(
+                    "{:<8} {:<26} {:<12} {:<8} {}/v{}",
+                    v.version,
+                    v.created,
+                    v.rotation_type.as_deref().unwrap_or("ORIGINAL"),
+                    if Some(v.version) == current {
+                        "yes"
+                    } else {
+                        ""
+                    },
+                    record.key_id,
+                    v.version
+                );
+            }
+        }
+        Command::Serve {
+            state_dir,
+            socket,
+            http_addr,
+            reload_interval_ms,
+        } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            runtime.block_on(async move {
+                let metrics = Arc::new(Metrics::new());
+                let plugin = Plugin::open(StateDir::new(&state_dir), metrics)
+                    .with_context(|| format!("loading {}", state_dir.display()))?;
+                let shutdown = shutdown_signal()?;
+                serve(
+                    plugin,
+                    ServeConfig {
+                        socket,
+                        http_addr,
+                        reload_interval: Duration::from_millis(reload_interval_ms.max(100)),
+                    },
+                    shutdown,
+                )
+                .await?;
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
+        Command::Status { socket } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let status = runtime.block_on(async move {
+                let mut client = kms_plugin::client::connect(&socket)
+                    .await
+                    .with_context(|| format!("connecting to {}", socket.display()))?;
+                let status = client
+                    .status(kms_plugin::pb::StatusRequest {})
+                    .await
+                    .context("Status")?
+                    .into_inner();
+                Ok::<_, anyhow::Error>(status)
+            })?;
+            println!("version: {}", status.version);
+            println!("healthz: {}", status.healthz);
+            println!("key_id:  {}", status.key_id);
+            if status.healthz != "ok" {
+                anyhow::bail!("the plugin is not healthy");
+            }
+        }
+    }
+    Ok(())
+}
