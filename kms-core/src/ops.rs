@@ -92,10 +92,14 @@ fn seal_symmetric(
     context: &EncryptionContext,
 ) -> KmsResult<Vec<u8>> {
     let (version, material) = key.current_material()?;
+    // One RNG call for salt and nonce: each call into the backend's RNG costs about as
+    // much as sealing 2 KiB.
+    let mut random = [0u8; SALT_LEN + GCM_NONCE_LEN];
+    primitives::fill_random(&mut random)?;
     let mut salt = [0u8; SALT_LEN];
     let mut nonce = [0u8; GCM_NONCE_LEN];
-    primitives::fill_random(&mut salt)?;
-    primitives::fill_random(&mut nonce)?;
+    salt.copy_from_slice(&random[..SALT_LEN]);
+    nonce.copy_from_slice(&random[SALT_LEN..]);
     let header = blob::encode_header(key.key_id(), version, &salt, &nonce);
     let (ciphertext, tag) =
         message_key(material, &header)?.seal(&nonce, &aad(&header, context), plaintext)?;
