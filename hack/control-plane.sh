@@ -333,9 +333,14 @@ do_up() {
   fi
   mkdir -p "${STATE}"
   STATE="$(cd "${STATE}" && pwd)"
-  if [[ -d "${STATE}/pids" ]] && compgen -G "${STATE}/pids/*.pid" >/dev/null; then
-    die "${STATE} already has running processes recorded in pids/; run '$0 down --state-dir ${STATE}' first"
-  fi
+  local f
+  for f in "${STATE}"/pids/*.pid; do
+    [[ -e "${f}" ]] || continue
+    if alive "$(basename "${f}" .pid)"; then
+      die "${STATE} has a running $(basename "${f}" .pid); run '$0 down --state-dir ${STATE}' first"
+    fi
+    rm -f "${f}" # left by a run that was killed
+  done
   mkdir -p "${STATE}/logs" "${STATE}/pids"
   if ${record_pointer}; then
     mkdir -p "$(dirname "${POINTER}")"

@@ -90,7 +90,7 @@ trap 'rm -rf "${tmp}"' EXIT
 mkdir -p "${tmp}/bin"
 
 export CGO_ENABLED=0
-export GOFLAGS="-mod=mod"
+export GOFLAGS="-mod=mod -buildvcs=false"
 build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 kube_minor="${KUBE_VERSION#v1.}"; kube_minor="${kube_minor%%.*}"
 version_ldflags=""
@@ -107,7 +107,7 @@ log "building etcd, etcdctl (hack/tools/etcd) into ${dest}"
   go build -trimpath -ldflags="-s -w" -o "${tmp}/bin/etcd" go.etcd.io/etcd/server/v3
   go build -trimpath -ldflags="-s -w" -o "${tmp}/bin/etcdctl" go.etcd.io/etcd/etcdctl/v3
 )
-log "etcd done after $((SECONDS - start))s; building kube-apiserver, kubectl ${KUBE_VERSION} (slow the first time: 10-20 min on 2 cores)"
+log "etcd done after $((SECONDS - start))s; building kube-apiserver, kubectl ${KUBE_VERSION} (a first build with empty Go caches takes about 12 min on 2 cores)"
 (
   cd "${TOOLS_DIR}/kubernetes"
   go build -trimpath -ldflags="-s -w ${version_ldflags}" -o "${tmp}/bin/" \
