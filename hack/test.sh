@@ -10,9 +10,12 @@
 #      killed outright
 #   4. cargo test --workspace with KUBEKMS_E2E_STATE naming that control plane
 #
-# KUBEKMS_KMS_SOCKET / KUBEKMS_PLUGIN_CMD, when set, are passed on to the launcher so the
-# e2e suite runs with Secrets encrypted by the KMS v2 plugin. Extra arguments go to
-# `cargo test` (e.g. hack/test.sh -p kubekms-e2e).
+# The shared control plane encrypts Secrets with the kubekms KMS v2 plugin (built here,
+# its state folder made by `kubekms-plugin init` inside the control plane's state folder);
+# KUBEKMS_KMS_SOCKET / KUBEKMS_PLUGIN_CMD, when set, replace it with another plugin. The
+# plugin's own e2e tests (e2e/tests/plugin.rs) start private control planes, since they
+# restart kube-apiserver and the plugin. Extra arguments go to `cargo test` (e.g.
+# hack/test.sh -p kubekms-e2e).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +37,11 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 log "building the tests"
 cargo test --workspace --no-run "$@"
+log "building the kubekms plugin"
+cargo build -p kubekms-plugin --bin kubekms-plugin
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "${target_dir}" == /* ]] || target_dir="${REPO_ROOT}/${target_dir}"
+export KUBEKMS_PLUGIN_BIN="${target_dir}/debug/kubekms-plugin"
 
 state="$(mktemp -d "${TMPDIR:-/tmp}/kubekms-test.XXXXXX")"
 cleanup() {
@@ -50,7 +58,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-hack/control-plane.sh up --state-dir "${state}" --tools-bin "${TOOLS_BIN}" --watch-pid "$$" >/dev/null
+plugin_args=()
+if [[ -z "${KUBEKMS_PLUGIN_CMD:-}" && -z "${KUBEKMS_KMS_SOCKET:-}" ]]; then
+  "${KUBEKMS_PLUGIN_BIN}" init --state-dir "${state}/kubekms-plugin" >/dev/null
+  plugin_args=(--kms-socket "${state}/kms.sock" --plugin-cmd
+    "exec $(printf '%q ' "${KUBEKMS_PLUGIN_BIN}" serve --state-dir "${state}/kubekms-plugin" --socket "${state}/kms.sock")")
+fi
+hack/control-plane.sh up --state-dir "${state}" --tools-bin "${TOOLS_BIN}" --watch-pid "$$" "${plugin_args[@]}" >/dev/null
 
 log "cargo test --workspace (e2e against ${state})"
 KUBEKMS_E2E_STATE="${state}" cargo test --workspace "$@"
