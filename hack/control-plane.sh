@@ -66,7 +66,8 @@ declare -a PICKED_PORTS=()
 pick_port() {
   local port i
   for ((i = 0; i < 200; i++)); do
-    port=$((20000 + RANDOM % 40000))
+    # Below the usual ephemeral range (32768+), where outgoing connections take ports.
+    port=$((20000 + RANDOM % 12000))
     if [[ " ${PICKED_PORTS[*]} " == *" ${port} "* ]]; then continue; fi
     if ! port_in_use "${port}"; then
       PICKED_PORTS+=("${port}")
