@@ -7,10 +7,12 @@
 # Rust. The plugin runs on the host; its socket folder is bind-mounted into the kind node
 # (a Linux host is needed for that: a Docker Desktop VM cannot share a Unix socket).
 #
-# Usage:
-#   KUBEKMS_PLUGIN_CMD='path/to/kubekms-plugin --socket {socket}' hack/kind-e2e.sh [--keep]
-#     {socket} is replaced by the host path of the socket. Without KUBEKMS_PLUGIN_CMD the
-#     cluster stores Secrets unencrypted (identity only) and the KMS test is skipped.
+# Usage: hack/kind-e2e.sh [--keep]
+#   By default the kubekms plugin is built (cargo build -p kubekms-plugin), initialised in
+#   the work folder and served on the host.
+#   KUBEKMS_PLUGIN_CMD='some-plugin --listen {socket}'  another plugin instead ({socket}
+#                        is replaced by the host path of the socket)
+#   KUBEKMS_KIND_NO_KMS=1  no plugin: Secrets stay unencrypted, the KMS test is skipped
 #   KUBEKMS_KIND_IMAGE   node image (default kindest/node:v1.35.0)
 #   --keep               leave the cluster (and plugin) running afterwards
 set -euo pipefail
@@ -47,7 +49,15 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [[ -n "${KUBEKMS_PLUGIN_CMD:-}" ]]; then
+if [[ -z "${KUBEKMS_KIND_NO_KMS:-}" && -z "${KUBEKMS_PLUGIN_CMD:-}" ]]; then
+  cargo build -p kubekms-plugin --bin kubekms-plugin
+  target_dir="${CARGO_TARGET_DIR:-target}"
+  [[ "${target_dir}" == /* ]] || target_dir="${REPO_ROOT}/${target_dir}"
+  export KUBEKMS_PLUGIN_BIN="${target_dir}/debug/kubekms-plugin"
+  "${KUBEKMS_PLUGIN_BIN}" init --state-dir "${work}/kubekms-plugin" >/dev/null
+  KUBEKMS_PLUGIN_CMD="exec $(printf '%q ' "${KUBEKMS_PLUGIN_BIN}" serve --state-dir "${work}/kubekms-plugin" --socket "${socket}")"
+fi
+if [[ -z "${KUBEKMS_KIND_NO_KMS:-}" ]]; then
   cp e2e/kind/encryption-config.yaml "${work}/encryption/encryption-config.yaml"
   log "starting the plugin (log ${work}/logs/kms-plugin.log)"
   bash -c "${KUBEKMS_PLUGIN_CMD//\{socket\}/${socket}}" >"${work}/logs/kms-plugin.log" 2>&1 &
@@ -55,7 +65,7 @@ if [[ -n "${KUBEKMS_PLUGIN_CMD:-}" ]]; then
   for _ in $(seq 1 120); do [[ -S "${socket}" ]] && break; sleep 0.5; done
   [[ -S "${socket}" ]] || { log "error: the plugin did not create ${socket}"; tail -n 40 "${work}/logs/kms-plugin.log" >&2; exit 1; }
 else
-  log "KUBEKMS_PLUGIN_CMD not set: Secrets stay unencrypted (identity provider only)"
+  log "KUBEKMS_KIND_NO_KMS set: Secrets stay unencrypted (identity provider only)"
   printf '%s\n' "apiVersion: apiserver.config.k8s.io/v1" "kind: EncryptionConfiguration" \
     "resources:" "- resources: [secrets]" "  providers:" "  - identity: {}" \
     >"${work}/encryption/encryption-config.yaml"
