@@ -245,6 +245,7 @@ mod tests {
             on_demand_rotations: 0,
             last_on_demand_token: None,
             next_rotation_time: Some("2026-06-30T00:00:00Z".to_owned()),
+            rotation_period_in_days: Some(90),
             deletion_date: None,
         }
     }

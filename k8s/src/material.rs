@@ -62,6 +62,10 @@ pub struct KmsKeyMaterialSpec {
     /// Next automatic rotation (RFC 3339), while automatic rotation is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_time: Option<String>,
+    /// The automatic rotation period the next rotation time was computed with, so a changed
+    /// period counts from the last rotation (as AWS EnableKeyRotation does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period_in_days: Option<u32>,
     /// When a scheduled deletion destroys the material (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_date: Option<String>,

@@ -1,0 +1,202 @@
+//! The KmsGrant reconciler: validates the grant against its key as AWS CreateGrant does,
+//! gives it a stable grant id and token, and reports a Ready condition. Deleting the object
+//! revokes the grant (the object is the grant), so no finalizer is needed. Grants on a key
+//! whose material was destroyed are deleted (by the key's cleanup, and here for a key that
+//! is being deleted without a record).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kms_core::grants::{Grant, GrantConstraints, GrantId, GrantOperation};
+use kms_core::{EncryptionContext, KeySpec};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use kubekms_k8s::convert::{effective_usage, format_time};
+use kubekms_k8s::names::KeyStateName;
+use kubekms_k8s::{Condition, KmsGrant, KmsGrantStatus, KmsKey, KmsKeyMaterial};
+
+use crate::events::{Note, publish};
+use crate::{Context, Error, FIELD_MANAGER};
+
+const CONTROLLER: &str = "kmsgrant";
+
+/// Reconciles one KmsGrant.
+///
+/// # Errors
+/// [`Error`] on API failures; retried with a back-off.
+pub async fn reconcile(grant: Arc<KmsGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_grant(&grant, &ctx).await;
+    ctx.metrics
+        .reconciled(CONTROLLER, started.elapsed().as_secs_f64());
+    if result.is_err() {
+        ctx.metrics.failed(CONTROLLER);
+    }
+    result
+}
+
+/// What the controller does after a failed reconciliation.
+pub fn error_policy(grant: Arc<KmsGrant>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(name = grant.name_any(), %error, "KmsGrant reconciliation failed; retrying");
+    Action::requeue(std::time::Duration::from_secs(5))
+}
+
+fn random_hex() -> Result<String, Error> {
+    let mut bytes = [0u8; 32];
+    kms_core::primitives::fill_random(&mut bytes)?;
+    Ok(GrantId::from_random(bytes).as_str().to_owned())
+}
+
+fn context(
+    pairs: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Option<EncryptionContext>, kms_core::KmsError> {
+    pairs
+        .map(|pairs| EncryptionContext::from_map(pairs.clone()))
+        .transpose()
+}
+
+/// The grant as CreateGrant would build it for `key`.
+fn validate(grant: &KmsGrant, key: &KmsKey) -> Result<Grant, kms_core::KmsError> {
+    let constraints = grant.spec.constraints.as_ref();
+    Grant::new(
+        KeySpec::from(key.spec.key_spec),
+        effective_usage(&key.spec),
+        grant
+            .spec
+            .operations
+            .iter()
+            .map(|op| GrantOperation::from(*op)),
+        GrantConstraints {
+            encryption_context_subset: context(
+                constraints.and_then(|c| c.encryption_context_subset.as_ref()),
+            )?,
+            encryption_context_equals: context(
+                constraints.and_then(|c| c.encryption_context_equals.as_ref()),
+            )?,
+        },
+    )
+}
+
+async fn reconcile_grant(grant: &KmsGrant, ctx: &Context) -> Result<Action, Error> {
+    if grant.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = grant
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let grants: Api<KmsGrant> = Api::namespaced(ctx.client.clone(), &namespace);
+    let keys: Api<KmsKey> = Api::namespaced(ctx.client.clone(), &namespace);
+    let records: Api<KmsKeyMaterial> = Api::namespaced(ctx.client.clone(), &namespace);
+    let key_name = &grant.spec.key_ref.name;
+    let previous = grant.status.clone().unwrap_or_default();
+    let mut status = KmsGrantStatus {
+        grant_id: previous.grant_id.clone(),
+        grant_token: previous.grant_token.clone(),
+        key_id: previous.key_id.clone(),
+        conditions: previous.conditions.clone(),
+        observed_generation: grant.meta().generation,
+    };
+
+    let key = keys.get_opt(key_name).await?;
+    if let Some(key) = &key
+        && key.meta().deletion_timestamp.is_some()
+        && records.get_opt(key_name).await?.is_none()
+    {
+        // The key's material is destroyed: the grant goes with it.
+        grants
+            .delete(&grant.name_any(), &DeleteParams::default())
+            .await?;
+        return Ok(Action::await_change());
+    }
+    let (ready, reason, message) = match &key {
+        None => (
+            false,
+            "KeyNotFound",
+            format!("KmsKey {key_name} does not exist"),
+        ),
+        Some(key) => {
+            let built = validate(grant, key);
+            let key_id = key.status.as_ref().and_then(|s| s.key_id.clone());
+            match built {
+                Err(error) => (false, "InvalidOperations", error.to_string()),
+                Ok(_) if key_id.is_none() => (
+                    false,
+                    "KeyNotFound",
+                    format!("KmsKey {key_name} has no key id yet"),
+                ),
+                Ok(_) => {
+                    status.key_id = key_id;
+                    if status.grant_id.is_none() {
+                        status.grant_id = Some(random_hex()?);
+                    }
+                    if status.grant_token.is_none() {
+                        status.grant_token = Some(random_hex()?);
+                    }
+                    let pending = key.meta().deletion_timestamp.is_some()
+                        || key.status.as_ref().and_then(|s| s.key_state)
+                            == Some(KeyStateName::PendingDeletion);
+                    if pending {
+                        (
+                            false,
+                            "KeyPendingDeletion",
+                            format!("KmsKey {key_name} is pending deletion"),
+                        )
+                    } else {
+                        (
+                            true,
+                            "Granted",
+                            format!(
+                                "{} operations granted on key {}",
+                                grant.spec.operations.len(),
+                                status.key_id.as_deref().unwrap_or_default()
+                            ),
+                        )
+                    }
+                }
+            }
+        }
+    };
+    let previous_ready = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    Condition::upsert(
+        &mut status.conditions,
+        Condition::ready(
+            ready,
+            reason,
+            message.clone(),
+            &format_time(ctx.clock.now()),
+            grant.meta().generation,
+        ),
+    );
+    if grant.status.as_ref() != Some(&status) {
+        let patch = serde_json::json!({
+            "apiVersion": "kubekms.io/v1alpha1",
+            "kind": "KmsGrant",
+            "status": status,
+        });
+        grants
+            .patch_status(
+                &grant.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+    }
+    let now_ready = (
+        if ready { "True" } else { "False" }.to_owned(),
+        reason.to_owned(),
+    );
+    if previous_ready.as_ref() != Some(&now_ready) {
+        let note = if ready {
+            Note::normal("Granted", "CreateGrant", message)
+        } else {
+            Note::warning(reason, "CreateGrant", message)
+        };
+        publish(ctx, &grant.object_ref(&()), vec![note]).await;
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,208 @@
+//! kubekms-operator: reconciles KmsKey, KmsAlias and KmsGrant objects.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use kms_core::ArnScope;
+use kms_core::keystore::{FileKeyStore, RootKeyStore};
+use kubekms_operator::clock::ALLOW_TEST_CLOCK_ENV;
+use kubekms_operator::leader::{LeaderElector, LeaseConfig};
+use kubekms_operator::run::{run_controllers, until_shutdown};
+use kubekms_operator::server::{Health, serve};
+use kubekms_operator::{Clock, Context, Metrics, OffsetFileClock, SystemClock};
+use tokio::sync::watch;
+
+/// The KubeKMS operator.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The root key file (32 bytes, mode 0600) that wraps all key material.
+    #[arg(long, env = "KUBEKMS_ROOT_KEY")]
+    root_key: PathBuf,
+    /// Create the root key file if it does not exist (first start of a new installation).
+    #[arg(long)]
+    init_root_key: bool,
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "kubekms-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, or host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Seconds between renewals.
+    #[arg(long, default_value_t = 5)]
+    lease_renew_seconds: u64,
+    /// ARN partition.
+    #[arg(long, default_value = "kubekms")]
+    partition: String,
+    /// ARN region: the cluster's name.
+    #[arg(long, default_value = "local")]
+    region: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// TESTS ONLY: add the number of seconds in this file to the clock. Refused unless
+    /// KUBEKMS_ALLOW_TEST_CLOCK=1: a moved clock rotates keys and destroys material early.
+    #[arg(long, hide = true)]
+    test_clock_offset_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn clock(args: &Args) -> anyhow::Result<Arc<dyn Clock>> {
+    let Some(path) = &args.test_clock_offset_file else {
+        return Ok(Arc::new(SystemClock));
+    };
+    if std::env::var(ALLOW_TEST_CLOCK_ENV).as_deref() != Ok("1") {
+        bail!(
+            "--test-clock-offset-file is for tests only and needs {ALLOW_TEST_CLOCK_ENV}=1; refusing to start"
+        );
+    }
+    tracing::warn!(
+        path = %path.display(),
+        "TEST CLOCK IN USE: time is shifted by the offset in this file; keys rotate and material is destroyed by the shifted time. Never run this in production."
+    );
+    Ok(Arc::new(OffsetFileClock::new(path.clone())))
+}
+
+fn identity(args: &Args) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "kubekms-operator".to_owned());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        result = tokio::signal::ctrl_c() => {
+            result.context("waiting for Ctrl-C")?;
+            tracing::info!("interrupt: shutting down");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let clock = clock(&args)?;
+    let root_keys: Arc<dyn RootKeyStore> = if args.init_root_key && !args.root_key.exists() {
+        tracing::info!(path = %args.root_key.display(), "creating a new root key");
+        Arc::new(FileKeyStore::init(&args.root_key).context("creating the root key")?)
+    } else {
+        Arc::new(FileKeyStore::open(&args.root_key).context("opening the root key")?)
+    };
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API server")?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        if let Err(error) = wait_for_signal().await {
+            tracing::error!(%error, "signal handling");
+        }
+        let _ = stop.send(true);
+    });
+    let server = tokio::spawn(serve(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        until_shutdown(shutdown.clone()),
+    ));
+
+    let identity = identity(&args);
+    let elector = LeaderElector::new(
+        client.clone(),
+        LeaseConfig {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs(args.lease_duration_seconds),
+            renew_every: Duration::from_secs(args.lease_renew_seconds),
+        },
+    );
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        identity,
+        root_key = root_keys.root_key_id(),
+        "waiting for the leader Lease"
+    );
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = until_shutdown(shutdown.clone()) => {
+            tracing::info!("stopped before becoming leader");
+            return Ok(());
+        }
+    }
+    health.leader.store(true, Ordering::Relaxed);
+
+    let ctx = Arc::new(Context::new(
+        client,
+        root_keys,
+        ArnScope {
+            partition: args.partition.clone(),
+            region: args.region.clone(),
+        },
+        clock,
+        metrics,
+        Some(identity),
+    ));
+    tokio::select! {
+        () = run_controllers(ctx, args.namespace.clone(), shutdown.clone()) => {
+            elector.release().await;
+        }
+        () = elector.hold() => {
+            // Another replica may lead now: stop at once rather than reconcile beside it.
+            health.leader.store(false, Ordering::Relaxed);
+            bail!("lost the leader Lease; exiting so this replica restarts as a standby");
+        }
+    }
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "metrics server"),
+        Err(error) => tracing::warn!(%error, "metrics server task"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! Prometheus metrics: reconciles, their durations and errors per controller, and keys by
+//! state.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels naming a controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `kmskey`, `kmsalias` or `kmsgrant`.
+    pub controller: String,
+}
+
+/// Labels naming a key state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The AWS key state.
+    pub state: String,
+}
+
+/// Every metric of the operator, registered in one registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ControllerLabels, Counter>,
+    errors: Family<ControllerLabels, Counter>,
+    durations: Family<ControllerLabels, Histogram>,
+    keys_by_state: Family<StateLabels, Gauge>,
+    /// The last state seen per key (namespace/name), to recount keys by state.
+    key_states: Mutex<HashMap<String, String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Metrics {
+    /// Fresh metrics.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kubekms_operator");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let errors = Family::<ControllerLabels, Counter>::default();
+        let durations = Family::<ControllerLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        let keys_by_state = Family::<StateLabels, Gauge>::default();
+        registry.register("reconciles", "Reconciliations run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that failed",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            durations.clone(),
+        );
+        registry.register("keys", "KmsKeys by key state", keys_by_state.clone());
+        Self {
+            registry,
+            reconciles,
+            errors,
+            durations,
+            keys_by_state,
+            key_states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn labels(controller: &str) -> ControllerLabels {
+        ControllerLabels {
+            controller: controller.to_owned(),
+        }
+    }
+
+    /// Counts a reconciliation of `controller` that took `seconds`.
+    pub fn reconciled(&self, controller: &str, seconds: f64) {
+        self.reconciles
+            .get_or_create(&Self::labels(controller))
+            .inc();
+        self.durations
+            .get_or_create(&Self::labels(controller))
+            .observe(seconds);
+    }
+
+    /// Counts a failed reconciliation.
+    pub fn failed(&self, controller: &str) {
+        self.errors.get_or_create(&Self::labels(controller)).inc();
+    }
+
+    /// Records the state of a key (`None` when the key is gone) and recounts.
+    pub fn key_state(&self, key: &str, state: Option<&str>) {
+        let mut states = self
+            .key_states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state {
+            Some(state) => {
+                states.insert(key.to_owned(), state.to_owned());
+            }
+            None => {
+                states.remove(key);
+            }
+        }
+        let mut counts: HashMap<&str, i64> = HashMap::new();
+        for state in states.values() {
+            *counts.entry(state.as_str()).or_default() += 1;
+        }
+        for name in [
+            "Creating",
+            "Enabled",
+            "Disabled",
+            "PendingDeletion",
+            "PendingImport",
+            "Unavailable",
+        ] {
+            self.keys_by_state
+                .get_or_create(&StateLabels {
+                    state: name.to_owned(),
+                })
+                .set(counts.get(name).copied().unwrap_or(0));
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    ///
+    /// # Errors
+    /// When encoding fails (writing to a String does not).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_counted_by_their_last_state() {
+        let metrics = Metrics::new();
+        metrics.key_state("a/one", Some("Enabled"));
+        metrics.key_state("a/two", Some("Enabled"));
+        metrics.key_state("a/two", Some("Disabled"));
+        metrics.reconciled("kmskey", 0.01);
+        metrics.failed("kmskey");
+        let text = metrics.encode().expect("encode");
+        assert!(
+            text.contains("kubekms_operator_keys{state=\"Enabled\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubekms_operator_keys{state=\"Disabled\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubekms_operator_reconciles_total{controller=\"kmskey\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubekms_operator_reconcile_errors_total{controller=\"kmskey\"} 1"),
+            "{text}"
+        );
+        metrics.key_state("a/one", None);
+        let text = metrics.encode().expect("encode");
+        assert!(
+            text.contains("kubekms_operator_keys{state=\"Enabled\"} 0"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! Runs the three controllers until shutdown.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use kubekms_k8s::{KmsAlias, KmsGrant, KmsKey};
+use tokio::sync::watch;
+
+use crate::{Context, alias, grant, key};
+
+fn api<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client, namespace),
+        None => Api::all(client),
+    }
+}
+
+/// A future that completes when `shutdown` turns true (or its sender is gone).
+pub async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
+    // An error means the sender is gone: shut down as well.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Runs the KmsKey, KmsAlias and KmsGrant controllers over `namespace` (every namespace
+/// when `None`) until `shutdown` turns true; reconciliations in flight finish first.
+pub async fn run_controllers(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let config = watcher::Config::default().any_semantic();
+
+    let keys = Controller::new(api::<KmsKey>(client.clone(), ns), config.clone())
+        .graceful_shutdown_on(until_shutdown(shutdown.clone()))
+        .run(key::reconcile, key::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "KmsKey controller");
+            }
+        });
+
+    // Aliases and grants follow their key: a change of the key requeues them.
+    let aliases = Controller::new(api::<KmsAlias>(client.clone(), ns), config.clone());
+    let alias_store = aliases.store();
+    let aliases = aliases
+        .watches(
+            api::<KmsKey>(client.clone(), ns),
+            config.clone(),
+            move |key| {
+                let namespace = key.namespace();
+                let name = key.name_any();
+                alias_store
+                    .state()
+                    .into_iter()
+                    .filter(|a| a.namespace() == namespace && a.spec.target_key_ref.name == name)
+                    .map(|a| ObjectRef::from_obj(&*a))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(until_shutdown(shutdown.clone()))
+        .run(alias::reconcile, alias::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "KmsAlias controller");
+            }
+        });
+
+    let grants = Controller::new(api::<KmsGrant>(client.clone(), ns), config.clone());
+    let grant_store = grants.store();
+    let grants = grants
+        .watches(api::<KmsKey>(client, ns), config, move |key| {
+            let namespace = key.namespace();
+            let name = key.name_any();
+            grant_store
+                .state()
+                .into_iter()
+                .filter(|g| g.namespace() == namespace && g.spec.key_ref.name == name)
+                .map(|g| ObjectRef::from_obj(&*g))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(until_shutdown(shutdown))
+        .run(grant::reconcile, grant::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "KmsGrant controller");
+            }
+        });
+
+    tokio::join!(keys, aliases, grants);
+}
