@@ -489,11 +489,18 @@ async fn apply(
             Ok(()) => next.last_on_demand_token = Some(token),
             Err(Error::Kms(error)) => {
                 let reason = rotation_refusal_reason(&error);
-                notes.push(Note::warning(
-                    "RotationRefused",
-                    "RotateOnDemand",
-                    format!("on-demand rotation refused: {error}"),
-                ));
+                let already_reported = key.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Rotation" && c.reason == reason)
+                });
+                if !already_reported {
+                    notes.push(Note::warning(
+                        "RotationRefused",
+                        "RotateOnDemand",
+                        format!("on-demand rotation refused: {error}"),
+                    ));
+                }
                 rotation_problem = Some((reason.to_owned(), error.to_string()));
             }
             Err(other) => return Err(other),

@@ -1,0 +1,600 @@
+//! The KmsKey reconciler against a fake API server, with the clock moved by hand: each
+//! test asserts the exact requests of every pass.
+
+mod fake_api;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use fake_api::{FakeApi, NAMESPACE};
+use kms_core::keystore::{FileKeyStore, RootKeyStore, WrapContext};
+use kms_core::{ArnScope, KeyId, KeySpec};
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kubekms_k8s::names::{KeyStateName, RotationTypeName};
+use kubekms_k8s::{KmsGrant, KmsKey, KmsKeySpec};
+use kubekms_operator::key::{self, FINALIZER, MAX_REQUEUE, requeue_at};
+use kubekms_operator::{Context, Metrics, TestClock};
+use serde_json::json;
+use time::{Duration, OffsetDateTime};
+
+struct Harness {
+    fake: FakeApi,
+    ctx: Arc<Context>,
+    clock: Arc<TestClock>,
+    root: Arc<FileKeyStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn start_time() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_767_225_600).expect("2026-01-01")
+}
+
+fn harness() -> Harness {
+    let (client, fake) = FakeApi::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Arc::new(FileKeyStore::init(&dir.path().join("root.key")).expect("root key"));
+    let clock = Arc::new(TestClock::new(start_time()));
+    let ctx = Arc::new(Context::new(
+        client,
+        root.clone(),
+        ArnScope::default(),
+        clock.clone(),
+        Arc::new(Metrics::new()),
+        Some("test".to_owned()),
+    ));
+    Harness {
+        fake,
+        ctx,
+        clock,
+        root,
+        _dir: dir,
+    }
+}
+
+fn new_key(name: &str, spec: serde_json::Value) -> KmsKey {
+    let spec: KmsKeySpec = serde_json::from_value(spec).expect("spec");
+    let mut key = KmsKey::new(name, spec);
+    key.metadata.namespace = Some(NAMESPACE.to_owned());
+    key.metadata.generation = Some(1);
+    key.metadata.uid = Some(format!("uid-{name}"));
+    key
+}
+
+impl Harness {
+    async fn reconcile(&self, name: &str) -> Action {
+        let key = self.fake.key(name).expect("key exists");
+        key::reconcile(Arc::new(key), self.ctx.clone())
+            .await
+            .expect("reconcile")
+    }
+
+    /// Creates the key and runs the two passes that add the finalizer and the record.
+    async fn create(&self, name: &str, spec: serde_json::Value) -> KmsKey {
+        self.fake.put_key(&new_key(name, spec));
+        assert_eq!(self.reconcile(name).await, Action::await_change());
+        assert_eq!(
+            self.fake.take_log(),
+            vec![format!("PATCH kmskeys/{name}")],
+            "the first pass adds the finalizer"
+        );
+        self.reconcile(name).await;
+        assert_eq!(
+            self.fake.take_log(),
+            vec![
+                format!("GET kmskeymaterials/{name}"),
+                "POST kmskeymaterials".to_owned(),
+                format!("PATCH kmskeys/{name}/status"),
+                "EVENT KeyCreated".to_owned(),
+            ]
+        );
+        self.fake.key(name).expect("key")
+    }
+
+    fn edit_spec(&self, name: &str, edit: impl FnOnce(&mut KmsKeySpec)) {
+        let mut key = self.fake.key(name).expect("key");
+        edit(&mut key.spec);
+        key.metadata.generation = key.metadata.generation.map(|g| g + 1);
+        self.fake.put_key(&key);
+    }
+
+    fn state(&self, name: &str) -> Option<KeyStateName> {
+        self.fake
+            .key(name)
+            .and_then(|k| k.status)
+            .and_then(|s| s.key_state)
+    }
+
+    fn versions(&self, name: &str) -> Vec<(u32, Option<RotationTypeName>)> {
+        self.fake
+            .record(name)
+            .expect("record")
+            .spec
+            .versions
+            .iter()
+            .map(|v| (v.version, v.rotation_type))
+            .collect()
+    }
+
+    fn days(&self, days: i64) {
+        self.clock.advance(Duration::days(days));
+    }
+}
+
+fn only_get(name: &str) -> Vec<String> {
+    vec![format!("GET kmskeymaterials/{name}")]
+}
+
+#[tokio::test]
+async fn create_makes_an_enabled_key_with_wrapped_material_only() {
+    let h = harness();
+    let key = h
+        .create("k1", json!({"keySpec": "SYMMETRIC_DEFAULT"}))
+        .await;
+    assert_eq!(key.finalizers(), [FINALIZER.to_owned()]);
+    let status = key.status.expect("status");
+    let record = h.fake.record("k1").expect("record");
+    assert_eq!(status.key_state, Some(KeyStateName::Enabled));
+    assert_eq!(status.key_id.as_deref(), Some(record.spec.key_id.as_str()));
+    assert_eq!(
+        status.arn,
+        Some(format!(
+            "arn:kubekms:kms:local:{NAMESPACE}:key/{}",
+            record.spec.key_id
+        ))
+    );
+    assert_eq!(status.current_version, Some(1));
+    assert_eq!(status.encryption_algorithms, vec!["SYMMETRIC_DEFAULT"]);
+    let ready = &status.conditions[0];
+    assert_eq!(
+        (
+            ready.type_.as_str(),
+            ready.status.as_str(),
+            ready.reason.as_str()
+        ),
+        ("Ready", "True", "Enabled")
+    );
+    assert_eq!(record.spec.root_key_id, h.root.root_key_id());
+
+    // The record holds the material wrapped under the root key, bound to id and version.
+    let key_id = KeyId::parse(&record.spec.key_id).expect("key id");
+    let wrapped = BASE64
+        .decode(&record.spec.versions[0].wrapped)
+        .expect("base64");
+    let material = h
+        .root
+        .unwrap(
+            &WrapContext {
+                key_id,
+                version: 1,
+                spec: KeySpec::SymmetricDefault,
+            },
+            &wrapped,
+        )
+        .expect("unwrap");
+    assert_eq!(material.len(), 32);
+    let plaintext_hex = hex::encode(material.expose());
+    let status_text = serde_json::to_string(&status).expect("status json");
+    for text in h.fake.event_notes().iter().chain([&status_text]) {
+        assert!(!text.contains(&plaintext_hex), "material leaked: {text}");
+        assert!(
+            !text.contains(&record.spec.versions[0].wrapped),
+            "wrapped material outside the record: {text}"
+        );
+    }
+
+    // Nothing changed: one read, no writes, no Events.
+    assert_eq!(h.reconcile("k1").await, Action::await_change());
+    assert_eq!(h.fake.take_log(), only_get("k1"));
+}
+
+#[tokio::test]
+async fn every_key_spec_is_created() {
+    let h = harness();
+    for (i, spec) in [
+        "SYMMETRIC_DEFAULT",
+        "RSA_2048",
+        "ECC_NIST_P256",
+        "ECC_SECG_P256K1",
+        "HMAC_256",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("k{i}");
+        let key = h.create(&name, json!({"keySpec": spec})).await;
+        assert_eq!(
+            key.status.and_then(|s| s.key_state),
+            Some(KeyStateName::Enabled),
+            "{spec}"
+        );
+    }
+    let external = h
+        .create(
+            "ext",
+            json!({"keySpec": "SYMMETRIC_DEFAULT", "origin": "EXTERNAL"}),
+        )
+        .await;
+    assert_eq!(
+        external.status.and_then(|s| s.key_state),
+        Some(KeyStateName::PendingImport)
+    );
+    assert!(
+        h.fake
+            .record("ext")
+            .expect("record")
+            .spec
+            .versions
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn disable_and_enable_follow_the_spec() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+    h.edit_spec("k1", |s| s.enabled = false);
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT KeyDisabled"
+        ]
+    );
+    assert_eq!(h.state("k1"), Some(KeyStateName::Disabled));
+    h.edit_spec("k1", |s| s.enabled = true);
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT KeyEnabled"
+        ]
+    );
+    assert_eq!(h.state("k1"), Some(KeyStateName::Enabled));
+}
+
+#[tokio::test]
+async fn a_year_of_automatic_rotations_at_period_90() {
+    let h = harness();
+    h.create(
+        "k1",
+        json!({"rotation": {"automatic": true, "periodInDays": 90}}),
+    )
+    .await;
+    let record = h.fake.record("k1").expect("record");
+    assert_eq!(
+        record.spec.next_rotation_time.as_deref(),
+        Some("2026-04-01T00:00:00Z")
+    );
+    let mut rotation_days = Vec::new();
+    for day in 1..=365 {
+        h.days(1);
+        let action = h.reconcile("k1").await;
+        let log = h.fake.take_log();
+        if log.len() > 1 {
+            assert_eq!(
+                log,
+                vec![
+                    "GET kmskeymaterials/k1",
+                    "PUT kmskeymaterials/k1",
+                    "PATCH kmskeys/k1/status",
+                    "EVENT Rotated"
+                ],
+                "day {day}"
+            );
+            rotation_days.push(day);
+        } else {
+            assert_eq!(log, only_get("k1"), "day {day}");
+        }
+        // The next rotation is at least 1 day away; the requeue is capped, never polling.
+        assert_eq!(action, Action::requeue(MAX_REQUEUE), "day {day}");
+    }
+    assert_eq!(rotation_days, vec![90, 180, 270, 360]);
+    let versions = h.versions("k1");
+    assert_eq!(versions.len(), 5);
+    assert!(
+        versions[1..]
+            .iter()
+            .all(|(_, t)| *t == Some(RotationTypeName::Automatic))
+    );
+    let status = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    assert_eq!(status.current_version, Some(5));
+    assert_eq!(status.versions.len(), 5);
+}
+
+#[tokio::test]
+async fn a_missed_rotation_after_downtime_happens_once() {
+    let h = harness();
+    h.create(
+        "k1",
+        json!({"rotation": {"automatic": true, "periodInDays": 90}}),
+    )
+    .await;
+    // The operator was down for 400 days: four periods were missed.
+    h.days(400);
+    h.reconcile("k1").await;
+    assert_eq!(h.versions("k1").len(), 2, "one rotation, not four");
+    let record = h.fake.record("k1").expect("record");
+    let expected_next = start_time() + Duration::days(490);
+    assert_eq!(
+        record.spec.next_rotation_time,
+        Some(kubekms_k8s::convert::format_time(expected_next)),
+        "the schedule restarts from now"
+    );
+    h.fake.take_log();
+    h.reconcile("k1").await;
+    assert_eq!(h.fake.take_log(), only_get("k1"));
+    assert_eq!(h.versions("k1").len(), 2);
+}
+
+#[tokio::test]
+async fn a_disabled_key_does_not_rotate_until_enabled() {
+    let h = harness();
+    h.create(
+        "k1",
+        json!({"enabled": false, "rotation": {"automatic": true, "periodInDays": 90}}),
+    )
+    .await;
+    h.days(100);
+    h.reconcile("k1").await;
+    assert_eq!(h.versions("k1").len(), 1);
+    h.edit_spec("k1", |s| s.enabled = true);
+    h.reconcile("k1").await;
+    assert_eq!(h.versions("k1").len(), 2, "due at once when enabled again");
+}
+
+#[tokio::test]
+async fn an_on_demand_token_rotates_once_and_the_limit_is_a_condition() {
+    let h = harness();
+    h.create("k1", json!({"rotation": {"onDemandToken": "at-create"}}))
+        .await;
+    assert_eq!(
+        h.versions("k1").len(),
+        1,
+        "a token at creation is no request"
+    );
+    h.edit_spec("k1", |s| {
+        s.rotation.as_mut().expect("rotation").on_demand_token = Some("one".to_owned());
+    });
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PUT kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT Rotated"
+        ]
+    );
+    assert_eq!(
+        h.versions("k1"),
+        vec![(1, None), (2, Some(RotationTypeName::OnDemand))]
+    );
+    h.reconcile("k1").await;
+    assert_eq!(h.fake.take_log(), only_get("k1"), "the same token again");
+    assert_eq!(h.versions("k1").len(), 2);
+
+    // At the limit of 25 the request is refused with a condition and one Event.
+    {
+        let mut state = h.fake.state.lock().expect("state");
+        state.records.get_mut("k1").expect("record")["spec"]["onDemandRotations"] = json!(25);
+    }
+    h.edit_spec("k1", |s| {
+        s.rotation.as_mut().expect("rotation").on_demand_token = Some("two".to_owned());
+    });
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT RotationRefused"
+        ]
+    );
+    let status = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    let rotation = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Rotation")
+        .expect("Rotation condition");
+    assert_eq!(
+        (rotation.status.as_str(), rotation.reason.as_str()),
+        ("False", "LimitExceeded")
+    );
+    assert_eq!(status.key_state, Some(KeyStateName::Enabled));
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        only_get("k1"),
+        "no crash loop, no repeat"
+    );
+    assert_eq!(h.versions("k1").len(), 2);
+}
+
+#[tokio::test]
+async fn schedule_and_cancel_deletion() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+    h.edit_spec("k1", |s| {
+        s.deletion = Some(serde_json::from_value(json!({"pendingWindowInDays": 7})).expect("d"));
+    });
+    let action = h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PUT kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT DeletionScheduled"
+        ]
+    );
+    assert_eq!(action, Action::requeue(MAX_REQUEUE));
+    let status = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    assert_eq!(status.key_state, Some(KeyStateName::PendingDeletion));
+    assert_eq!(
+        status.deletion_date.as_deref(),
+        Some("2026-01-08T00:00:00Z")
+    );
+
+    h.days(3);
+    h.edit_spec("k1", |s| s.deletion = None);
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PATCH kmskeys/k1",
+            "PUT kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT DeletionCancelled"
+        ]
+    );
+    let key = h.fake.key("k1").expect("key");
+    assert!(!key.spec.enabled, "cancel leaves the key Disabled, as AWS");
+    assert_eq!(h.state("k1"), Some(KeyStateName::Disabled));
+    assert!(
+        h.fake
+            .record("k1")
+            .expect("record")
+            .spec
+            .deletion_date
+            .is_none()
+    );
+    h.edit_spec("k1", |s| s.enabled = true);
+    h.reconcile("k1").await;
+    assert_eq!(h.state("k1"), Some(KeyStateName::Enabled));
+}
+
+fn grant_on(key: &str) -> KmsGrant {
+    let mut grant: KmsGrant = serde_json::from_value(json!({
+        "apiVersion": "kubekms.io/v1alpha1",
+        "kind": "KmsGrant",
+        "metadata": {"name": format!("grant-{key}"), "namespace": NAMESPACE},
+        "spec": {"keyRef": {"name": key}, "grantee": {"user": "alice"}, "operations": ["Encrypt"]}
+    }))
+    .expect("grant");
+    grant.metadata.namespace = Some(NAMESPACE.to_owned());
+    grant
+}
+
+fn mark_deleted(h: &Harness, name: &str) {
+    let mut state = h.fake.state.lock().expect("state");
+    state.keys.get_mut(name).expect("key")["metadata"]["deletionTimestamp"] =
+        json!("2026-01-01T00:00:00Z");
+}
+
+#[tokio::test]
+async fn kubectl_delete_is_held_until_the_window_has_passed() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+    h.fake.put_grant(&grant_on("k1"));
+    mark_deleted(&h, "k1");
+    let action = h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PUT kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT DeletionScheduled"
+        ]
+    );
+    assert_eq!(action, Action::requeue(MAX_REQUEUE));
+    assert_eq!(h.state("k1"), Some(KeyStateName::PendingDeletion));
+    assert_eq!(
+        h.fake
+            .record("k1")
+            .expect("record")
+            .spec
+            .deletion_date
+            .as_deref(),
+        Some("2026-01-31T00:00:00Z"),
+        "the default window of 30 days"
+    );
+
+    // 29 days later the object is still held and the material still there.
+    h.days(29);
+    let action = h.reconcile("k1").await;
+    assert_eq!(h.fake.take_log(), only_get("k1"));
+    assert_eq!(
+        action,
+        requeue_at(start_time() + Duration::days(30), h.clock_now())
+    );
+    assert!(h.fake.record("k1").is_some());
+
+    // Past the window: the record goes, the grant goes, the finalizer is released.
+    h.days(2);
+    assert_eq!(h.reconcile("k1").await, Action::await_change());
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "GET kmskeymaterials/k1",
+            "DELETE kmskeymaterials/k1",
+            "GET kmsgrants",
+            "DELETE kmsgrants/grant-k1",
+            "EVENT MaterialDestroyed",
+            "PATCH kmskeys/k1"
+        ]
+    );
+    assert!(h.fake.record("k1").is_none());
+    assert!(
+        h.fake.key("k1").is_none(),
+        "finalizer released, object gone"
+    );
+    assert!(h.fake.grant_names().is_empty());
+}
+
+#[tokio::test]
+async fn a_scheduled_deletion_that_runs_out_deletes_the_key_through_the_finalizer() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+    h.edit_spec("k1", |s| {
+        s.deletion = Some(serde_json::from_value(json!({"pendingWindowInDays": 7})).expect("d"));
+    });
+    h.reconcile("k1").await;
+    assert_eq!(h.state("k1"), Some(KeyStateName::PendingDeletion));
+    h.fake.take_log();
+    h.days(8);
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "DELETE kmskeys/k1",
+            "EVENT DeletionDue"
+        ]
+    );
+    h.reconcile("k1").await;
+    assert!(h.fake.record("k1").is_none());
+    assert!(h.fake.key("k1").is_none());
+}
+
+#[test]
+fn requeue_is_at_the_due_time_within_bounds() {
+    let now = start_time();
+    assert_eq!(
+        requeue_at(now + Duration::minutes(10), now),
+        Action::requeue(std::time::Duration::from_secs(600))
+    );
+    assert_eq!(
+        requeue_at(now - Duration::minutes(10), now),
+        Action::requeue(std::time::Duration::from_secs(1))
+    );
+    assert_eq!(
+        requeue_at(now + Duration::days(100), now),
+        Action::requeue(MAX_REQUEUE)
+    );
+}
+
+impl Harness {
+    fn clock_now(&self) -> OffsetDateTime {
+        use kubekms_operator::Clock as _;
+        self.clock.now()
+    }
+}
