@@ -1,0 +1,546 @@
+//! The operator against a real kube-apiserver and etcd: CRDs applied with kubectl, the
+//! controllers running in this process (watching only the test's namespace, with a
+//! test clock the test moves), and checks read back through the API and straight from etcd.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use kms_core::keystore::{FileKeyStore, RootKeyStore, WrapContext};
+use kms_core::{ArnScope, KeyId, KeySpec};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use kubekms_e2e::{ControlPlane, in_namespace, repo_root};
+use kubekms_k8s::names::{KeyStateName, RotationTypeName};
+use kubekms_k8s::{KmsAlias, KmsGrant, KmsKey, KmsKeyMaterial};
+use kubekms_operator::run::run_controllers;
+use kubekms_operator::{Context, Metrics, TestClock};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn apply_crds(cp: &ControlPlane) -> Result<()> {
+    let crds = repo_root().join("crds");
+    cp.kubectl([
+        "apply".as_ref(),
+        "--server-side".as_ref(),
+        "--force-conflicts".as_ref(),
+        "-f".as_ref(),
+        crds.as_os_str(),
+    ])?;
+    cp.kubectl([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/kmskeys.kubekms.io",
+        "crd/kmskeymaterials.kubekms.io",
+        "crd/kmsaliases.kubekms.io",
+        "crd/kmsgrants.kubekms.io",
+    ])?;
+    Ok(())
+}
+
+/// Polls `check` until it yields a value or `WAIT` has passed.
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {WAIT:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn key_where(
+    keys: &Api<KmsKey>,
+    name: &str,
+    what: &str,
+    condition: impl Fn(&KmsKey) -> bool,
+) -> Result<KmsKey> {
+    wait_for(&format!("KmsKey {name}: {what}"), || async {
+        Ok(keys.get_opt(name).await?.filter(|k| condition(k)))
+    })
+    .await
+}
+
+fn state(key: &KmsKey) -> Option<KeyStateName> {
+    key.status.as_ref().and_then(|s| s.key_state)
+}
+
+fn key_manifest(name: &str, spec: serde_json::Value) -> Result<KmsKey> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "kubekms.io/v1alpha1",
+        "kind": "KmsKey",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?)
+}
+
+async fn patch_spec(keys: &Api<KmsKey>, name: &str, spec: serde_json::Value) -> Result<()> {
+    keys.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": spec})),
+    )
+    .await
+    .with_context(|| format!("patching KmsKey {name}"))?;
+    Ok(())
+}
+
+/// Touches an annotation so the operator looks at the key again after the test moved the
+/// clock (in production the requeue at the due time does this).
+async fn nudge(keys: &Api<KmsKey>, name: &str) -> Result<()> {
+    let value = OffsetDateTime::now_utc().unix_timestamp_nanos().to_string();
+    keys.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"e2e.kubekms.io/nudge": value}}})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The plaintext of every material version of a record, unwrapped with the root key.
+fn unwrap_all(root: &FileKeyStore, record: &KmsKeyMaterial) -> Result<Vec<Vec<u8>>> {
+    let key_id = KeyId::parse(&record.spec.key_id)?;
+    record
+        .spec
+        .versions
+        .iter()
+        .map(|v| {
+            let wrapped = BASE64.decode(&v.wrapped)?;
+            let material = root.unwrap(
+                &WrapContext {
+                    key_id,
+                    version: v.version,
+                    spec: KeySpec::from(record.spec.key_spec),
+                },
+                &wrapped,
+            )?;
+            Ok(material.expose().to_vec())
+        })
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+struct Operator {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    clock: Arc<TestClock>,
+    root: Arc<FileKeyStore>,
+    dir: std::path::PathBuf,
+}
+
+impl Operator {
+    fn start(client: Client, namespace: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(kubekms_e2e::unique_name("kubekms-operator-e2e"));
+        std::fs::create_dir_all(&dir)?;
+        let root = Arc::new(FileKeyStore::init(&dir.join("root.key"))?);
+        let clock = Arc::new(TestClock::new(OffsetDateTime::now_utc()));
+        let ctx = Arc::new(Context::new(
+            client,
+            root.clone(),
+            ArnScope::default(),
+            clock.clone(),
+            Arc::new(Metrics::new()),
+            Some("e2e".to_owned()),
+        ));
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run_controllers(ctx, Some(namespace.to_owned()), shutdown));
+        Ok(Self {
+            stop,
+            task,
+            clock,
+            root,
+            dir,
+        })
+    }
+
+    async fn stop(self) -> Result<()> {
+        self.stop.send(true)?;
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .context("the controllers did not stop within 30 s")??;
+        std::fs::remove_dir_all(&self.dir)?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn operator_manages_the_key_lifecycle() -> Result<()> {
+    let cp = ControlPlane::shared()?;
+    apply_crds(cp)?;
+    let cp = cp.clone();
+    in_namespace(&cp.clone(), "operator", move |client, ns| async move {
+        let started = Instant::now();
+        let operator = Operator::start(client.clone(), &ns)?;
+        let keys: Api<KmsKey> = Api::namespaced(client.clone(), &ns);
+        let records: Api<KmsKeyMaterial> = Api::namespaced(client.clone(), &ns);
+
+        // Keys of every key spec (and the non-default usages), plus an imported one.
+        let specs = [
+            ("sym", json!({"keySpec": "SYMMETRIC_DEFAULT"})),
+            ("rsa2048", json!({"keySpec": "RSA_2048"})),
+            (
+                "rsa3072-sign",
+                json!({"keySpec": "RSA_3072", "keyUsage": "SIGN_VERIFY"}),
+            ),
+            ("rsa4096", json!({"keySpec": "RSA_4096"})),
+            ("p256", json!({"keySpec": "ECC_NIST_P256"})),
+            (
+                "p384-agree",
+                json!({"keySpec": "ECC_NIST_P384", "keyUsage": "KEY_AGREEMENT"}),
+            ),
+            ("p521", json!({"keySpec": "ECC_NIST_P521"})),
+            ("secp256k1", json!({"keySpec": "ECC_SECG_P256K1"})),
+            ("hmac224", json!({"keySpec": "HMAC_224"})),
+            ("hmac256", json!({"keySpec": "HMAC_256"})),
+            ("hmac384", json!({"keySpec": "HMAC_384"})),
+            ("hmac512", json!({"keySpec": "HMAC_512"})),
+            (
+                "rotating",
+                json!({"rotation": {"automatic": true, "periodInDays": 90}}),
+            ),
+        ];
+        for (name, spec) in &specs {
+            keys.create(&PostParams::default(), &key_manifest(name, spec.clone())?)
+                .await
+                .with_context(|| format!("creating KmsKey {name}"))?;
+        }
+        keys.create(
+            &PostParams::default(),
+            &key_manifest("imported", json!({"origin": "EXTERNAL"}))?,
+        )
+        .await?;
+        for (name, spec) in &specs {
+            let key = key_where(&keys, name, "Enabled", |k| {
+                state(k) == Some(KeyStateName::Enabled)
+            })
+            .await?;
+            let status = key.status.context("status")?;
+            let key_id = status.key_id.context("keyId")?;
+            ensure!(
+                status.arn.as_deref() == Some(&format!("arn:kubekms:kms:local:{ns}:key/{key_id}")),
+                "{name}: arn {:?}",
+                status.arn
+            );
+            let algorithms = status.encryption_algorithms.len()
+                + status.signing_algorithms.len()
+                + status.mac_algorithms.len()
+                + status.key_agreement_algorithms.len();
+            ensure!(algorithms > 0, "{name} ({spec}): no algorithms in status");
+            ensure!(status.current_version == Some(1), "{name}: version");
+            ensure!(
+                key.metadata
+                    .finalizers
+                    .unwrap_or_default()
+                    .contains(&kubekms_operator::key::FINALIZER.to_owned()),
+                "{name}: no finalizer"
+            );
+        }
+        key_where(&keys, "imported", "PendingImport", |k| {
+            state(k) == Some(KeyStateName::PendingImport)
+        })
+        .await?;
+        let created_in = started.elapsed();
+
+        // Disable and enable.
+        patch_spec(&keys, "sym", json!({"enabled": false})).await?;
+        key_where(&keys, "sym", "Disabled", |k| {
+            state(k) == Some(KeyStateName::Disabled)
+        })
+        .await?;
+        patch_spec(&keys, "sym", json!({"enabled": true})).await?;
+        key_where(&keys, "sym", "Enabled again", |k| {
+            state(k) == Some(KeyStateName::Enabled)
+        })
+        .await?;
+
+        // On-demand rotation adds a version, once per token.
+        patch_spec(
+            &keys,
+            "sym",
+            json!({"rotation": {"onDemandToken": "first"}}),
+        )
+        .await?;
+        let key = key_where(&keys, "sym", "version 2", |k| {
+            k.status.as_ref().and_then(|s| s.current_version) == Some(2)
+        })
+        .await?;
+        let versions = key.status.context("status")?.versions;
+        ensure!(
+            versions.last().and_then(|v| v.rotation_type) == Some(RotationTypeName::OnDemand),
+            "{versions:?}"
+        );
+
+        // Automatic rotation, reached by moving the operator's clock 91 days.
+        operator.clock.advance(time::Duration::days(91));
+        nudge(&keys, "rotating").await?;
+        let key = key_where(&keys, "rotating", "an automatic rotation", |k| {
+            k.status.as_ref().and_then(|s| s.current_version) == Some(2)
+        })
+        .await?;
+        let versions = key.status.context("status")?.versions;
+        ensure!(
+            versions.last().and_then(|v| v.rotation_type) == Some(RotationTypeName::Automatic),
+            "{versions:?}"
+        );
+
+        // Schedule and cancel a deletion: the key returns Disabled, as in AWS.
+        patch_spec(
+            &keys,
+            "hmac256",
+            json!({"deletion": {"pendingWindowInDays": 7}}),
+        )
+        .await?;
+        let key = key_where(&keys, "hmac256", "PendingDeletion", |k| {
+            state(k) == Some(KeyStateName::PendingDeletion)
+        })
+        .await?;
+        ensure!(
+            key.status.and_then(|s| s.deletion_date).is_some(),
+            "no deletionDate"
+        );
+        patch_spec(&keys, "hmac256", json!({"deletion": null})).await?;
+        let key = key_where(&keys, "hmac256", "Disabled after cancel", |k| {
+            state(k) == Some(KeyStateName::Disabled)
+        })
+        .await?;
+        ensure!(!key.spec.enabled, "cancel sets spec.enabled false");
+
+        // Aliases and grants.
+        let aliases: Api<KmsAlias> = Api::namespaced(client.clone(), &ns);
+        let alias: KmsAlias = serde_json::from_value(json!({
+            "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsAlias",
+            "metadata": {"name": "app"},
+            "spec": {"aliasName": "alias/app", "targetKeyRef": {"name": "sym"}}
+        }))?;
+        aliases.create(&PostParams::default(), &alias).await?;
+        let sym_id = keys
+            .get("sym")
+            .await?
+            .status
+            .and_then(|s| s.key_id)
+            .context("sym keyId")?;
+        wait_for("alias/app resolved", || async {
+            let alias = aliases.get("app").await?;
+            Ok(alias
+                .status
+                .filter(|s| s.target_key_id.as_deref() == Some(sym_id.as_str()))
+                .filter(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                }))
+        })
+        .await?;
+        let mut duplicate = alias.clone();
+        duplicate.metadata.name = Some("app-again".to_owned());
+        aliases.create(&PostParams::default(), &duplicate).await?;
+        wait_for("the younger alias reports NameConflict", || async {
+            let alias = aliases.get("app-again").await?;
+            Ok(alias
+                .status
+                .filter(|s| s.conditions.iter().any(|c| c.reason == "NameConflict")))
+        })
+        .await?;
+        // Retargeting to an HMAC key is refused (AWS UpdateAlias); the target stays.
+        aliases
+            .patch(
+                "app",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"targetKeyRef": {"name": "hmac512"}}})),
+            )
+            .await?;
+        wait_for("IncompatibleTarget", || async {
+            let alias = aliases.get("app").await?;
+            Ok(alias
+                .status
+                .filter(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.reason == "IncompatibleTarget")
+                })
+                .filter(|s| s.target_key_id.as_deref() == Some(sym_id.as_str())))
+        })
+        .await?;
+
+        let grants: Api<KmsGrant> = Api::namespaced(client.clone(), &ns);
+        let grant = |name: &str, key: &str, operations: serde_json::Value| -> Result<KmsGrant> {
+            Ok(serde_json::from_value(json!({
+                "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsGrant",
+                "metadata": {"name": name},
+                "spec": {"keyRef": {"name": key}, "grantee": {"serviceAccount": {"name": "app"}},
+                         "operations": operations,
+                         "constraints": {"encryptionContextSubset": {"app": "billing"}}}
+            }))?)
+        };
+        grants
+            .create(
+                &PostParams::default(),
+                &grant("enc", "p256-gone", json!(["Sign"]))?,
+            )
+            .await?;
+        grants
+            .create(
+                &PostParams::default(),
+                &grant("ok", "sym", json!(["Encrypt", "Decrypt"]))?,
+            )
+            .await?;
+        grants
+            .create(
+                &PostParams::default(),
+                &grant("bad", "sym", json!(["Sign"]))?,
+            )
+            .await?;
+        let granted = wait_for("grant ok Granted", || async {
+            Ok(grants.get("ok").await?.status.filter(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.reason == "Granted" && c.status == "True")
+            }))
+        })
+        .await?;
+        let grant_id = granted.grant_id.context("grantId")?;
+        ensure!(
+            grant_id.len() == 64 && grant_id.chars().all(|c| c.is_ascii_hexdigit()),
+            "grantId {grant_id}"
+        );
+        ensure!(granted.grant_token.is_some(), "grantToken");
+        for (name, reason) in [("bad", "InvalidOperations"), ("enc", "KeyNotFound")] {
+            wait_for(&format!("grant {name}: {reason}"), || async {
+                Ok(grants
+                    .get(name)
+                    .await?
+                    .status
+                    .filter(|s| s.conditions.iter().any(|c| c.reason == reason)))
+            })
+            .await?;
+        }
+
+        // No plaintext material anywhere in etcd: not in the records, not in the keys.
+        let mut checked = 0;
+        for record in records.list(&Default::default()).await? {
+            let name = record.name_any();
+            let materials = unwrap_all(&operator.root, &record)?;
+            for prefix in ["kmskeymaterials", "kmskeys"] {
+                let etcd_key = format!("/registry/kubekms.io/{prefix}/{ns}/{name}");
+                let stored = cp
+                    .etcd_get(&etcd_key)?
+                    .with_context(|| format!("{etcd_key} not in etcd"))?;
+                for material in &materials {
+                    for form in [
+                        material.clone(),
+                        BASE64.encode(material).into_bytes(),
+                        kms_hex(material).into_bytes(),
+                    ] {
+                        ensure!(
+                            !contains(&stored, &form),
+                            "{etcd_key} holds plaintext material"
+                        );
+                    }
+                }
+                if prefix == "kmskeys" {
+                    for version in &record.spec.versions {
+                        ensure!(
+                            !contains(&stored, version.wrapped.as_bytes()),
+                            "{etcd_key} holds wrapped material"
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+        ensure!(
+            checked >= 2 * specs.len(),
+            "checked only {checked} etcd values"
+        );
+
+        // kubectl delete: held by the finalizer, PendingDeletion for the default 30 days.
+        cp.kubectl(["delete", "kmskey", "sym", "-n", &ns, "--wait=false"])?;
+        let key = key_where(&keys, "sym", "held PendingDeletion", |k| {
+            state(k) == Some(KeyStateName::PendingDeletion)
+        })
+        .await?;
+        ensure!(key.metadata.deletion_timestamp.is_some(), "not deleting");
+        ensure!(records.get_opt("sym").await?.is_some(), "record gone early");
+        wait_for("alias reports TargetPendingDeletion", || async {
+            aliases
+                .patch(
+                    "app",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"targetKeyRef": {"name": "sym"}}})),
+                )
+                .await?;
+            Ok(aliases.get("app").await?.status.filter(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.reason == "TargetPendingDeletion")
+            }))
+        })
+        .await?;
+        // A day before the window ends it is still held.
+        operator.clock.advance(time::Duration::days(29));
+        nudge(&keys, "sym").await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ensure!(
+            keys.get_opt("sym").await?.is_some(),
+            "released before the window"
+        );
+        ensure!(
+            records.get_opt("sym").await?.is_some(),
+            "material destroyed early"
+        );
+        // Past the window: material destroyed, finalizer released, grants removed.
+        operator.clock.advance(time::Duration::days(2));
+        nudge(&keys, "sym").await?;
+        wait_for("KmsKey sym gone", || async {
+            Ok(keys.get_opt("sym").await?.is_none().then_some(()))
+        })
+        .await?;
+        ensure!(records.get_opt("sym").await?.is_none(), "record survived");
+        wait_for("grants on sym removed", || async {
+            Ok(
+                (grants.get_opt("ok").await?.is_none() && grants.get_opt("bad").await?.is_none())
+                    .then_some(()),
+            )
+        })
+        .await?;
+        wait_for("alias reports TargetDeleted", || async {
+            Ok(aliases
+                .get("app")
+                .await?
+                .status
+                .filter(|s| s.conditions.iter().any(|c| c.reason == "TargetDeleted")))
+        })
+        .await?;
+        let _ = keys.delete("imported", &DeleteParams::default()).await;
+
+        operator.stop().await?;
+        eprintln!(
+            "operator e2e: {} keys Enabled in {created_in:?}; whole test {:?}",
+            specs.len(),
+            started.elapsed()
+        );
+        Ok(())
+    })
+    .await
+}
+
+fn kms_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
