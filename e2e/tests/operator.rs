@@ -544,3 +544,45 @@ async fn operator_manages_the_key_lifecycle() -> Result<()> {
 fn kms_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test]
+async fn only_one_replica_holds_the_leader_lease() -> Result<()> {
+    use kubekms_operator::leader::{LeaderElector, LeaseConfig};
+    let cp = ControlPlane::shared()?;
+    in_namespace(cp, "leader", move |client, ns| async move {
+        let config = |identity: &str| LeaseConfig {
+            namespace: ns.clone(),
+            name: "kubekms-operator".to_owned(),
+            identity: identity.to_owned(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(1),
+        };
+        let first = LeaderElector::new(client.clone(), config("replica-a"));
+        let second = LeaderElector::new(client.clone(), config("replica-b"));
+        ensure!(
+            first.try_acquire_or_renew().await?,
+            "a acquires a new Lease"
+        );
+        ensure!(
+            !second.try_acquire_or_renew().await?,
+            "b must not take a held Lease"
+        );
+        ensure!(first.try_acquire_or_renew().await?, "a renews");
+        first.release().await;
+        ensure!(
+            second.try_acquire_or_renew().await?,
+            "b takes a released Lease"
+        );
+        ensure!(!first.try_acquire_or_renew().await?, "a is now the standby");
+        let lease: k8s_openapi::api::coordination::v1::Lease =
+            Api::namespaced(client, &ns).get("kubekms-operator").await?;
+        let spec = lease.spec.context("lease spec")?;
+        ensure!(
+            spec.holder_identity.as_deref() == Some("replica-b"),
+            "{spec:?}"
+        );
+        ensure!(spec.lease_transitions == Some(1), "{spec:?}");
+        Ok(())
+    })
+    .await
+}
