@@ -35,6 +35,8 @@ log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+log "dependency audit (offline RustSec database)"
+hack/audit.sh
 log "building the tests"
 cargo test --workspace --no-run "$@"
 log "building the kubekms plugin"
@@ -68,4 +70,6 @@ hack/control-plane.sh up --state-dir "${state}" --tools-bin "${TOOLS_BIN}" --wat
 
 log "cargo test --workspace (e2e against ${state})"
 KUBEKMS_E2E_STATE="${state}" cargo test --workspace "$@"
+log "Wycheproof vector counts"
+cargo test -q -p kubekms-core --test wycheproof -- --show-output 2>&1 | grep -E '^wycheproof '
 log "all tests passed in $((SECONDS - start))s"
