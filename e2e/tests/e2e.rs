@@ -346,7 +346,7 @@ async fn launcher_rejects_a_busy_port_at_once() -> Result<()> {
     let cp = control_plane()?;
     let busy = TcpListener::bind("127.0.0.1:0")?;
     let port = busy.local_addr()?.port().to_string();
-    let (stderr, _, elapsed) = launcher_expecting_failure(cp, &["--apiserver-port", &port])?;
+    let (stderr, state, elapsed) = launcher_expecting_failure(cp, &["--apiserver-port", &port])?;
     ensure!(
         stderr.contains(&format!("port {port} on 127.0.0.1 is already in use")),
         "unclear error for a busy port:\n{stderr}"
@@ -355,6 +355,7 @@ async fn launcher_rejects_a_busy_port_at_once() -> Result<()> {
         elapsed < Duration::from_secs(30),
         "busy port took {elapsed:?} to report"
     );
+    let _ = std::fs::remove_dir_all(state);
     Ok(())
 }
 
@@ -386,5 +387,6 @@ async fn launcher_names_the_process_and_log_when_the_apiserver_is_not_ready() ->
             "encryption-config.yaml lacks {expected:?}:\n{config}"
         );
     }
+    let _ = std::fs::remove_dir_all(state);
     Ok(())
 }
