@@ -105,25 +105,23 @@ async fn hold_or_destroy(
     let name = key.name_any();
     let now = ctx.clock.now();
     let mut notes = Vec::new();
-    let due = match records.get_opt(&name).await? {
-        // Never created, or destroyed just before a crash: nothing to hold.
-        None => true,
-        Some(mut record) => {
-            let date = match record.spec.deletion_date.as_deref() {
-                Some(date) => parse_time("deletionDate", date)?,
-                None => {
-                    let window = key
-                        .spec
-                        .deletion
-                        .as_ref()
-                        .map_or(DEFAULT_PENDING_WINDOW_DAYS, |d| d.pending_window_in_days);
-                    kms_core::key::validate_pending_window(window)?;
-                    let date = now + Duration::days(i64::from(window));
-                    record.spec.deletion_date = Some(format_time(date));
-                    record = records
-                        .replace(&name, &PostParams::default(), &record)
-                        .await?;
-                    notes.push(Note::normal(
+    // No record (never created, or destroyed just before a crash): nothing to hold.
+    if let Some(mut record) = records.get_opt(&name).await? {
+        let date = match record.spec.deletion_date.as_deref() {
+            Some(date) => parse_time("deletionDate", date)?,
+            None => {
+                let window = key
+                    .spec
+                    .deletion
+                    .as_ref()
+                    .map_or(DEFAULT_PENDING_WINDOW_DAYS, |d| d.pending_window_in_days);
+                kms_core::key::validate_pending_window(window)?;
+                let date = now + Duration::days(i64::from(window));
+                record.spec.deletion_date = Some(format_time(date));
+                record = records
+                    .replace(&name, &PostParams::default(), &record)
+                    .await?;
+                notes.push(Note::normal(
                         "DeletionScheduled",
                         "ScheduleDeletion",
                         format!(
@@ -131,19 +129,16 @@ async fn hold_or_destroy(
                             format_time(date)
                         ),
                     ));
-                    date
-                }
-            };
-            if date > now {
-                let status = key_status(&key, &key.spec, &record.spec, ctx, namespace, &[]);
-                write_status(keys, &key, status, ctx).await?;
-                publish(ctx, &key.object_ref(&()), notes).await;
-                return Ok(requeue_at(date, now));
+                date
             }
-            true
+        };
+        if date > now {
+            let status = key_status(&key, &key.spec, &record.spec, ctx, namespace);
+            write_status(keys, &key, status).await?;
+            publish(ctx, &key.object_ref(&()), notes).await;
+            return Ok(requeue_at(date, now));
         }
-    };
-    debug_assert!(due);
+    }
     finalizer(keys, FINALIZER, key, |event| async {
         match event {
             FinalizerEvent::Cleanup(key) => destroy(&key, ctx, records, namespace).await,
@@ -290,7 +285,7 @@ async fn apply(
                     now,
                     key.meta().generation,
                 );
-                write_status(keys, key, status, ctx).await?;
+                write_status(keys, key, status).await?;
                 publish(
                     ctx,
                     &key.object_ref(&()),
@@ -515,7 +510,7 @@ async fn apply(
             .await?;
     }
 
-    let mut status = key_status(key, &spec, &next, ctx, namespace, &[]);
+    let mut status = key_status(key, &spec, &next, ctx, namespace);
     if let Some((reason, message)) = rotation_problem {
         status.conditions.push(Condition {
             type_: "Rotation".to_owned(),
@@ -545,7 +540,7 @@ async fn apply(
             _ => {}
         }
     }
-    write_status(keys, key, status, ctx).await?;
+    write_status(keys, key, status).await?;
     publish(ctx, &key.object_ref(&()), notes).await;
     if let Some(state) = state {
         ctx.metrics.key_state(
@@ -607,7 +602,6 @@ fn key_status(
     record: &KmsKeyMaterialSpec,
     ctx: &Context,
     namespace: &str,
-    extra: &[Condition],
 ) -> KmsKeyStatus {
     let now = ctx.clock.now();
     let generation = key.meta().generation;
@@ -649,7 +643,6 @@ fn key_status(
         _ => (false, "Unknown", String::new()),
     };
     set_ready(&mut status, ready, reason, message, now, generation);
-    status.conditions.extend(extra.iter().cloned());
     keep_transition_times(key.status.as_ref(), &mut status);
     status
 }
@@ -684,12 +677,7 @@ fn keep_transition_times(previous: Option<&KmsKeyStatus>, status: &mut KmsKeySta
 
 /// Writes the status by server-side apply, only when it changed (a write would trigger
 /// another reconciliation).
-async fn write_status(
-    keys: &Api<KmsKey>,
-    key: &KmsKey,
-    status: KmsKeyStatus,
-    _ctx: &Context,
-) -> Result<(), Error> {
+async fn write_status(keys: &Api<KmsKey>, key: &KmsKey, status: KmsKeyStatus) -> Result<(), Error> {
     if key.status.as_ref() == Some(&status) {
         return Ok(());
     }
@@ -725,7 +713,7 @@ async fn invalid(
         key.meta().generation,
     );
     status.observed_generation = key.meta().generation;
-    write_status(keys, key, status, ctx).await?;
+    write_status(keys, key, status).await?;
     publish(
         ctx,
         &key.object_ref(&()),
