@@ -5,6 +5,8 @@
 #
 #   hack/audit.sh            audit; installs cargo-audit with `cargo install` when missing
 #   KUBEKMS_ADVISORY_DB=DIR  another copy of the database
+#   KUBEKMS_REQUIRE_AUDIT=1  fail, rather than skip, when the database is missing (.ci/run
+#                            sets it: CI always has ../shared beside the clone)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,8 +14,12 @@ cd "${REPO_ROOT}"
 db="${KUBEKMS_ADVISORY_DB:-${REPO_ROOT}/../shared/advisory-db}"
 
 if [[ ! -d "${db}/crates" ]]; then
-  echo "[audit] no advisory database at ${db}; set KUBEKMS_ADVISORY_DB" >&2
-  exit 1
+  if [[ "${KUBEKMS_REQUIRE_AUDIT:-0}" == 1 ]]; then
+    echo "[audit] no advisory database at ${db}; set KUBEKMS_ADVISORY_DB" >&2
+    exit 1
+  fi
+  echo "[audit] SKIPPED: no advisory database at ${db} (set KUBEKMS_ADVISORY_DB to audit)" >&2
+  exit 0
 fi
 if ! command -v cargo-audit >/dev/null 2>&1; then
   echo "[audit] installing cargo-audit" >&2
