@@ -1,5 +1,6 @@
-//! The KmsKey reconciler against a fake API server, with the clock moved by hand: each
-//! test asserts the exact requests of every pass.
+//! The reconcilers against a fake API server, with the clock moved by hand: the KmsKey
+//! tests assert the exact requests of every pass; the KmsAlias and KmsGrant tests at the end
+//! check their conditions.
 
 mod fake_api;
 
@@ -13,7 +14,7 @@ use kms_core::{ArnScope, KeyId, KeySpec};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kubekms_k8s::names::{KeyStateName, RotationTypeName};
-use kubekms_k8s::{KmsGrant, KmsKey, KmsKeySpec};
+use kubekms_k8s::{KmsAlias, KmsGrant, KmsKey, KmsKeySpec};
 use kubekms_operator::key::{self, FINALIZER, MAX_REQUEUE, requeue_at};
 use kubekms_operator::{Context, Metrics, TestClock};
 use serde_json::json;
@@ -597,4 +598,158 @@ impl Harness {
         use kubekms_operator::Clock as _;
         self.clock.now()
     }
+}
+
+fn alias(name: &str, alias_name: &str, target: &str, created: &str) -> KmsAlias {
+    serde_json::from_value(json!({
+        "apiVersion": "kubekms.io/v1alpha1",
+        "kind": "KmsAlias",
+        "metadata": {"name": name, "namespace": NAMESPACE, "generation": 1,
+                     "creationTimestamp": created},
+        "spec": {"aliasName": alias_name, "targetKeyRef": {"name": target}}
+    }))
+    .expect("alias")
+}
+
+fn ready_reason(conditions: &[kubekms_k8s::Condition]) -> Option<(String, String)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+impl Harness {
+    async fn reconcile_alias(&self, name: &str) -> kubekms_k8s::KmsAliasStatus {
+        let alias = self.fake.alias(name).expect("alias");
+        kubekms_operator::alias::reconcile(Arc::new(alias), self.ctx.clone())
+            .await
+            .expect("reconcile alias");
+        self.fake
+            .alias(name)
+            .and_then(|a| a.status)
+            .expect("alias status")
+    }
+
+    async fn reconcile_grant(&self, name: &str) -> Option<kubekms_k8s::KmsGrantStatus> {
+        let grant = self.fake.grant(name).expect("grant");
+        kubekms_operator::grant::reconcile(Arc::new(grant), self.ctx.clone())
+            .await
+            .expect("reconcile grant");
+        self.fake.grant(name).and_then(|g| g.status)
+    }
+}
+
+#[tokio::test]
+async fn aliases_resolve_and_report_conflicts_and_incompatible_retargets() {
+    let h = harness();
+    let sym = h.create("sym", json!({})).await;
+    h.create("other-sym", json!({})).await;
+    h.create("mac", json!({"keySpec": "HMAC_256"})).await;
+    let sym_id = sym.status.and_then(|s| s.key_id).expect("id");
+
+    h.fake
+        .put_alias(&alias("app", "alias/app", "sym", "2026-01-01T00:00:00Z"));
+    let status = h.reconcile_alias("app").await;
+    assert_eq!(status.target_key_id.as_deref(), Some(sym_id.as_str()));
+    assert_eq!(
+        status.alias_arn.as_deref(),
+        Some("arn:kubekms:kms:local:team-a:alias/app")
+    );
+    assert_eq!(
+        ready_reason(&status.conditions),
+        Some(("True".to_owned(), "Ready".to_owned()))
+    );
+
+    // A younger alias with the same name loses.
+    h.fake
+        .put_alias(&alias("app-2", "alias/app", "sym", "2026-01-02T00:00:00Z"));
+    let status = h.reconcile_alias("app-2").await;
+    assert_eq!(
+        ready_reason(&status.conditions),
+        Some(("False".to_owned(), "NameConflict".to_owned()))
+    );
+    assert_eq!(
+        ready_reason(&h.reconcile_alias("app").await.conditions),
+        Some(("True".to_owned(), "Ready".to_owned())),
+        "the older alias keeps the name"
+    );
+
+    // Retarget to an HMAC key: refused, the alias keeps its target.
+    h.retarget("app", "mac");
+    let status = h.reconcile_alias("app").await;
+    assert_eq!(
+        ready_reason(&status.conditions),
+        Some(("False".to_owned(), "IncompatibleTarget".to_owned()))
+    );
+    assert_eq!(status.target_key_id.as_deref(), Some(sym_id.as_str()));
+
+    // Retarget to another symmetric key: allowed.
+    h.retarget("app", "other-sym");
+    let status = h.reconcile_alias("app").await;
+    assert_eq!(
+        ready_reason(&status.conditions),
+        Some(("True".to_owned(), "Ready".to_owned()))
+    );
+    assert_ne!(status.target_key_id.as_deref(), Some(sym_id.as_str()));
+
+    h.fake.put_alias(&alias(
+        "lost",
+        "alias/lost",
+        "missing",
+        "2026-01-01T00:00:00Z",
+    ));
+    assert_eq!(
+        ready_reason(&h.reconcile_alias("lost").await.conditions),
+        Some(("False".to_owned(), "TargetNotFound".to_owned()))
+    );
+}
+
+impl Harness {
+    /// Points an alias at another key, keeping the status the reconciler wrote.
+    fn retarget(&self, name: &str, target: &str) {
+        let mut stored = self.fake.alias(name).expect("alias");
+        stored.spec.target_key_ref.name = target.to_owned();
+        self.fake.put_alias(&stored);
+    }
+}
+
+#[tokio::test]
+async fn grants_are_validated_against_their_key_and_keep_their_id() {
+    let h = harness();
+    h.create("sym", json!({})).await;
+    h.fake.put_grant(&grant_on("sym"));
+    let status = h.reconcile_grant("grant-sym").await.expect("status");
+    assert_eq!(
+        ready_reason(&status.conditions),
+        Some(("True".to_owned(), "Granted".to_owned()))
+    );
+    let grant_id = status.grant_id.clone().expect("grant id");
+    assert_eq!(grant_id.len(), 64);
+    assert!(grant_id.chars().all(|c| c.is_ascii_hexdigit()));
+    h.fake.take_log();
+    let again = h.reconcile_grant("grant-sym").await.expect("status");
+    assert_eq!(again.grant_id, Some(grant_id), "the grant id is stable");
+    assert_eq!(
+        h.fake.take_log(),
+        vec!["GET kmskeys/sym"],
+        "nothing to write the second time"
+    );
+
+    // Sign is not an operation of a symmetric key.
+    let mut bad = grant_on("sym");
+    bad.metadata.name = Some("bad".to_owned());
+    bad.spec.operations = vec![kubekms_k8s::names::GrantOperationName::Sign];
+    h.fake.put_grant(&bad);
+    let status = h.reconcile_grant("bad").await.expect("status");
+    assert_eq!(
+        ready_reason(&status.conditions),
+        Some(("False".to_owned(), "InvalidOperations".to_owned()))
+    );
+    assert!(status.grant_id.is_none());
+
+    // A key being deleted whose material is gone takes its grants with it.
+    mark_deleted(&h, "sym");
+    h.fake.state.lock().expect("state").records.remove("sym");
+    assert!(h.reconcile_grant("grant-sym").await.is_none());
+    assert!(!h.fake.grant_names().contains(&"grant-sym".to_owned()));
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use kube::{Client, ResourceExt};
-use kubekms_k8s::{KmsGrant, KmsKey, KmsKeyMaterial};
+use kubekms_k8s::{KmsAlias, KmsGrant, KmsKey, KmsKeyMaterial};
 use serde_json::{Value, json};
 
 pub const NAMESPACE: &str = "team-a";
@@ -19,6 +19,7 @@ pub struct State {
     pub keys: BTreeMap<String, Value>,
     pub records: BTreeMap<String, Value>,
     pub grants: BTreeMap<String, Value>,
+    pub aliases: BTreeMap<String, Value>,
     pub log: Vec<String>,
     /// Notes of the Events, to check that no material leaks into them.
     pub event_notes: Vec<String>,
@@ -74,6 +75,25 @@ impl FakeApi {
     pub fn put_grant(&self, grant: &KmsGrant) {
         let value = serde_json::to_value(grant).expect("grant");
         self.lock().grants.insert(grant.name_any(), value);
+    }
+
+    pub fn put_alias(&self, alias: &KmsAlias) {
+        let value = serde_json::to_value(alias).expect("alias");
+        self.lock().aliases.insert(alias.name_any(), value);
+    }
+
+    pub fn alias(&self, name: &str) -> Option<KmsAlias> {
+        self.lock()
+            .aliases
+            .get(name)
+            .map(|v| serde_json::from_value(v.clone()).expect("stored alias"))
+    }
+
+    pub fn grant(&self, name: &str) -> Option<KmsGrant> {
+        self.lock()
+            .grants
+            .get(name)
+            .map(|v| serde_json::from_value(v.clone()).expect("stored grant"))
     }
 
     pub fn key(&self, name: &str) -> Option<KmsKey> {
@@ -139,6 +159,7 @@ impl FakeApi {
             "kmskeys" => &mut state.keys,
             "kmskeymaterials" => &mut state.records,
             "kmsgrants" => &mut state.grants,
+            "kmsaliases" => &mut state.aliases,
             other => panic!("unexpected resource {other}"),
         };
         match (method.as_str(), name, sub) {
