@@ -7,12 +7,15 @@
 //! - [`service`]: the keyring in memory and the handlers.
 //! - [`server`]: the Unix-socket gRPC server (mode 0600), HTTP health and metrics,
 //!   reload of the state folder, graceful shutdown.
+//! - [`follow`]: follow mode: watch a KmsKey and its KmsKeyMaterial and write them into
+//!   the state folder; `export` of the bootstrap key for the operator.
 //! - [`client`]: a client over the Unix socket (tests, benchmarks, `status` subcommand).
 //!
 //! See docs/plugin.md.
 
 pub mod client;
 pub mod error;
+pub mod follow;
 pub mod metrics;
 pub mod server;
 pub mod service;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use kms_plugin::follow::{FollowTarget, export, follow};
 use kms_plugin::metrics::Metrics;
 use kms_plugin::server::{ServeConfig, serve, shutdown_signal};
 use kms_plugin::{Plugin, StateDir, format_key_id};
@@ -65,6 +66,28 @@ enum Command {
         /// How often to check the state folder for a rotation, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         reload_interval_ms: u64,
+        /// Follow this KmsKey (NAMESPACE/NAME) and its KmsKeyMaterial: write what they
+        /// hold into the state folder and make an Enabled key the active one. The plugin
+        /// starts and serves from the folder alone; the watch runs in the background.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        follow: Option<FollowTarget>,
+        /// Kubeconfig for --follow (default: in-cluster config, else $KUBECONFIG or
+        /// ~/.kube/config).
+        #[arg(long, requires = "follow")]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Print the active key as a KmsKeyMaterial record and a KmsKey (YAML for `kubectl
+    /// apply --server-side -f -`) with the same key id and wrapped versions, so the
+    /// operator adopts the bootstrap key and nothing needs re-encrypting.
+    Export {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Namespace of the KmsKey to create.
+        #[arg(long)]
+        namespace: String,
+        /// Name of the KmsKey (and of its KmsKeyMaterial).
+        #[arg(long)]
+        name: String,
     },
     /// Ask a running plugin for its Status (as kube-apiserver does).
     Status {
@@ -139,14 +162,24 @@ fn main() -> Result<()> {
             socket,
             http_addr,
             reload_interval_ms,
+            follow: target,
+            kubeconfig,
         } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(async move {
                 let metrics = Arc::new(Metrics::new());
                 let plugin = Plugin::open(StateDir::new(&state_dir), metrics)
                     .with_context(|| format!("loading {}", state_dir.display()))?;
-                let shutdown = shutdown_signal()?;
-                serve(
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let follower = target.map(|target| {
+                    tokio::spawn(follow(plugin.clone(), target, kubeconfig, stop_rx))
+                });
+                let signal = shutdown_signal()?;
+                let shutdown = async move {
+                    signal.await;
+                    let _ = stop_tx.send(true);
+                };
+                let served = serve(
                     plugin,
                     ServeConfig {
                         socket,
@@ -155,9 +188,24 @@ fn main() -> Result<()> {
                     },
                     shutdown,
                 )
-                .await?;
+                .await;
+                if let Some(follower) = follower {
+                    follower.abort();
+                    let _ = follower.await;
+                }
+                served?;
                 Ok::<_, anyhow::Error>(())
             })?;
+        }
+        Command::Export {
+            state_dir,
+            namespace,
+            name,
+        } => {
+            let target: FollowTarget = format!("{namespace}/{name}")
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?;
+            print!("{}", export(&StateDir::new(&state_dir), &target)?);
         }
         Command::Status { socket } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

@@ -71,6 +71,7 @@ pub struct Keyring {
     active: KeyId,
     current_version: u32,
     key_id: String,
+    warning: Option<String>,
 }
 
 impl Keyring {
@@ -87,6 +88,7 @@ impl Keyring {
             .map_err(|e| PluginError::NoKey(e.to_string()))?;
         Ok(Self {
             key_id: format_key_id(state.active, current_version),
+            warning: state.active_warning,
             keys: state.keys,
             active: state.active,
             current_version,
@@ -143,7 +145,10 @@ impl Keyring {
         if back != probe {
             return Err("self-test: decrypt returned other bytes than were encrypted".into());
         }
-        Ok(())
+        match &self.warning {
+            Some(warning) => Err(warning.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Encrypts under the active key's current version; returns the blob and its key_id.
@@ -230,6 +235,7 @@ struct Inner {
     ring: RwLock<Arc<Keyring>>,
     snapshot: Mutex<Vec<(String, Vec<u8>)>>,
     reload_error: RwLock<Option<String>>,
+    follow_problem: RwLock<Option<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -278,6 +284,7 @@ impl Plugin {
                 ring: RwLock::new(Arc::new(ring)),
                 snapshot: Mutex::new(snapshot),
                 reload_error: RwLock::new(None),
+                follow_problem: RwLock::new(None),
                 metrics,
             }),
         })
@@ -343,8 +350,21 @@ impl Plugin {
         write_lock(&self.inner.reload_error, Some(reason));
     }
 
-    /// Health: the key is usable, the state folder reads, and a self-test round trip
-    /// succeeds. `Err` carries the reason in words.
+    /// The state folder this plugin serves from.
+    #[must_use]
+    pub fn state_dir(&self) -> &StateDir {
+        &self.inner.state
+    }
+
+    /// Sets (or clears) a problem of the Kubernetes follower that health reports, such as
+    /// a record wrapped under another root key. The plugin keeps serving its local keys.
+    pub fn set_follow_problem(&self, problem: Option<String>) {
+        write_lock(&self.inner.follow_problem, problem);
+    }
+
+    /// Health: the key is usable, the state folder reads, a self-test round trip
+    /// succeeds, the followed KmsKey is Enabled and its record could be adopted. `Err`
+    /// carries the reason in words.
     ///
     /// # Errors
     /// The reason.
@@ -352,7 +372,13 @@ impl Plugin {
         if let Some(reason) = read_lock(&self.inner.reload_error) {
             return Err(reason);
         }
-        let result = self.ring().self_test();
+        let result =
+            self.ring()
+                .self_test()
+                .and_then(|()| match read_lock(&self.inner.follow_problem) {
+                    Some(problem) => Err(problem),
+                    None => Ok(()),
+                });
         self.inner.metrics.healthy.set(i64::from(result.is_ok()));
         result
     }

@@ -48,6 +48,8 @@ pub const FORMAT: u32 = 1;
 
 /// Who wrote a key record: the local subcommands, or (later) the Kubernetes follower.
 pub const SOURCE_LOCAL: &str = "local";
+/// A record (or active-key choice) written by the Kubernetes follower (`serve --follow`).
+pub const SOURCE_KUBERNETES: &str = "kubernetes";
 
 /// `active-key.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +102,27 @@ pub struct KeyRecord {
     pub source: String,
     /// Material versions, oldest first.
     pub versions: Vec<VersionRecord>,
+    /// For records written by the Kubernetes follower: the KmsKey (`namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_object: Option<String>,
+    /// For records written by the Kubernetes follower: the key state that the KmsKey and
+    /// its record imply (`key_state` is the state this plugin serves the key in, which
+    /// stays Enabled so kube-apiserver keeps working; see docs/plugin.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_state: Option<String>,
+}
+
+/// What [`StateDir::adopt`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    /// The key.
+    pub key_id: KeyId,
+    /// Its newest material version.
+    pub current_version: u32,
+    /// Whether `keys/<uuid>.json` was (re)written.
+    pub record_written: bool,
+    /// Whether `active-key.json` was (re)written.
+    pub active_written: bool,
 }
 
 fn fmt_time(t: OffsetDateTime) -> Result<String, PluginError> {
@@ -141,6 +164,9 @@ pub struct LoadedState {
     pub keys: BTreeMap<KeyId, KmsKey>,
     /// The key Encrypt uses.
     pub active: KeyId,
+    /// Why the active key should not be relied on although it serves (its KmsKey is
+    /// Disabled or PendingDeletion), for health.
+    pub active_warning: Option<String>,
 }
 
 impl StateDir {
@@ -238,6 +264,13 @@ impl StateDir {
         let store = self.open_root_key()?;
         let active = self.read_active()?;
         let record = self.read_record(&active)?;
+        if record.source == SOURCE_KUBERNETES {
+            return Err(PluginError::State(format!(
+                "key {active} is managed by the operator (KmsKey {}): rotate it there \
+                 (spec.rotation.onDemandToken), not in the local folder",
+                record.kubernetes_object.as_deref().unwrap_or("?")
+            )));
+        }
         let mut key = record_to_key(&store, &record)?;
         let version = key
             .rotate(now, RotationType::OnDemand)
@@ -265,6 +298,92 @@ impl StateDir {
             return Err(PluginError::NotInitialized(self.root.clone()));
         }
         FileKeyStore::open(&path).map_err(PluginError::Core)
+    }
+
+    /// The active key and who chose it.
+    ///
+    /// # Errors
+    /// When the folder is not initialised or the file is unreadable.
+    pub fn read_active_file(&self) -> Result<ActiveKey, PluginError> {
+        let id = self.read_active()?;
+        let bytes =
+            fs::read(self.active_path()).map_err(|e| io_err("reading", &self.active_path(), e))?;
+        let mut active: ActiveKey = serde_json::from_slice(&bytes)
+            .map_err(|e| PluginError::State(format!("{ACTIVE_KEY_FILE}: {e}")))?;
+        active.key_id = id.to_string();
+        Ok(active)
+    }
+
+    /// Writes a key record that came from elsewhere (the Kubernetes follower), after
+    /// checking it: wrapped under this folder's root key, every version unwraps under its
+    /// (key id, version, spec), and it keeps every version (with the same material) that
+    /// the folder already holds for that key, so nothing decryptable is ever lost. With
+    /// `make_active`, the key becomes the one Encrypt uses. Writes only what changed,
+    /// atomically, under `.lock`.
+    ///
+    /// # Errors
+    /// A record that does not unwrap or would drop or change a version; I/O errors.
+    pub fn adopt(&self, record: &KeyRecord, make_active: bool) -> Result<Adopted, PluginError> {
+        let store = self.open_root_key()?;
+        let key = record_to_key(&store, record)?;
+        let key_id = key.key_id();
+        let current_version = key
+            .current_material()
+            .map_err(|e| PluginError::NoKey(format!("key {key_id}: {e}")))?
+            .0;
+        let _lock = self.lock()?;
+        let path = self.key_path(&key_id);
+        let existing = if path.exists() {
+            Some(self.read_record(&key_id)?)
+        } else {
+            None
+        };
+        if let Some(old) = &existing {
+            let old_key = record_to_key(&store, old)?;
+            for version in old_key.material_versions() {
+                let (Some(a), Some(b)) = (old_key.material(version), key.material(version)) else {
+                    return Err(PluginError::State(format!(
+                        "key {key_id}: the local folder holds material version {version} that the \
+                         new record lacks; refusing to drop it (export the local key again)"
+                    )));
+                };
+                if a.serialized().expose() != b.serialized().expose() {
+                    return Err(PluginError::State(format!(
+                        "key {key_id}: material version {version} differs between the local \
+                         folder and the new record; refusing to replace it"
+                    )));
+                }
+            }
+        }
+        let record_written = existing.as_ref() != Some(record);
+        if record_written {
+            let dir = self.keys_dir();
+            fs::create_dir_all(&dir).map_err(|e| io_err("creating", &dir, e))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| io_err("chmod 700", &dir, e))?;
+            let json = serde_json::to_vec_pretty(record)
+                .map_err(|e| PluginError::State(format!("encoding the key record: {e}")))?;
+            write_atomic(&path, &json)?;
+        }
+        let mut active_written = false;
+        if make_active {
+            let wanted = ActiveKey {
+                format: FORMAT,
+                key_id: key_id.to_string(),
+                source: record.source.clone(),
+            };
+            let current = self.read_active_file().ok();
+            if current.as_ref() != Some(&wanted) {
+                self.write_active(&wanted)?;
+                active_written = true;
+            }
+        }
+        Ok(Adopted {
+            key_id,
+            current_version,
+            record_written,
+            active_written,
+        })
     }
 
     fn read_active(&self) -> Result<KeyId, PluginError> {
@@ -345,6 +464,7 @@ impl StateDir {
         let store = self.open_root_key()?;
         let active = self.read_active()?;
         let mut keys = BTreeMap::new();
+        let mut active_warning = None;
         let dir = self.keys_dir();
         let entries = fs::read_dir(&dir).map_err(|e| io_err("listing", &dir, e))?;
         for entry in entries {
@@ -361,6 +481,9 @@ impl StateDir {
             };
             let record = self.read_record(&key_id)?;
             let key = record_to_key(&store, &record)?;
+            if key_id == active {
+                active_warning = state_warning(&record);
+            }
             keys.insert(key_id, key);
         }
         if !keys.contains_key(&active) {
@@ -369,7 +492,11 @@ impl StateDir {
                 dir.display()
             )));
         }
-        Ok(LoadedState { keys, active })
+        Ok(LoadedState {
+            keys,
+            active,
+            active_warning,
+        })
     }
 
     fn write_active(&self, active: &ActiveKey) -> Result<(), PluginError> {
@@ -397,6 +524,23 @@ impl StateDir {
             .map_err(|e| PluginError::State(format!("encoding the key record: {e}")))?;
         write_atomic(&self.key_path(&key.key_id()), &json)
     }
+}
+
+/// Why a followed key should not be relied on although the plugin keeps serving it: its
+/// KmsKey is not Enabled (Disabled, PendingDeletion, ...).
+#[must_use]
+pub fn state_warning(record: &KeyRecord) -> Option<String> {
+    let state = record.kubernetes_state.as_deref()?;
+    if state == KeyState::Enabled.as_str() {
+        return None;
+    }
+    Some(format!(
+        "key {} is {state} in Kubernetes (KmsKey {}); the plugin keeps encrypting and \
+         decrypting with it so kube-apiserver keeps working: enable the key again, or move \
+         the plugin to another key and re-encrypt the Secrets before it is deleted",
+        record.key_id,
+        record.kubernetes_object.as_deref().unwrap_or("?")
+    ))
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> PluginError {
@@ -492,6 +636,8 @@ pub fn key_to_record(
         root_key_id: store.root_key_id(),
         source: source.to_owned(),
         versions,
+        kubernetes_object: None,
+        kubernetes_state: None,
     })
 }
 

@@ -300,3 +300,84 @@ fn serve_refuses_an_uninitialised_folder_and_a_regular_file_as_socket() {
     assert!(text(&out).contains("not a socket"), "{}", text(&out));
     assert_eq!(std::fs::read(&file).expect("read"), b"keep");
 }
+
+/// Follow mode with no API server at all (the kubeconfig does not even exist yet): the
+/// plugin serves the state folder, answers Status ok, retries in the background, and stops
+/// promptly on SIGTERM. `export` prints the key for the operator, wrapped only.
+#[test]
+fn follow_mode_cold_starts_without_an_api_server_and_export_prints_wrapped_material() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let init = run(&["init", "--state-dir", p(&state)]);
+    assert!(init.status.success(), "{}", text(&init));
+    let socket = tmp.path().join("kms.sock");
+    let log = tmp.path().join("plugin.log");
+    let missing = tmp.path().join("no-such-kubeconfig");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--state-dir", p(&state), "--socket", p(&socket)])
+        .args([
+            "--follow",
+            "kube-system/apiserver-key",
+            "--kubeconfig",
+            p(&missing),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let server = Server {
+        child: cmd.spawn().expect("spawn serve"),
+        log: log.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "socket never appeared; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let st = rt.block_on(async {
+        let mut c = connect(&socket).await.expect("connect");
+        c.status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    });
+    assert_eq!(st.healthz, "ok");
+    assert!(st.key_id.ends_with("/v1"), "{}", st.key_id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("no Kubernetes client yet")
+    {
+        assert!(Instant::now() < deadline, "no retry logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.signal(rustix::process::Signal::TERM);
+    assert!(server.wait().success());
+
+    let out = run(&[
+        "export",
+        "--state-dir",
+        p(&state),
+        "--namespace",
+        "kube-system",
+        "--name",
+        "apiserver-key",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    let key = st.key_id.trim_end_matches("/v1");
+    for expected in [
+        "kind: KmsKeyMaterial",
+        "kind: KmsKey\n",
+        &format!("keyId: {key}"),
+        "wrapped: ",
+        "namespace: kube-system",
+    ] {
+        assert!(yaml.contains(expected), "missing {expected:?} in\n{yaml}");
+    }
+    assert!(yaml.find("KmsKeyMaterial") < yaml.find("kind: KmsKey\n"));
+}
