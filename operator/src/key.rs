@@ -333,6 +333,17 @@ async fn apply(
     if let Err(error) = convert::metadata(&spec, &next) {
         return invalid(key, keys, ctx, &error.to_string()).await;
     }
+    // A version wrapped under another root key could never be unwrapped by the plugin that
+    // shares the record's root key: touch nothing until the root keys agree.
+    let own_root = ctx.root_keys.root_key_id();
+    if !next.versions.is_empty() && next.root_key_id != own_root {
+        let message = format!(
+            "the material is wrapped under root key {}, this operator holds root key {own_root}; \
+             nothing is changed until it runs with the same root key",
+            next.root_key_id
+        );
+        return invalid(key, keys, ctx, &message).await;
+    }
 
     // Scheduled deletion, requested or withdrawn in the spec.
     match (&spec.deletion, next.deletion_date.as_deref()) {

@@ -418,6 +418,45 @@ async fn an_on_demand_token_rotates_once_and_the_limit_is_a_condition() {
 }
 
 #[tokio::test]
+async fn a_record_under_another_root_key_is_never_rotated() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+    let mut record = h.fake.record("k1").expect("record");
+    record.spec.root_key_id = "00000000deadbeef".to_owned();
+    h.fake.put_record(&record);
+    h.edit_spec("k1", |s| {
+        s.rotation =
+            Some(serde_json::from_value(json!({"onDemandToken": "now"})).expect("rotation"));
+    });
+    h.reconcile("k1").await;
+    let log = h.fake.take_log();
+    assert!(
+        !log.iter().any(|r| r.starts_with("PATCH kmskeymaterials") || r.starts_with("PUT kmskeymaterials")),
+        "the record must not be written: {log:?}"
+    );
+    assert_eq!(
+        h.versions("k1"),
+        vec![(1, None)],
+        "no version wrapped under the wrong root key"
+    );
+    let status = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Invalid")
+    );
+    assert!(
+        ready.message.contains("00000000deadbeef"),
+        "{}",
+        ready.message
+    );
+}
+
+#[tokio::test]
 async fn schedule_and_cancel_deletion() {
     let h = harness();
     h.create("k1", json!({})).await;

@@ -72,6 +72,11 @@ impl FakeApi {
         state.keys.insert(key.name_any(), value);
     }
 
+    pub fn put_record(&self, record: &KmsKeyMaterial) {
+        let value = serde_json::to_value(record).expect("record");
+        self.lock().records.insert(record.name_any(), value);
+    }
+
     pub fn put_grant(&self, grant: &KmsGrant) {
         let value = serde_json::to_value(grant).expect("grant");
         self.lock().grants.insert(grant.name_any(), value);
