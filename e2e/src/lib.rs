@@ -16,6 +16,8 @@
 //!
 //! Each test runs in a namespace of its own (see [`in_namespace`]), deleted afterwards.
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,6 @@
 //! binary's folder (built by `cargo test --workspace` or `cargo build -p kubekms-plugin`).
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -146,91 +145,6 @@ impl PluginPlane {
         })
     }
 
-    fn pid_file(&self, process: &str) -> PathBuf {
-        self.cp
-            .state_dir
-            .join("pids")
-            .join(format!("{process}.pid"))
-    }
-
-    fn pid_of(&self, process: &str) -> Result<i32> {
-        let text = std::fs::read_to_string(self.pid_file(process))
-            .with_context(|| format!("no pid file for {process}"))?;
-        text.split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| anyhow!("bad pid file for {process}: {text:?}"))
-    }
-
-    /// The command line of a running process of this control plane.
-    fn argv_of(&self, process: &str) -> Result<Vec<String>> {
-        let pid = self.pid_of(process)?;
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .with_context(|| format!("{process} (pid {pid}) is not running"))?;
-        Ok(raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect())
-    }
-
-    /// SIGTERM to the process group, then wait until it is gone.
-    fn stop(&self, process: &str) -> Result<()> {
-        let pid = self.pid_of(process)?;
-        let start = proc_starttime(pid);
-        let group = rustix::process::Pid::from_raw(pid).ok_or_else(|| anyhow!("pid {pid}"))?;
-        rustix::process::kill_process_group(group, rustix::process::Signal::TERM)
-            .with_context(|| format!("SIGTERM to {process} (pid {pid})"))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while start.is_some() && proc_starttime(pid) == start && !is_zombie(pid) {
-            ensure!(
-                Instant::now() < deadline,
-                "{process} (pid {pid}) still runs 60s after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::fs::remove_file(self.pid_file(process)).ok();
-        Ok(())
-    }
-
-    /// Starts `argv` as `process` the way the launcher does (own session, log appended,
-    /// pid file written), detached from this test process.
-    fn start_process(&self, process: &str, argv: &[String]) -> Result<()> {
-        let log = self.cp.log_path(process);
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(r#"log="$1"; shift; setsid "$@" >>"${log}" 2>&1 </dev/null & echo $!"#)
-            .arg("start")
-            .arg(&log)
-            .args(argv)
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(out.status.success(), "starting {process} failed");
-        let pid: i32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .context("pid of the started process")?;
-        let st = proc_starttime(pid).unwrap_or_else(|| "0".to_owned());
-        let mut f = std::fs::File::create(self.pid_file(process))?;
-        writeln!(f, "{pid} {st}")?;
-        Ok(())
-    }
-
-    fn wait_apiserver_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if self.cp.kubectl(["get", "--raw", "/readyz"]).is_ok() {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "kube-apiserver not ready 120s after its start; {}",
-                self.cp.where_to_look()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
     async fn wait_plugin_healthy(&self, socket: &Path) -> Result<String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -251,16 +165,16 @@ impl PluginPlane {
     }
 
     fn restart_apiserver(&self) -> Result<()> {
-        let argv = self.argv_of("kube-apiserver")?;
-        self.stop("kube-apiserver")?;
-        self.start_process("kube-apiserver", &argv)?;
-        self.wait_apiserver_ready()
+        let argv = self.cp.argv_of("kube-apiserver")?;
+        self.cp.stop_process("kube-apiserver")?;
+        self.cp.start_process("kube-apiserver", &argv)?;
+        self.cp.wait_apiserver_ready()
     }
 
     async fn restart_plugin(&self) -> Result<()> {
-        let argv = self.argv_of("kms-plugin")?;
-        self.stop("kms-plugin")?;
-        self.start_process("kms-plugin", &argv)?;
+        let argv = self.cp.argv_of("kms-plugin")?;
+        self.cp.stop_process("kms-plugin")?;
+        self.cp.start_process("kms-plugin", &argv)?;
         self.wait_plugin_healthy(&self.socket).await.map(|_| ())
     }
 
@@ -404,19 +318,6 @@ fn parse_stored(bytes: &[u8], plaintexts: &[&[u8]]) -> Result<EncryptedObject> {
     Ok(obj)
 }
 
-fn proc_starttime(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(") ")?.1;
-    after.split_whitespace().nth(19).map(str::to_owned)
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, a)| a.starts_with('Z')))
-        .unwrap_or(true)
-}
-
 fn phase(name: &str, started: Instant, what: &str) {
     eprintln!(
         "[e2e {name}] {:>6.1}s {what}",
@@ -478,14 +379,14 @@ async fn plugin_encrypts_secrets_across_restarts_and_rotation() -> Result<()> {
 
     // Both: API server down, then the plugin restarts (cold start from the state folder
     // with no API server), then the API server starts and decrypts every DEK anew.
-    let apiserver = plane.argv_of("kube-apiserver")?;
-    let plugin = plane.argv_of("kms-plugin")?;
-    plane.stop("kube-apiserver")?;
-    plane.stop("kms-plugin")?;
-    plane.start_process("kms-plugin", &plugin)?;
+    let apiserver = plane.cp.argv_of("kube-apiserver")?;
+    let plugin = plane.cp.argv_of("kms-plugin")?;
+    plane.cp.stop_process("kube-apiserver")?;
+    plane.cp.stop_process("kms-plugin")?;
+    plane.cp.start_process("kms-plugin", &plugin)?;
     ensure!(plane.wait_plugin_healthy(&plane.socket).await? == k1);
-    plane.start_process("kube-apiserver", &apiserver)?;
-    plane.wait_apiserver_ready()?;
+    plane.cp.start_process("kube-apiserver", &apiserver)?;
+    plane.cp.wait_apiserver_ready()?;
     plane.check_all_read(&ns, &secrets, "after restarting both")?;
     phase(
         name,
@@ -670,9 +571,9 @@ async fn two_plugin_instances_on_one_state_folder_agree() -> Result<()> {
 
         // Node failover: the first instance goes away; the second node's plugin (its
         // own process on the same folder) takes the socket; the API server restarts.
-        let apiserver = plane.argv_of("kube-apiserver")?;
-        plane.stop("kms-plugin")?;
-        plane.stop("kube-apiserver")?;
+        let apiserver = plane.cp.argv_of("kube-apiserver")?;
+        plane.cp.stop_process("kms-plugin")?;
+        plane.cp.stop_process("kube-apiserver")?;
         let other: Vec<String> = [
             plane.bin.display().to_string(),
             "serve".into(),
@@ -686,10 +587,10 @@ async fn two_plugin_instances_on_one_state_folder_agree() -> Result<()> {
             "json".into(),
         ]
         .into();
-        plane.start_process("kms-plugin", &other)?;
+        plane.cp.start_process("kms-plugin", &other)?;
         ensure!(plane.wait_plugin_healthy(&plane.socket).await? == k_first);
-        plane.start_process("kube-apiserver", &apiserver)?;
-        plane.wait_apiserver_ready()?;
+        plane.cp.start_process("kube-apiserver", &apiserver)?;
+        plane.cp.wait_apiserver_ready()?;
         plane.check_all_read(
             &ns,
             &secrets,
@@ -717,12 +618,12 @@ async fn two_plugin_instances_on_one_state_folder_agree() -> Result<()> {
             "--socket".into(),
             plane.socket.display().to_string(),
         ];
-        plane.stop("kms-plugin")?;
-        plane.stop("kube-apiserver")?;
-        plane.start_process("kms-plugin", &original)?;
+        plane.cp.stop_process("kms-plugin")?;
+        plane.cp.stop_process("kube-apiserver")?;
+        plane.cp.start_process("kms-plugin", &original)?;
         ensure!(plane.wait_plugin_healthy(&plane.socket).await? == k_first);
-        plane.start_process("kube-apiserver", &apiserver)?;
-        plane.wait_apiserver_ready()?;
+        plane.cp.start_process("kube-apiserver", &apiserver)?;
+        plane.cp.wait_apiserver_ready()?;
         plane.check_all_read(&ns, &secrets, "API server restarted back onto the first")?;
         ensure!(
             plane.status_key_id(&second_socket).await? == k_first,

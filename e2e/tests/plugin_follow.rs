@@ -79,19 +79,6 @@ fn sh_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
-fn proc_starttime(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(") ")?.1;
-    after.split_whitespace().nth(19).map(str::to_owned)
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, a)| a.starts_with('Z')))
-        .unwrap_or(true)
-}
-
 fn phase(started: Instant, what: &str) {
     eprintln!(
         "[e2e plugin-follow] {:>6.1}s {what}",
@@ -163,87 +150,6 @@ impl Plane {
             base,
             operator: None,
         })
-    }
-
-    fn pid_file(&self, process: &str) -> PathBuf {
-        self.cp
-            .state_dir
-            .join("pids")
-            .join(format!("{process}.pid"))
-    }
-
-    fn pid_of(&self, process: &str) -> Result<i32> {
-        let text = std::fs::read_to_string(self.pid_file(process))
-            .with_context(|| format!("no pid file for {process}"))?;
-        text.split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| anyhow!("bad pid file for {process}: {text:?}"))
-    }
-
-    fn argv_of(&self, process: &str) -> Result<Vec<String>> {
-        let pid = self.pid_of(process)?;
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .with_context(|| format!("{process} (pid {pid}) is not running"))?;
-        Ok(raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect())
-    }
-
-    fn stop(&self, process: &str) -> Result<()> {
-        let pid = self.pid_of(process)?;
-        let start = proc_starttime(pid);
-        let group = rustix::process::Pid::from_raw(pid).ok_or_else(|| anyhow!("pid {pid}"))?;
-        rustix::process::kill_process_group(group, rustix::process::Signal::TERM)
-            .with_context(|| format!("SIGTERM to {process} (pid {pid})"))?;
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while start.is_some() && proc_starttime(pid) == start && !is_zombie(pid) {
-            ensure!(
-                Instant::now() < deadline,
-                "{process} (pid {pid}) still runs 90s after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::fs::remove_file(self.pid_file(process)).ok();
-        Ok(())
-    }
-
-    fn start_process(&self, process: &str, argv: &[String]) -> Result<()> {
-        let log = self.cp.log_path(process);
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(r#"log="$1"; shift; setsid "$@" >>"${log}" 2>&1 </dev/null & echo $!"#)
-            .arg("start")
-            .arg(&log)
-            .args(argv)
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(out.status.success(), "starting {process} failed");
-        let pid: i32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .context("pid of the started process")?;
-        let st = proc_starttime(pid).unwrap_or_else(|| "0".to_owned());
-        let mut f = std::fs::File::create(self.pid_file(process))?;
-        writeln!(f, "{pid} {st}")?;
-        Ok(())
-    }
-
-    fn wait_apiserver_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if self.cp.kubectl(["get", "--raw", "/readyz"]).is_ok() {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "kube-apiserver not ready 120s after its start; {}",
-                self.cp.where_to_look()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
     }
 
     /// Status as kube-apiserver sees it: (healthz, key_id).
@@ -609,13 +515,13 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
         op.kill()?;
         op.wait()?;
     }
-    let apiserver = plane.argv_of("kube-apiserver")?;
-    let plugin = plane.argv_of("kms-plugin")?;
+    let apiserver = plane.cp.argv_of("kube-apiserver")?;
+    let plugin = plane.cp.argv_of("kms-plugin")?;
     // The plugin first: its watch would hold kube-apiserver's graceful shutdown for its
     // 60 s timeout (as any client's watch does).
-    plane.stop("kms-plugin")?;
-    plane.stop("kube-apiserver")?;
-    plane.start_process("kms-plugin", &plugin)?;
+    plane.cp.stop_process("kms-plugin")?;
+    plane.cp.stop_process("kube-apiserver")?;
+    plane.cp.start_process("kms-plugin", &plugin)?;
     let cold = plane
         .wait_status(
             Duration::from_secs(60),
@@ -629,8 +535,8 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
         "plugin cold-started with the API server down: Status ok, key_id v2",
     );
 
-    plane.start_process("kube-apiserver", &apiserver)?;
-    plane.wait_apiserver_ready()?;
+    plane.cp.start_process("kube-apiserver", &apiserver)?;
+    plane.cp.wait_apiserver_ready()?;
     plane.check_all_read(&ns, &secrets, "after the cold start")?;
     let value = format!("after-cold-start-{}", unique_name("pw"));
     plane.create_secret(&ns, "after", &value)?;

@@ -1,0 +1,142 @@
+//! Stopping and restarting one process of a running control plane the way the launcher
+//! started it (own session, log appended, pid file with start time), so tests can restart
+//! kube-apiserver or the KMS plugin while `control-plane.sh down` and the watchdog still
+//! find what runs.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, ensure};
+
+use crate::ControlPlane;
+
+/// How long a process may take to exit after SIGTERM (a client's open watch holds
+/// kube-apiserver's graceful shutdown for up to 60 s).
+const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long kube-apiserver may take to become ready after a restart.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The start time of a process (field 22 of /proc/PID/stat), which tells a pid reused by
+/// another process from the one we started.
+#[must_use]
+pub fn proc_starttime(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(") ")?.1;
+    after.split_whitespace().nth(19).map(str::to_owned)
+}
+
+/// Whether the process has exited (gone, or a zombie not reaped yet).
+#[must_use]
+pub fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, a)| a.starts_with('Z')))
+        .unwrap_or(true)
+}
+
+impl ControlPlane {
+    /// The launcher's pid file of `process` (`kube-apiserver`, `kms-plugin`, `etcd`).
+    #[must_use]
+    pub fn pid_file(&self, process: &str) -> PathBuf {
+        self.state_dir.join("pids").join(format!("{process}.pid"))
+    }
+
+    /// The pid of a process of this control plane.
+    ///
+    /// # Errors
+    /// When there is no pid file or it does not parse.
+    pub fn pid_of(&self, process: &str) -> Result<i32> {
+        let text = std::fs::read_to_string(self.pid_file(process))
+            .with_context(|| format!("no pid file for {process}"))?;
+        text.split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("bad pid file for {process}: {text:?}"))
+    }
+
+    /// The command line of a running process of this control plane.
+    ///
+    /// # Errors
+    /// When the process is not running.
+    pub fn argv_of(&self, process: &str) -> Result<Vec<String>> {
+        let pid = self.pid_of(process)?;
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .with_context(|| format!("{process} (pid {pid}) is not running"))?;
+        Ok(raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect())
+    }
+
+    /// SIGTERM to the process group, then wait until it is gone.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent or the process outlives [`STOP_TIMEOUT`].
+    pub fn stop_process(&self, process: &str) -> Result<()> {
+        let pid = self.pid_of(process)?;
+        let start = proc_starttime(pid);
+        let group = rustix::process::Pid::from_raw(pid).ok_or_else(|| anyhow!("pid {pid}"))?;
+        rustix::process::kill_process_group(group, rustix::process::Signal::TERM)
+            .with_context(|| format!("SIGTERM to {process} (pid {pid})"))?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while start.is_some() && proc_starttime(pid) == start && !is_zombie(pid) {
+            ensure!(
+                Instant::now() < deadline,
+                "{process} (pid {pid}) still runs {}s after SIGTERM",
+                STOP_TIMEOUT.as_secs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::fs::remove_file(self.pid_file(process)).ok();
+        Ok(())
+    }
+
+    /// Starts `argv` as `process` the way the launcher does (own session, log appended,
+    /// pid file written), detached from this test process.
+    ///
+    /// # Errors
+    /// When the process cannot be started or its pid file written.
+    pub fn start_process(&self, process: &str, argv: &[String]) -> Result<()> {
+        let log = self.log_path(process);
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(r#"log="$1"; shift; setsid "$@" >>"${log}" 2>&1 </dev/null & echo $!"#)
+            .arg("start")
+            .arg(&log)
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(out.status.success(), "starting {process} failed");
+        let pid: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("pid of the started process")?;
+        let started = proc_starttime(pid).unwrap_or_else(|| "0".to_owned());
+        let mut file = std::fs::File::create(self.pid_file(process))?;
+        writeln!(file, "{pid} {started}")?;
+        Ok(())
+    }
+
+    /// Waits until kube-apiserver answers /readyz.
+    ///
+    /// # Errors
+    /// After [`READY_TIMEOUT`], naming where to look.
+    pub fn wait_apiserver_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.kubectl(["get", "--raw", "/readyz"]).is_ok() {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready {}s after its start; {}",
+                READY_TIMEOUT.as_secs(),
+                self.where_to_look()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
