@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kms_core::{AliasName, Arn, KeySpec, KeyUsage};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use kubekms_k8s::convert::{effective_usage, format_time};
@@ -14,7 +14,7 @@ use kubekms_k8s::names::KeyStateName;
 use kubekms_k8s::{Condition, KmsAlias, KmsAliasStatus, KmsKey};
 
 use crate::events::{Note, publish};
-use crate::{Context, Error, FIELD_MANAGER};
+use crate::{Context, Error};
 
 const CONTROLLER: &str = "kmsalias";
 
@@ -145,20 +145,7 @@ async fn reconcile_alias(alias: &KmsAlias, ctx: &Context) -> Result<Action, Erro
             alias.meta().generation,
         ),
     );
-    if alias.status.as_ref() != Some(&status) {
-        let patch = serde_json::json!({
-            "apiVersion": "kubekms.io/v1alpha1",
-            "kind": "KmsAlias",
-            "status": status,
-        });
-        aliases
-            .patch_status(
-                &alias.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
-    }
+    crate::apply_status(&aliases, alias, alias.status.as_ref(), &status).await?;
     let now_ready = (
         if ready { "True" } else { "False" }.to_owned(),
         reason.to_owned(),

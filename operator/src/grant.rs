@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use kms_core::grants::{Grant, GrantConstraints, GrantId, GrantOperation};
 use kms_core::{EncryptionContext, KeySpec};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use kubekms_k8s::convert::{effective_usage, format_time};
@@ -17,7 +17,7 @@ use kubekms_k8s::names::KeyStateName;
 use kubekms_k8s::{Condition, KmsGrant, KmsGrantStatus, KmsKey, KmsKeyMaterial};
 
 use crate::events::{Note, publish};
-use crate::{Context, Error, FIELD_MANAGER};
+use crate::{Context, Error};
 
 const CONTROLLER: &str = "kmsgrant";
 
@@ -172,20 +172,7 @@ async fn reconcile_grant(grant: &KmsGrant, ctx: &Context) -> Result<Action, Erro
             grant.meta().generation,
         ),
     );
-    if grant.status.as_ref() != Some(&status) {
-        let patch = serde_json::json!({
-            "apiVersion": "kubekms.io/v1alpha1",
-            "kind": "KmsGrant",
-            "status": status,
-        });
-        grants
-            .patch_status(
-                &grant.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
-    }
+    crate::apply_status(&grants, grant, grant.status.as_ref(), &status).await?;
     let now_ready = (
         if ready { "True" } else { "False" }.to_owned(),
         reason.to_owned(),

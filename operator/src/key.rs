@@ -34,7 +34,7 @@ use kubekms_k8s::{Condition, KmsGrant, KmsKey, KmsKeyMaterial, KmsKeyMaterialSpe
 use time::{Duration, OffsetDateTime};
 
 use crate::events::{Note, publish};
-use crate::{Context, Error, FIELD_MANAGER};
+use crate::{Context, Error};
 
 /// The finalizer that holds a KmsKey until its material may be destroyed.
 pub const FINALIZER: &str = "kubekms.io/material";
@@ -686,24 +686,9 @@ fn keep_transition_times(previous: Option<&KmsKeyStatus>, status: &mut KmsKeySta
     }
 }
 
-/// Writes the status by server-side apply, only when it changed (a write would trigger
-/// another reconciliation).
+/// Writes the status by server-side apply, only when it changed.
 async fn write_status(keys: &Api<KmsKey>, key: &KmsKey, status: KmsKeyStatus) -> Result<(), Error> {
-    if key.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": "kubekms.io/v1alpha1",
-        "kind": "KmsKey",
-        "status": status,
-    });
-    keys.patch_status(
-        &key.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    crate::apply_status(keys, key, key.status.as_ref(), &status).await
 }
 
 /// A key whose spec or record cannot be used: Ready False, reason Invalid, a Warning

@@ -29,6 +29,39 @@ pub use metrics::Metrics;
 /// The field manager of every write the operator makes (status by server-side apply).
 pub const FIELD_MANAGER: &str = "kubekms-operator";
 
+/// Writes `status` by server-side apply, only when it differs from the object's (a write
+/// would trigger another reconciliation). One writer for every kind, so every status has
+/// the same field manager.
+///
+/// # Errors
+/// The API server's error.
+pub async fn apply_status<K, S>(
+    api: &kube::Api<K>,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &kube::ResourceExt::name_any(object),
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// What every reconciler needs.
 pub struct Context {
     /// The Kubernetes client.
