@@ -4,13 +4,13 @@
 //! find what runs.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 
-use crate::ControlPlane;
+use crate::{ControlPlane, repo_root};
 
 /// How long a process may take to exit after SIGTERM (a client's open watch holds
 /// kube-apiserver's graceful shutdown for up to 60 s).
@@ -34,6 +34,56 @@ pub fn is_zombie(pid: i32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, a)| a.starts_with('Z')))
         .unwrap_or(true)
+}
+
+/// A binary of this workspace: `$env` when set, else next to the test binary's folder
+/// (where `cargo test --workspace` builds it).
+///
+/// # Errors
+/// When neither exists.
+pub fn sibling_bin(env: &str, name: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let guess = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .ok_or_else(|| anyhow!("no folder above {}", exe.display()))?;
+    ensure!(
+        guess.is_file(),
+        "{} not found: build it with `cargo build --workspace --bins` or set {env}",
+        guess.display()
+    );
+    Ok(guess)
+}
+
+/// The built kube-apiserver/etcd/kubectl: those of the suite's control plane when one is
+/// named, else from `hack/tools/build.sh` (cached).
+///
+/// # Errors
+/// When the tools cannot be built.
+pub fn tools_bin() -> Result<PathBuf> {
+    if std::env::var_os(crate::ENV_STATE).is_some_and(|v| !v.is_empty()) {
+        return Ok(ControlPlane::shared()?.tools_bin.clone());
+    }
+    let out = Command::new(repo_root().join("hack/tools/build.sh"))
+        .arg("--print-dir")
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "hack/tools/build.sh --print-dir: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Quotes a path for a `sh -c` command line.
+#[must_use]
+pub fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
 impl ControlPlane {

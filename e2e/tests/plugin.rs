@@ -19,6 +19,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use base64::Engine as _;
 use kms_plugin::client::connect;
 use kms_plugin::pb::{DecryptRequest, EncryptRequest, StatusRequest};
+use kubekms_e2e::process::{sh_quote, sibling_bin, tools_bin};
 use kubekms_e2e::{
     ControlPlane, KMS_PROVIDER_NAME, check_kms_encrypted, kms_v2_prefix, preview, repo_root,
     secret_etcd_key, unique_name,
@@ -38,46 +39,6 @@ struct EncryptedObject {
     annotations: std::collections::HashMap<String, Vec<u8>>,
 }
 
-fn plugin_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("KUBEKMS_PLUGIN_BIN").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let guess = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("kubekms-plugin"))
-        .ok_or_else(|| anyhow!("no folder above {}", exe.display()))?;
-    ensure!(
-        guess.is_file(),
-        "{} not found: build it with `cargo build -p kubekms-plugin` or set KUBEKMS_PLUGIN_BIN",
-        guess.display()
-    );
-    Ok(guess)
-}
-
-/// The built kube-apiserver/etcd/kubectl: those of the suite's control plane when one is
-/// named, else from `hack/tools/build.sh` (cached).
-fn tools_bin() -> Result<PathBuf> {
-    if std::env::var_os(kubekms_e2e::ENV_STATE).is_some_and(|v| !v.is_empty()) {
-        return Ok(ControlPlane::shared()?.tools_bin.clone());
-    }
-    let out = Command::new(repo_root().join("hack/tools/build.sh"))
-        .arg("--print-dir")
-        .stdin(Stdio::null())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "hack/tools/build.sh --print-dir: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
-fn sh_quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
-}
-
 /// A private control plane whose Secrets are encrypted by the kubekms plugin.
 struct PluginPlane {
     cp: ControlPlane,
@@ -90,7 +51,7 @@ struct PluginPlane {
 impl PluginPlane {
     fn start(name: &str) -> Result<Self> {
         let tools = tools_bin()?;
-        let bin = plugin_bin()?;
+        let bin = sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
         let base = std::env::temp_dir().join(unique_name(&format!("kubekms-e2e-{name}")));
         std::fs::create_dir_all(&base)?;
         let plugin_state = base.join("plugin-state");

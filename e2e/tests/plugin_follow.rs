@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 use base64::Engine as _;
 use kms_plugin::client::connect;
 use kms_plugin::pb::StatusRequest;
+use kubekms_e2e::process::{sh_quote, sibling_bin, tools_bin};
 use kubekms_e2e::{
     ControlPlane, KMS_PROVIDER_NAME, check_kms_encrypted, kms_v2_prefix, preview, repo_root,
     secret_etcd_key, unique_name,
@@ -39,44 +40,6 @@ struct EncryptedObject {
     key_id: String,
     #[prost(bytes = "vec", tag = "3")]
     encrypted_dek_source: Vec<u8>,
-}
-
-fn sibling_bin(env: &str, name: &str) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let guess = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join(name))
-        .ok_or_else(|| anyhow!("no folder above {}", exe.display()))?;
-    ensure!(
-        guess.is_file(),
-        "{} not found: build it with `cargo build --workspace --bins` or set {env}",
-        guess.display()
-    );
-    Ok(guess)
-}
-
-fn tools_bin() -> Result<PathBuf> {
-    if std::env::var_os(kubekms_e2e::ENV_STATE).is_some_and(|v| !v.is_empty()) {
-        return Ok(ControlPlane::shared()?.tools_bin.clone());
-    }
-    let out = Command::new(repo_root().join("hack/tools/build.sh"))
-        .arg("--print-dir")
-        .stdin(Stdio::null())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "hack/tools/build.sh --print-dir: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
-fn sh_quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
 fn phase(started: Instant, what: &str) {
