@@ -204,6 +204,7 @@ pub fn status(
                 .collect(),
         ),
         reencryption: None,
+        served_by: Vec::new(),
         conditions: Vec::new(),
         observed_generation: generation,
     }

@@ -91,6 +91,13 @@ pub struct KmsKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion: Option<DeletionSpec>,
 
+    /// Whether the operator rewrites every Secret after this key rotates while
+    /// kube-apiserver encrypts with it (a no-op update per Secret, which kube-apiserver
+    /// stores under the new key_id), paged and rate-limited, resuming after a restart.
+    /// Default true; false pauses a rewrite in progress and starts none.
+    #[serde(default = "default_true")]
+    pub reencrypt_secrets: bool,
+
     /// Tags (AWS TagResource): at most 50, keys 1-128 characters, values at most 256.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 50))]
@@ -177,6 +184,11 @@ pub struct KmsKeyStatus {
     /// Re-encryption of Secrets after a rotation of a key that kube-apiserver uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reencryption: Option<ReencryptionStatus>,
+    /// The kube-apiserver KMS plugins that encrypt with this key, from the heartbeat Leases
+    /// they renew in this namespace. While the list is not empty the key is protected: it
+    /// cannot be disabled, scheduled for deletion or deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served_by: Vec<ServedBy>,
     /// Conditions: Ready (with reasons Enabled, Disabled, PendingDeletion, PendingImport,
     /// MaterialMissing, Invalid).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -199,13 +211,31 @@ pub struct VersionStatus {
     pub rotation_type: Option<RotationTypeName>,
 }
 
+/// A KMS plugin that serves this key to kube-apiserver.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedBy {
+    /// The plugin instance (its Lease is `kubekms-plugin-<plugin>`).
+    pub plugin: String,
+    /// The key_id the plugin answers Status with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_key_id: Option<String>,
+    /// The key_id under which kube-apiserver last had a DEK seed encrypted through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeded_key_id: Option<String>,
+    /// Whether its heartbeat was renewed within the Lease duration.
+    pub live: bool,
+}
+
 /// Progress of the rewrite of every Secret after a rotation.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ReencryptionStatus {
     /// The material version every Secret is being moved to.
     pub target_version: u32,
-    /// Waiting (for the new key id to be live on every plugin), Running, Done or Failed.
+    /// WaitingForPlugins (until every live plugin serves the new key_id and kube-apiserver
+    /// has seeded a DEK under it), Rewriting, Paused (spec.reencryptSecrets is false) or
+    /// Done.
     pub phase: String,
     /// Secrets rewritten so far.
     #[serde(default)]
@@ -219,7 +249,7 @@ pub struct ReencryptionStatus {
     /// When it finished (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<String>,
-    /// Why it failed, if it did.
+    /// What it waits for, or the last problem met.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -18,6 +18,7 @@ pub mod alias;
 pub mod condition;
 pub mod convert;
 pub mod grant;
+pub mod heartbeat;
 pub mod key;
 pub mod material;
 pub mod names;
@@ -25,7 +26,7 @@ pub mod names;
 pub use alias::{KmsAlias, KmsAliasSpec, KmsAliasStatus};
 pub use condition::Condition;
 pub use grant::{KmsGrant, KmsGrantSpec, KmsGrantStatus};
-pub use key::{KmsKey, KmsKeySpec, KmsKeyStatus};
+pub use key::{KmsKey, KmsKeySpec, KmsKeyStatus, ReencryptionStatus, ServedBy};
 pub use material::{KmsKeyMaterial, KmsKeyMaterialSpec};
 
 /// The API group of every KubeKMS resource.

@@ -18,16 +18,19 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use k8s_openapi::api::coordination::v1::Lease;
 use kms_core::{KeySpec, KeyState, KeyUsage, Origin, RotationType};
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Config, Resource as _};
 use kubekms_k8s::convert;
+use kubekms_k8s::heartbeat::{self, Heartbeat};
 use kubekms_k8s::material::WrappedVersion;
 use kubekms_k8s::names::{KeySpecName, KeyUsageName, OriginName, RotationTypeName};
 use kubekms_k8s::{KmsKey, KmsKeyMaterial, KmsKeyMaterialSpec, KmsKeySpec};
+use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::error::PluginError;
@@ -323,6 +326,7 @@ async fn make_client(kubeconfig: Option<&Path>) -> Result<Client, String> {
 pub async fn follow(
     plugin: Plugin,
     target: FollowTarget,
+    instance: String,
     kubeconfig: Option<PathBuf>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -340,7 +344,15 @@ pub async fn follow(
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     };
-    tracing::info!(kmskey = %target, "following the KmsKey and its KmsKeyMaterial");
+    tracing::info!(kmskey = %target, %instance, "following the KmsKey and its KmsKeyMaterial");
+    let beating = tokio::spawn(heartbeat(
+        plugin.clone(),
+        target.clone(),
+        instance,
+        client.clone(),
+        stop.clone(),
+    ));
+    let _abort_heartbeat = AbortOnDrop(beating);
     let config = watcher::Config::default().fields(&format!("metadata.name={}", target.name));
     let keys = watcher::watcher(
         Api::<KmsKey>::namespaced(client.clone(), &target.namespace),
@@ -403,6 +415,78 @@ pub async fn follow(
                     Seen::default()
                 }
             };
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often the heartbeat Lease is renewed when nothing changed.
+pub const HEARTBEAT_RENEW: Duration = Duration::from_secs(15);
+
+/// Keeps this plugin's heartbeat Lease (see [`kubekms_k8s::heartbeat`]) renewed in the
+/// KmsKey's namespace: every [`HEARTBEAT_RENEW`], and within a second of a change of the
+/// served key_id or of kube-apiserver's DEK seed. The Lease is left in place on shutdown:
+/// the key stays protected while this API server may still need it; deleting the Lease by
+/// hand is the deliberate way to release the key.
+async fn heartbeat(
+    plugin: Plugin,
+    target: FollowTarget,
+    instance: String,
+    client: Client,
+    mut stop: watch::Receiver<bool>,
+) {
+    let leases: Api<Lease> = Api::namespaced(client, &target.namespace);
+    let params = PatchParams::apply(heartbeat::FIELD_MANAGER).force();
+    let mut sent: Option<(String, Option<String>)> = None;
+    let mut renewed: Option<std::time::Instant> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        let served = plugin.ring().key_id().to_owned();
+        let seeded = plugin.seeded();
+        let report = (served.clone(), seeded.as_ref().map(|(id, _)| id.clone()));
+        let due = sent.as_ref() != Some(&report)
+            || renewed.is_none_or(|at| at.elapsed() >= HEARTBEAT_RENEW);
+        if due {
+            let beat = Heartbeat {
+                plugin: instance.clone(),
+                key_name: target.name.clone(),
+                served_key_id: Some(served),
+                seeded,
+                renewed: None,
+                duration_seconds: heartbeat::LEASE_DURATION_SECONDS,
+            };
+            let lease = beat.to_lease(&target.namespace, OffsetDateTime::now_utc());
+            match leases
+                .patch(&beat.lease_name(), &params, &Patch::Apply(&lease))
+                .await
+            {
+                Ok(_) => {
+                    if sent.as_ref() != Some(&report) || last_error.is_some() {
+                        tracing::info!(kmskey = %target, lease = %beat.lease_name(), served_key_id = %report.0, seeded_key_id = ?report.1, "heartbeat");
+                    }
+                    sent = Some(report);
+                    renewed = Some(std::time::Instant::now());
+                    last_error = None;
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if last_error.as_deref() != Some(&text) {
+                        tracing::warn!(kmskey = %target, error = %text, "heartbeat Lease not written; the operator cannot see this plugin");
+                        last_error = Some(text);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

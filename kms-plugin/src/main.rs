@@ -75,6 +75,11 @@ enum Command {
         /// ~/.kube/config).
         #[arg(long, requires = "follow")]
         kubeconfig: Option<PathBuf>,
+        /// This plugin's name in its heartbeat Lease `kubekms-plugin-<instance>` (with
+        /// --follow), which protects the KmsKey and tells the operator when a rotation is
+        /// live. One per kube-apiserver: default the node name, else the host name.
+        #[arg(long, env = "NODE_NAME", requires = "follow")]
+        instance: Option<String>,
     },
     /// Print the active key as a KmsKeyMaterial record and a KmsKey (YAML for `kubectl
     /// apply --server-side -f -`) with the same key id and wrapped versions, so the
@@ -164,7 +169,13 @@ fn main() -> Result<()> {
             reload_interval_ms,
             follow: target,
             kubeconfig,
+            instance,
         } => {
+            let instance = kubekms_k8s::heartbeat::instance_name(&instance.unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default()
+            }));
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             runtime.block_on(async move {
                 let metrics = Arc::new(Metrics::new());
@@ -172,7 +183,13 @@ fn main() -> Result<()> {
                     .with_context(|| format!("loading {}", state_dir.display()))?;
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let follower = target.map(|target| {
-                    tokio::spawn(follow(plugin.clone(), target, kubeconfig, stop_rx))
+                    tokio::spawn(follow(
+                        plugin.clone(),
+                        target,
+                        instance,
+                        kubeconfig,
+                        stop_rx,
+                    ))
                 });
                 let signal = shutdown_signal()?;
                 let shutdown = async move {

@@ -9,6 +9,7 @@ use kms_core::ops;
 use kms_core::{
     EncryptionAlgorithm, EncryptionContext, KeyId, KmsError, KmsKey, Operation, SecretBytes,
 };
+use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use crate::error::PluginError;
@@ -236,6 +237,7 @@ struct Inner {
     snapshot: Mutex<Vec<(String, Vec<u8>)>>,
     reload_error: RwLock<Option<String>>,
     follow_problem: RwLock<Option<String>>,
+    seeded: RwLock<Option<(String, OffsetDateTime)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -278,6 +280,7 @@ impl Plugin {
         let snapshot = state.snapshot()?;
         let ring = Keyring::new(state.load()?)?;
         metrics.set_key_version(ring.current_version());
+        let seeded = state.read_seeded();
         Ok(Self {
             inner: Arc::new(Inner {
                 state,
@@ -285,6 +288,7 @@ impl Plugin {
                 snapshot: Mutex::new(snapshot),
                 reload_error: RwLock::new(None),
                 follow_problem: RwLock::new(None),
+                seeded: RwLock::new(seeded),
                 metrics,
             }),
         })
@@ -397,6 +401,22 @@ impl Plugin {
         }
     }
 
+    /// The key_id of kube-apiserver's latest Encrypt call (a DEK seed), and when.
+    #[must_use]
+    pub fn seeded(&self) -> Option<(String, OffsetDateTime)> {
+        read_lock(&self.inner.seeded)
+    }
+
+    /// Notes a DEK seed that kube-apiserver had encrypted under `key_id` at `now`; a new
+    /// key_id is also written to the state folder so a restart remembers it.
+    pub fn note_seeded(&self, key_id: &str, now: OffsetDateTime) {
+        let changed = self.seeded().is_none_or(|(previous, _)| previous != key_id);
+        write_lock(&self.inner.seeded, Some((key_id.to_owned(), now)));
+        if changed && let Err(e) = self.inner.state.write_seeded(key_id, now) {
+            tracing::warn!(error = %e, "could not record the DEK seed's key_id in the state folder");
+        }
+    }
+
     /// Encrypt.
     ///
     /// # Errors
@@ -493,6 +513,13 @@ impl pb::key_management_service_server::KeyManagementService for Plugin {
         let result = Plugin::encrypt(self, plaintext.expose());
         if let Ok(r) = &result {
             tracing::info!(uid = %req.uid, key_id = %r.key_id, "encrypted a DEK seed");
+            let plugin = self.clone();
+            let key_id = r.key_id.clone();
+            // The record is an fsync'd file write: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || {
+                plugin.note_seeded(&key_id, OffsetDateTime::now_utc());
+            })
+            .await;
         }
         finish(self, "Encrypt", &req.uid, started, result)
     }

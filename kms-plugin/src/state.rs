@@ -43,6 +43,10 @@ pub const ACTIVE_KEY_FILE: &str = "active-key.json";
 pub const KEYS_DIR: &str = "keys";
 /// Writers' lock file.
 pub const LOCK_FILE: &str = ".lock";
+/// The key_id of kube-apiserver's latest Encrypt call (a DEK seed), kept across restarts:
+/// kube-apiserver re-seeds only when the key_id changes, so a restarted plugin would
+/// otherwise not know what the API server's DEK is under.
+pub const SEEDED_FILE: &str = "seeded.json";
 /// The record format written today.
 pub const FORMAT: u32 = 1;
 
@@ -123,6 +127,12 @@ pub struct Adopted {
     pub record_written: bool,
     /// Whether `active-key.json` was (re)written.
     pub active_written: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SeededRecord {
+    key_id: String,
+    at: String,
 }
 
 fn fmt_time(t: OffsetDateTime) -> Result<String, PluginError> {
@@ -497,6 +507,28 @@ impl StateDir {
             active,
             active_warning,
         })
+    }
+
+    /// The last DEK seed kube-apiserver had encrypted through this folder's plugin:
+    /// (key_id, when). `None` when never recorded or unreadable (it is advisory).
+    #[must_use]
+    pub fn read_seeded(&self) -> Option<(String, OffsetDateTime)> {
+        let bytes = fs::read(self.root.join(SEEDED_FILE)).ok()?;
+        let seeded: SeededRecord = serde_json::from_slice(&bytes).ok()?;
+        Some((seeded.key_id, parse_time("at", &seeded.at).ok()?))
+    }
+
+    /// Records the key_id of kube-apiserver's latest DEK seed.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_seeded(&self, key_id: &str, at: OffsetDateTime) -> Result<(), PluginError> {
+        let json = serde_json::to_vec_pretty(&SeededRecord {
+            key_id: key_id.to_owned(),
+            at: fmt_time(at)?,
+        })
+        .map_err(|e| PluginError::State(format!("encoding {SEEDED_FILE}: {e}")))?;
+        write_atomic(&self.root.join(SEEDED_FILE), &json)
     }
 
     fn write_active(&self, active: &ActiveKey) -> Result<(), PluginError> {

@@ -34,7 +34,7 @@ use kubekms_k8s::{Condition, KmsGrant, KmsKey, KmsKeyMaterial, KmsKeyMaterialSpe
 use time::{Duration, OffsetDateTime};
 
 use crate::events::{Note, publish};
-use crate::{Context, Error};
+use crate::{Context, Error, protection, reencrypt};
 
 /// The finalizer that holds a KmsKey until its material may be destroyed.
 pub const FINALIZER: &str = "kubekms.io/material";
@@ -105,6 +105,29 @@ async fn hold_or_destroy(
     let name = key.name_any();
     let now = ctx.clock.now();
     let mut notes = Vec::new();
+    let served = protection::served_by(&ctx.plugin_leases, namespace, &name, now);
+    if !served.is_empty()
+        && let Some(record) = records.get_opt(&name).await?
+    {
+        // Held as long as a plugin serves the key: no window starts, nothing is destroyed.
+        let message = protection::refusal(
+            &served,
+            "deleting the KmsKey",
+            "its material would be destroyed while those Secrets need it; the object stays held",
+        );
+        let mut status = key_status(key.as_ref(), &key.spec, &record.spec, ctx, namespace);
+        let notes = protect(
+            key.as_ref(),
+            &mut status,
+            &served,
+            Some(("DeleteRefused", message)),
+            "Delete",
+            now,
+        );
+        write_status(keys, &key, status).await?;
+        publish(ctx, &key.object_ref(&()), notes).await;
+        return Ok(Action::requeue(PROTECTED_RECHECK));
+    }
     // No record (never created, or destroyed just before a crash): nothing to hold.
     if let Some(mut record) = records.get_opt(&name).await? {
         let date = match record.spec.deletion_date.as_deref() {
@@ -345,6 +368,42 @@ async fn apply(
         return invalid(key, keys, ctx, &message).await;
     }
 
+    // A key kube-apiserver encrypts with is neither disabled nor scheduled for deletion.
+    let served = protection::served_by(&ctx.plugin_leases, namespace, &name, now);
+    let mut refused: Option<(&str, String)> = None;
+    let mut refused_operation: &'static str = "";
+    if !served.is_empty() {
+        let was_enabled = key
+            .status
+            .as_ref()
+            .and_then(|s| s.key_state)
+            .is_none_or(|state| state == KeyStateName::Enabled);
+        if !spec.enabled && was_enabled {
+            spec.enabled = true;
+            refused_operation = "Disable";
+            refused = Some((
+                "DisableRefused",
+                protection::refusal(
+                    &served,
+                    "disabling the key",
+                    "every Secret read and write would fail",
+                ),
+            ));
+        }
+        if spec.deletion.is_some() && next.deletion_date.is_none() {
+            spec.deletion = None;
+            refused_operation = "ScheduleDeletion";
+            refused = Some((
+                "DeletionRefused",
+                protection::refusal(
+                    &served,
+                    "scheduling the deletion",
+                    "the material those Secrets need would be destroyed",
+                ),
+            ));
+        }
+    }
+
     // Scheduled deletion, requested or withdrawn in the spec.
     match (&spec.deletion, next.deletion_date.as_deref()) {
         (Some(deletion), None) => {
@@ -551,6 +610,20 @@ async fn apply(
             _ => {}
         }
     }
+    notes.extend(protect(
+        key,
+        &mut status,
+        &served,
+        refused,
+        refused_operation,
+        now,
+    ));
+    let mut action = next_action(&next, state, now);
+    if let Some(after) =
+        reencrypt_step(key, ctx, &spec, &next, &served, &mut status, &mut notes).await?
+    {
+        action = Action::requeue(after);
+    }
     write_status(keys, key, status).await?;
     publish(ctx, &key.object_ref(&()), notes).await;
     if let Some(state) = state {
@@ -559,7 +632,108 @@ async fn apply(
             Some(KeyState::from(state).as_str()),
         );
     }
-    Ok(next_action(&next, state, now))
+    Ok(action)
+}
+
+/// How often a protected key that is held or waiting is looked at without a change.
+pub const PROTECTED_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Shows which plugins serve the key and the Protected condition (with the refusal, if
+/// any) in `status`; returns the Warning Event of a refusal not reported yet.
+fn protect(
+    key: &KmsKey,
+    status: &mut KmsKeyStatus,
+    served: &[kubekms_k8s::ServedBy],
+    refused: Option<(&str, String)>,
+    operation: &'static str,
+    now: OffsetDateTime,
+) -> Vec<Note> {
+    status.served_by = served.to_vec();
+    let mut notes = Vec::new();
+    if let Some((reason, message)) = &refused {
+        let already_reported = key.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == protection::CONDITION && c.reason == *reason)
+        });
+        if !already_reported {
+            notes.push(Note::warning(
+                "ProtectionRefused",
+                operation,
+                message.clone(),
+            ));
+        }
+    }
+    if let Some(condition) =
+        protection::condition(served, refused, &format_time(now), key.meta().generation)
+    {
+        Condition::upsert(&mut status.conditions, condition);
+    }
+    keep_transition_times(key.status.as_ref(), status);
+    notes
+}
+
+/// The re-encryption of Secrets after a rotation of a served key: plans the next step,
+/// rewrites one page when it is time, and says when to look again (`None`: no sooner than
+/// the key's own schedule).
+async fn reencrypt_step(
+    key: &KmsKey,
+    ctx: &Context,
+    spec: &KmsKeySpec,
+    record: &KmsKeyMaterialSpec,
+    served: &[kubekms_k8s::ServedBy],
+    status: &mut KmsKeyStatus,
+    notes: &mut Vec<Note>,
+) -> Result<Option<std::time::Duration>, Error> {
+    let previous = key.status.as_ref().and_then(|s| s.reencryption.as_ref());
+    let current_version = record.versions.last().map_or(0, |v| v.version);
+    let plan = reencrypt::plan(
+        previous,
+        served,
+        &record.key_id,
+        current_version,
+        spec.reencrypt_secrets,
+        &format_time(ctx.clock.now()),
+    );
+    status.reencryption = plan.status;
+    let Some(progress) = status.reencryption.as_mut() else {
+        return Ok(None);
+    };
+    if !plan.rewrite {
+        return Ok((progress.phase == reencrypt::PHASE_WAITING).then_some(PROTECTED_RECHECK));
+    }
+    if previous.is_none_or(|p| {
+        p.phase != reencrypt::PHASE_REWRITING || p.target_version != progress.target_version
+    }) {
+        notes.push(Note::normal(
+            "ReencryptionStarted",
+            "Reencrypt",
+            format!(
+                "every kube-apiserver has a DEK seeded under {}/v{}: rewriting every Secret so none stays under an older version",
+                record.key_id, progress.target_version
+            ),
+        ));
+    }
+    let rewritten = reencrypt::rewrite_page(
+        &ctx.client,
+        progress,
+        ctx.reencryption,
+        &format_time(ctx.clock.now()),
+    )
+    .await?;
+    ctx.metrics.secrets_reencrypted(rewritten);
+    if progress.phase == reencrypt::PHASE_DONE {
+        notes.push(Note::normal(
+            "ReencryptionDone",
+            "Reencrypt",
+            format!(
+                "{} Secrets rewritten: none is stored under a version of key {} older than {}",
+                progress.secrets_rewritten, record.key_id, progress.target_version
+            ),
+        ));
+        return Ok(None);
+    }
+    Ok(Some(std::time::Duration::from_millis(200)))
 }
 
 fn rotation_refusal_reason(error: &KmsError) -> &'static str {

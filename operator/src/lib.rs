@@ -8,10 +8,13 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use kms_core::ArnScope;
 use kms_core::keystore::RootKeyStore;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::reflector::store::Writer;
 
 pub mod alias;
 pub mod clock;
@@ -20,6 +23,8 @@ pub mod grant;
 pub mod key;
 pub mod leader;
 pub mod metrics;
+pub mod protection;
+pub mod reencrypt;
 pub mod run;
 pub mod server;
 
@@ -76,6 +81,13 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Events.
     pub recorder: Recorder,
+    /// The plugins' heartbeat Leases (see [`kubekms_k8s::heartbeat`]), kept by the
+    /// reflector that [`run::run_controllers`] starts.
+    pub plugin_leases: Store<Lease>,
+    /// The writer of [`Self::plugin_leases`], taken once by whoever runs the reflector.
+    lease_writer: std::sync::Mutex<Option<Writer<Lease>>>,
+    /// How fast Secrets are re-encrypted after a rotation.
+    pub reencryption: reencrypt::ReencryptConfig,
 }
 
 impl Context {
@@ -96,6 +108,7 @@ impl Context {
                 instance,
             },
         );
+        let writer = Writer::default();
         Self {
             client,
             root_keys,
@@ -103,6 +116,17 @@ impl Context {
             clock,
             metrics,
             recorder,
+            plugin_leases: writer.as_reader(),
+            lease_writer: std::sync::Mutex::new(Some(writer)),
+            reencryption: reencrypt::ReencryptConfig::default(),
+        }
+    }
+
+    /// The writer that fills [`Self::plugin_leases`]; `None` after the first call.
+    pub fn take_lease_writer(&self) -> Option<Writer<Lease>> {
+        match self.lease_writer.lock() {
+            Ok(mut writer) => writer.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
         }
     }
 }

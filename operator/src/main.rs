@@ -12,6 +12,7 @@ use kms_core::ArnScope;
 use kms_core::keystore::{FileKeyStore, RootKeyStore};
 use kubekms_operator::clock::ALLOW_TEST_CLOCK_ENV;
 use kubekms_operator::leader::{LeaderElector, LeaseConfig};
+use kubekms_operator::reencrypt::ReencryptConfig;
 use kubekms_operator::run::{run_controllers, until_shutdown};
 use kubekms_operator::server::{Health, serve};
 use kubekms_operator::{Clock, Context, Metrics, OffsetFileClock, SystemClock};
@@ -54,6 +55,13 @@ struct Args {
     /// ARN region: the cluster's name.
     #[arg(long, default_value = "local")]
     region: String,
+    /// Secrets per list page when re-encrypting after a rotation (the progress is saved
+    /// after each page, so a restart resumes there).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=500))]
+    reencrypt_page_size: u32,
+    /// At most this many Secret rewrites per second, per key being re-encrypted.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    reencrypt_secrets_per_second: u32,
     /// Log format.
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -177,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     }
     health.leader.store(true, Ordering::Relaxed);
 
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client,
         root_keys,
         ArnScope {
@@ -187,7 +195,12 @@ async fn main() -> anyhow::Result<()> {
         clock,
         metrics,
         Some(identity),
-    ));
+    );
+    ctx.reencryption = ReencryptConfig {
+        page_size: args.reencrypt_page_size,
+        secrets_per_second: args.reencrypt_secrets_per_second,
+    };
+    let ctx = Arc::new(ctx);
     tokio::select! {
         () = run_controllers(ctx, args.namespace.clone(), shutdown.clone()) => {
             elector.release().await;

@@ -33,6 +33,7 @@ pub struct Metrics {
     errors: Family<ControllerLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
     keys_by_state: Family<StateLabels, Gauge>,
+    secrets_reencrypted: Counter,
     /// The last state seen per key (namespace/name), to recount keys by state.
     key_states: Mutex<HashMap<String, String>>,
 }
@@ -72,12 +73,19 @@ impl Metrics {
             durations.clone(),
         );
         registry.register("keys", "KmsKeys by key state", keys_by_state.clone());
+        let secrets_reencrypted = Counter::default();
+        registry.register(
+            "secrets_reencrypted",
+            "Secrets rewritten under the current key after a rotation",
+            secrets_reencrypted.clone(),
+        );
         Self {
             registry,
             reconciles,
             errors,
             durations,
             keys_by_state,
+            secrets_reencrypted,
             key_states: Mutex::new(HashMap::new()),
         }
     }
@@ -101,6 +109,11 @@ impl Metrics {
     /// Counts a failed reconciliation.
     pub fn failed(&self, controller: &str) {
         self.errors.get_or_create(&Self::labels(controller)).inc();
+    }
+
+    /// Counts Secrets rewritten by a re-encryption pass.
+    pub fn secrets_reencrypted(&self, count: u64) {
+        self.secrets_reencrypted.inc_by(count);
     }
 
     /// Records the state of a key (`None` when the key is gone) and recounts.
@@ -160,6 +173,7 @@ mod tests {
         metrics.key_state("a/two", Some("Disabled"));
         metrics.reconciled("kmskey", 0.01);
         metrics.failed("kmskey");
+        metrics.secrets_reencrypted(3);
         let text = metrics.encode().expect("encode");
         assert!(
             text.contains("kubekms_operator_keys{state=\"Enabled\"} 1"),
@@ -175,6 +189,10 @@ mod tests {
         );
         assert!(
             text.contains("kubekms_operator_reconcile_errors_total{controller=\"kmskey\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubekms_operator_secrets_reencrypted_total 3"),
             "{text}"
         );
         metrics.key_state("a/one", None);

@@ -3,11 +3,13 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt};
+use kubekms_k8s::heartbeat;
 use kubekms_k8s::{KmsAlias, KmsGrant, KmsKey};
 use tokio::sync::watch;
 
@@ -41,7 +43,26 @@ pub async fn run_controllers(
     let ns = namespace.as_deref();
     let config = watcher::Config::default().any_semantic();
 
+    // The plugins' heartbeat Leases: kept in the context's store (protection and the
+    // re-encryption gate read it) and a change requeues the KmsKey a Lease names.
+    let heartbeats = watcher::watcher(
+        api::<Lease>(client.clone(), ns),
+        watcher::Config::default()
+            .labels(heartbeat::LABEL_SERVED_KEY)
+            .any_semantic(),
+    )
+    .default_backoff();
+    let heartbeats = match ctx.take_lease_writer() {
+        Some(writer) => reflector::reflector(writer, heartbeats).boxed(),
+        None => heartbeats.boxed(),
+    };
     let keys = Controller::new(api::<KmsKey>(client.clone(), ns), config.clone())
+        .watches_stream(heartbeats.touched_objects(), |lease: Lease| {
+            let key = lease.labels().get(heartbeat::LABEL_SERVED_KEY).cloned();
+            let namespace = lease.namespace();
+            key.zip(namespace)
+                .map(|(key, namespace)| ObjectRef::<KmsKey>::new(&key).within(&namespace))
+        })
         .graceful_shutdown_on(until_shutdown(shutdown.clone()))
         .run(key::reconcile, key::error_policy, ctx.clone())
         .for_each(|result| async move {

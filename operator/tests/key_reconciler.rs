@@ -9,10 +9,14 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use fake_api::{FakeApi, NAMESPACE};
+use k8s_openapi::api::coordination::v1::Lease;
 use kms_core::keystore::{FileKeyStore, RootKeyStore, WrapContext};
 use kms_core::{ArnScope, KeyId, KeySpec};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::Event;
+use kubekms_k8s::heartbeat::Heartbeat;
 use kubekms_k8s::names::{KeyStateName, RotationTypeName};
 use kubekms_k8s::{KmsAlias, KmsGrant, KmsKey, KmsKeySpec};
 use kubekms_operator::key::{self, FINALIZER, MAX_REQUEUE, requeue_at};
@@ -791,4 +795,139 @@ async fn grants_are_validated_against_their_key_and_keep_their_id() {
     h.fake.state.lock().expect("state").records.remove("sym");
     assert!(h.reconcile_grant("grant-sym").await.is_none());
     assert!(!h.fake.grant_names().contains(&"grant-sym".to_owned()));
+}
+
+/// A heartbeat Lease of plugin `plugin` serving KmsKey `key`, renewed now.
+fn serve_key(h: &Harness, writer: &mut Writer<Lease>, plugin: &str, key: &str) {
+    let key_id = h.fake.record(key).expect("record").spec.key_id;
+    let beat = Heartbeat {
+        plugin: plugin.to_owned(),
+        key_name: key.to_owned(),
+        served_key_id: Some(format!("{key_id}/v1")),
+        seeded: Some((format!("{key_id}/v1"), h.clock_now())),
+        renewed: None,
+        duration_seconds: 60,
+    };
+    writer.apply_watcher_event(&Event::Apply(beat.to_lease(NAMESPACE, h.clock_now())));
+}
+
+fn protected_reason(h: &Harness, name: &str) -> Option<String> {
+    h.fake
+        .key(name)
+        .and_then(|k| k.status)
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Protected"))
+        .map(|c| c.reason)
+}
+
+#[tokio::test]
+async fn a_served_key_is_not_disabled_scheduled_for_deletion_or_destroyed() {
+    let h = harness();
+    h.create("k1", json!({"reencryptSecrets": false})).await;
+    let mut writer = h.ctx.take_lease_writer().expect("the lease writer");
+    serve_key(&h, &mut writer, "cp-1", "k1");
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec!["GET kmskeymaterials/k1", "PATCH kmskeys/k1/status"]
+    );
+    let status = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    assert_eq!(status.served_by.len(), 1);
+    assert_eq!(status.served_by[0].plugin, "cp-1");
+    assert!(status.served_by[0].live);
+    assert_eq!(
+        protected_reason(&h, "k1").as_deref(),
+        Some("ServedByPlugin")
+    );
+    assert_eq!(
+        status.reencryption.map(|r| r.phase).as_deref(),
+        Some("Paused"),
+        "reencryptSecrets: false starts no rewrite"
+    );
+
+    // Disabling is refused: the key stays Enabled, once-only Warning Event.
+    h.edit_spec("k1", |s| s.enabled = false);
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT ProtectionRefused"
+        ]
+    );
+    assert_eq!(h.state("k1"), Some(KeyStateName::Enabled));
+    assert_eq!(
+        protected_reason(&h, "k1").as_deref(),
+        Some("DisableRefused")
+    );
+    h.reconcile("k1").await;
+    assert_eq!(h.fake.take_log(), only_get("k1"), "reported once");
+
+    // Scheduling the deletion is refused: no deletion date in the record.
+    h.edit_spec("k1", |s| {
+        s.enabled = true;
+        s.deletion = Some(serde_json::from_value(json!({})).expect("deletion"));
+    });
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT ProtectionRefused"
+        ]
+    );
+    assert_eq!(
+        h.fake.record("k1").expect("record").spec.deletion_date,
+        None
+    );
+    assert_eq!(
+        protected_reason(&h, "k1").as_deref(),
+        Some("DeletionRefused")
+    );
+    h.edit_spec("k1", |s| s.deletion = None);
+
+    // kubectl delete: held, no window starts, even a year later.
+    mark_deleted(&h, "k1");
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT ProtectionRefused"
+        ]
+    );
+    h.days(365);
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.record("k1").expect("record").spec.deletion_date,
+        None
+    );
+    assert!(h.fake.key("k1").is_some());
+
+    // Once the plugin's Lease is gone, the deletion proceeds as usual.
+    let key_id = h.fake.record("k1").expect("record").spec.key_id;
+    let lease = Heartbeat {
+        plugin: "cp-1".to_owned(),
+        key_name: "k1".to_owned(),
+        served_key_id: Some(format!("{key_id}/v1")),
+        seeded: None,
+        renewed: None,
+        duration_seconds: 60,
+    }
+    .to_lease(NAMESPACE, h.clock_now());
+    writer.apply_watcher_event(&Event::Delete(lease));
+    h.fake.take_log();
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PUT kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT DeletionScheduled"
+        ]
+    );
+    assert_eq!(h.state("k1"), Some(KeyStateName::PendingDeletion));
 }
