@@ -10,6 +10,8 @@
 //! The plugin binary: `KUBEKMS_PLUGIN_BIN`, or `kubekms-plugin` next to the test
 //! binary's folder (built by `cargo test --workspace` or `cargo build -p kubekms-plugin`).
 
+mod envelope;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,27 +19,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use base64::Engine as _;
+use envelope::{EncryptedObject, parse_stored};
 use kms_plugin::client::connect;
 use kms_plugin::pb::{DecryptRequest, EncryptRequest, StatusRequest};
 use kubekms_e2e::process::{sh_quote, sibling_bin, tools_bin};
 use kubekms_e2e::{
-    ControlPlane, KMS_PROVIDER_NAME, check_kms_encrypted, kms_v2_prefix, preview, repo_root,
-    secret_etcd_key, unique_name,
+    ControlPlane, KMS_PROVIDER_NAME, kms_v2_prefix, repo_root, secret_etcd_key, unique_name,
 };
-
-/// kube-apiserver's stored envelope (`k8s.io/apiserver/.../kmsv2/v2:EncryptedObject`):
-/// field numbers from the published API.
-#[derive(Clone, PartialEq, prost::Message)]
-struct EncryptedObject {
-    #[prost(bytes = "vec", tag = "1")]
-    encrypted_data: Vec<u8>,
-    #[prost(string, tag = "2")]
-    key_id: String,
-    #[prost(bytes = "vec", tag = "3")]
-    encrypted_dek_source: Vec<u8>,
-    #[prost(map = "string, bytes", tag = "4")]
-    annotations: std::collections::HashMap<String, Vec<u8>>,
-}
 
 /// A private control plane whose Secrets are encrypted by the kubekms plugin.
 struct PluginPlane {
@@ -256,27 +244,6 @@ impl Drop for PluginPlane {
             let _ = std::fs::remove_dir_all(&self.base);
         }
     }
-}
-
-fn parse_stored(bytes: &[u8], plaintexts: &[&[u8]]) -> Result<EncryptedObject> {
-    check_kms_encrypted(bytes, KMS_PROVIDER_NAME, plaintexts)?;
-    let prefix = kms_v2_prefix(KMS_PROVIDER_NAME);
-    let body = bytes
-        .get(prefix.len()..)
-        .ok_or_else(|| anyhow!("short value"))?;
-    let obj = <EncryptedObject as prost::Message>::decode(body)
-        .with_context(|| format!("not an EncryptedObject: {}", preview(bytes)))?;
-    let (key, version) = kms_plugin::parse_key_id(&obj.key_id)
-        .with_context(|| format!("stored key_id {:?}", obj.key_id))?;
-    let (blob_key, blob_version) = kms_core::blob::peek(&obj.encrypted_dek_source)
-        .context("the encrypted DEK source is not a KubeKMS blob")?;
-    ensure!(
-        (key, version) == (blob_key, blob_version),
-        "stored key_id {} but the DEK source is under {blob_key} v{blob_version}",
-        obj.key_id
-    );
-    ensure!(!obj.encrypted_data.is_empty(), "no encrypted data");
-    Ok(obj)
 }
 
 fn phase(name: &str, started: Instant, what: &str) {

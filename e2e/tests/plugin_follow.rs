@@ -15,6 +15,8 @@
 //! Binaries: `KUBEKMS_PLUGIN_BIN` / `KUBEKMS_OPERATOR_BIN`, or next to the test binary's
 //! folder (built by `cargo test --workspace`).
 
+mod envelope;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -23,24 +25,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use base64::Engine as _;
+use envelope::parse_stored;
 use kms_plugin::client::connect;
 use kms_plugin::pb::StatusRequest;
 use kubekms_e2e::process::{sh_quote, sibling_bin, tools_bin};
-use kubekms_e2e::{
-    ControlPlane, KMS_PROVIDER_NAME, check_kms_encrypted, kms_v2_prefix, preview, repo_root,
-    secret_etcd_key, unique_name,
-};
-
-/// kube-apiserver's stored envelope (`EncryptedObject`), field numbers from the published API.
-#[derive(Clone, PartialEq, prost::Message)]
-struct EncryptedObject {
-    #[prost(bytes = "vec", tag = "1")]
-    encrypted_data: Vec<u8>,
-    #[prost(string, tag = "2")]
-    key_id: String,
-    #[prost(bytes = "vec", tag = "3")]
-    encrypted_dek_source: Vec<u8>,
-}
+use kubekms_e2e::{ControlPlane, repo_root, secret_etcd_key, unique_name};
 
 fn phase(started: Instant, what: &str) {
     eprintln!(
@@ -81,7 +70,7 @@ impl Plane {
         // The kubeconfig is written by control-plane.sh before the plugin starts, but the
         // API server comes up only after the plugin: the follower must wait for it.
         let plugin_cmd = format!(
-            "exec {} serve --state-dir {} --socket {} --reload-interval-ms 1000 --follow {target} --kubeconfig {}",
+            "exec {} serve --state-dir {} --socket {} --reload-interval-ms 1000 --follow {target} --instance e2e-cp-1 --kubeconfig {}",
             sh_quote(&plugin_bin),
             sh_quote(&plugin_state),
             sh_quote(&socket),
@@ -212,20 +201,116 @@ impl Plane {
             .cp
             .etcd_get(&key)?
             .ok_or_else(|| anyhow!("etcd has no {key}"))?;
-        check_kms_encrypted(&bytes, KMS_PROVIDER_NAME, &[plaintext.as_bytes()])?;
-        let prefix = kms_v2_prefix(KMS_PROVIDER_NAME);
-        let body = bytes
-            .get(prefix.len()..)
-            .ok_or_else(|| anyhow!("short value"))?;
-        let obj = <EncryptedObject as prost::Message>::decode(body)
-            .with_context(|| format!("not an EncryptedObject: {}", preview(&bytes)))?;
-        let (k, v) = kms_plugin::parse_key_id(&obj.key_id)?;
-        ensure!(
-            kms_core::blob::peek(&obj.encrypted_dek_source)? == (k, v),
-            "{key}: key_id {} does not match its DEK source",
-            obj.key_id
+        Ok(parse_stored(&bytes, &[plaintext.as_bytes()])
+            .with_context(|| format!("etcd key {key}"))?
+            .key_id)
+    }
+
+    /// The key_id of every Secret etcd holds (all namespaces), by etcd key.
+    fn all_stored_key_ids(&self) -> Result<BTreeMap<String, String>> {
+        let out = self
+            .cp
+            .etcdctl(["get", "/registry/secrets/", "--prefix", "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut ids = BTreeMap::new();
+        for kv in v
+            .get("kvs")
+            .and_then(|k| k.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let field = |name: &str| -> Result<Vec<u8>> {
+                Ok(b64.decode(kv.get(name).and_then(|x| x.as_str()).unwrap_or_default())?)
+            };
+            let key = String::from_utf8(field("key")?)?;
+            let obj =
+                parse_stored(&field("value")?, &[]).with_context(|| format!("etcd key {key}"))?;
+            ids.insert(key, obj.key_id);
+        }
+        Ok(ids)
+    }
+
+    /// Waits until `status.reencryption` of the KmsKey satisfies `pred`; returns it.
+    async fn wait_reencryption(
+        &self,
+        ns: &str,
+        name: &str,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let key = self.kmskey_json(ns, name)?;
+            let progress = key
+                .pointer("/status/reencryption")
+                .cloned()
+                .unwrap_or_default();
+            if pred(&progress) {
+                return Ok(progress);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{what}: not reached after {limit:?}; status {}; operator log {}",
+                key.get("status").cloned().unwrap_or_default(),
+                self.cp.log_path("kubekms-operator").display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Starts the operator binary (sharing the plugin's root key) over namespace `ns`.
+    fn start_operator(&mut self, ns: &str, extra: &[&str]) -> Result<()> {
+        let operator_bin = sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
+        let op_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.cp.log_path("kubekms-operator"))?;
+        self.operator = Some(
+            Command::new(&operator_bin)
+                .env("KUBECONFIG", &self.cp.kubeconfig)
+                .arg("--root-key")
+                .arg(self.plugin_state.join("root.key"))
+                .args([
+                    "--namespace",
+                    ns,
+                    "--metrics-addr",
+                    "127.0.0.1:0",
+                    "--lease-namespace",
+                    ns,
+                    "--identity",
+                    "e2e-follow",
+                    "--lease-duration-seconds",
+                    "4",
+                    "--lease-renew-seconds",
+                    "1",
+                    "--log-format",
+                    "text",
+                ])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(op_log.try_clone()?)
+                .stderr(op_log)
+                .spawn()
+                .context("starting kubekms-operator")?,
         );
-        Ok(obj.key_id)
+        Ok(())
+    }
+
+    /// `kubectl` that must fail; returns its stderr.
+    fn kubectl_refused(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(self.cp.tool("kubectl"))
+            .env("KUBECONFIG", &self.cp.kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            !out.status.success(),
+            "kubectl {args:?} was accepted: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     fn kmskey_json(&self, ns: &str, name: &str) -> Result<serde_json::Value> {
@@ -361,31 +446,8 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
     );
 
     // The operator, sharing the root key file, treats the existing record as its own.
-    let operator_bin = sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
-    let op_log = std::fs::File::create(plane.cp.log_path("kubekms-operator"))?;
-    plane.operator = Some(
-        Command::new(&operator_bin)
-            .env("KUBECONFIG", &plane.cp.kubeconfig)
-            .arg("--root-key")
-            .arg(plane.plugin_state.join("root.key"))
-            .args([
-                "--namespace",
-                &ns,
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--lease-namespace",
-                &ns,
-                "--identity",
-                "e2e-follow",
-                "--log-format",
-                "text",
-            ])
-            .stdin(Stdio::null())
-            .stdout(op_log.try_clone()?)
-            .stderr(op_log)
-            .spawn()
-            .context("starting kubekms-operator")?,
-    );
+    // Slow re-encryption (pages of 10, 20 Secrets/s) so the test can stop it half-way.
+    plane.start_operator(&ns, SLOW_REENCRYPTION)?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let key = plane.kmskey_json(&ns, name)?;
@@ -408,6 +470,12 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
     phase(
         t0,
         "operator adopted the record: KmsKey Enabled with the bootstrap key id",
+    );
+
+    check_protection(&plane, &ns, name).await?;
+    phase(
+        t0,
+        "protected: disable, deletion and delete refused by the admission policy and by the operator",
     );
 
     // Rotate through the operator.
@@ -469,9 +537,32 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
         probe += 1;
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    ensure!(plane.stored_key_id(&ns, "s0", &secrets["s0"])? == k1);
     plane.check_all_read(&ns, &secrets, "after the rotation")?;
-    phase(t0, "new Secrets stored under v2, old ones (v1) still read");
+    phase(t0, "new Secrets stored under v2, every Secret reads");
+
+    // The operator saw kube-apiserver seed a DEK under v2 and rewrote every Secret.
+    let done = plane
+        .wait_reencryption(
+            &ns,
+            name,
+            Duration::from_secs(120),
+            "re-encryption to v2 done",
+            |r| r["targetVersion"] == 2 && r["phase"] == "Done",
+        )
+        .await?;
+    let stored = plane.all_stored_key_ids()?;
+    ensure!(
+        stored.len() >= secrets.len() && stored.values().all(|id| *id == k2),
+        "after re-encryption to v2 etcd still holds Secrets under another key_id: {stored:?}"
+    );
+    phase(
+        t0,
+        &format!(
+            "re-encrypted: {} Secrets rewritten, all {} in etcd under {k2}",
+            done["secretsRewritten"],
+            stored.len()
+        ),
+    );
 
     // Cold start: API server down, then the plugin restarts from its folder alone.
     if let Some(mut op) = plane.operator.take() {
@@ -512,5 +603,289 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
         "at the end: {healthz} {key_id}"
     );
     phase(t0, "API server back: every Secret reads, new ones under v2");
+
+    kill_mid_reencryption_and_resume(&mut plane, &ns, name, &key_uuid, t0).await?;
+    Ok(())
+}
+
+const SLOW_REENCRYPTION: &[&str] = &[
+    "--reencrypt-page-size",
+    "10",
+    "--reencrypt-secrets-per-second",
+    "20",
+];
+
+/// The key the plugin serves cannot be disabled, scheduled for deletion or deleted: the
+/// ValidatingAdmissionPolicy refuses with a message that says why; without the policy the
+/// operator refuses and says so in a condition and an Event.
+async fn check_protection(plane: &Plane, ns: &str, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let key = plane.kmskey_json(ns, name)?;
+        let served = key
+            .pointer("/status/servedBy/0/plugin")
+            .and_then(|p| p.as_str())
+            .map(str::to_owned);
+        if let Some(plugin) = served {
+            ensure!(
+                key.pointer("/status/servedBy/0/live") == Some(&serde_json::Value::Bool(true)),
+                "servedBy: {key}"
+            );
+            ensure!(plugin == "e2e-cp-1", "served by {plugin}");
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "status.servedBy never filled from the plugin's heartbeat: {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let policy = repo_root().join("deploy/admission/kmskey-protection.yaml");
+    plane
+        .cp
+        .kubectl(["apply".as_ref(), "-f".as_ref(), policy.as_os_str()])?;
+    let disable = r#"{"spec":{"enabled":false}}"#;
+    let enable = r#"{"spec":{"enabled":true}}"#;
+    // A new policy takes effect within seconds: until then an accepted disable is undone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refusal = loop {
+        match plane.kubectl_refused(&[
+            "patch",
+            "kmskey",
+            name,
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            disable,
+        ]) {
+            Ok(stderr) => break stderr,
+            Err(_) => {
+                plane.cp.kubectl([
+                    "patch",
+                    "kmskey",
+                    name,
+                    "-n",
+                    ns,
+                    "--type=merge",
+                    "-p",
+                    enable,
+                ])?;
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the ValidatingAdmissionPolicy never refused disabling the served key"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    ensure!(
+        refusal.contains("is protected")
+            && refusal.contains("e2e-cp-1")
+            && refusal.contains("Disabling it"),
+        "refusal does not say why: {refusal}"
+    );
+    let refusal = plane.kubectl_refused(&[
+        "patch",
+        "kmskey",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"deletion":{"pendingWindowInDays":7}}}"#,
+    ])?;
+    ensure!(
+        refusal.contains("Scheduling its deletion"),
+        "deletion refusal: {refusal}"
+    );
+    let refusal = plane.kubectl_refused(&["delete", "kmskey", name, "-n", ns, "--wait=false"])?;
+    ensure!(refusal.contains("Deleting it"), "delete refusal: {refusal}");
+
+    // Without the policy, the operator refuses.
+    plane.cp.kubectl([
+        "delete",
+        "validatingadmissionpolicybinding",
+        "kubekms-served-key-protection",
+    ])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while plane
+        .kubectl_refused(&[
+            "patch",
+            "kmskey",
+            name,
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            disable,
+        ])
+        .is_ok()
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the policy kept refusing after its binding was deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let key = plane.kmskey_json(ns, name)?;
+        let protected = key
+            .pointer("/status/conditions")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Protected")
+            .cloned()
+            .unwrap_or_default();
+        if protected["reason"] == "DisableRefused" {
+            ensure!(
+                key.pointer("/status/keyState").and_then(|s| s.as_str()) == Some("Enabled"),
+                "the operator disabled a served key: {key}"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the operator did not refuse disabling the served key: {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = plane.cp.kubectl([
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "reason=ProtectionRefused",
+        "-o",
+        "name",
+    ])?;
+    ensure!(
+        !events.stdout.is_empty(),
+        "no ProtectionRefused Event was published"
+    );
+    plane.cp.kubectl([
+        "patch",
+        "kmskey",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        enable,
+    ])?;
+    Ok(())
+}
+
+/// Many Secrets, a rotation, the operator killed (SIGKILL) half-way through the rewrite:
+/// the restarted operator resumes from the saved continue token (the count comes out
+/// exact, not a second pass) and finishes; etcd holds nothing under an older key_id.
+async fn kill_mid_reencryption_and_resume(
+    plane: &mut Plane,
+    ns: &str,
+    name: &str,
+    key_uuid: &str,
+    t0: Instant,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let client = plane.cp.client().await?;
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), ns);
+    for i in 0..150 {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(format!("bulk-{i:03}"));
+        secret.string_data = Some(BTreeMap::from([(
+            "value".to_owned(),
+            format!("bulk-{i}-{}", unique_name("pw")),
+        )]));
+        api.create(&kube::api::PostParams::default(), &secret)
+            .await?;
+    }
+    let total = kube::Api::<Secret>::all(client)
+        .list(&kube::api::ListParams::default())
+        .await?
+        .items
+        .len();
+    plane.start_operator(ns, SLOW_REENCRYPTION)?;
+    plane.cp.kubectl([
+        "patch",
+        "kmskey",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"rotation":{"onDemandToken":"handover-2"}}}"#,
+    ])?;
+    let k3 = format!("{key_uuid}/v3");
+    phase(
+        t0,
+        &format!("{total} Secrets in the cluster; rotated to {k3}"),
+    );
+    let running = plane
+        .wait_reencryption(
+            ns,
+            name,
+            Duration::from_secs(200),
+            "re-encryption to v3 half-way",
+            |r| {
+                r["targetVersion"] == 3
+                    && r["phase"] == "Rewriting"
+                    && r["secretsRewritten"].as_u64() >= Some(30)
+            },
+        )
+        .await?;
+    if let Some(mut op) = plane.operator.take() {
+        op.kill()?;
+        op.wait()?;
+    }
+    let at_kill = plane.kmskey_json(ns, name)?["status"]["reencryption"].clone();
+    let done_at_kill = at_kill["secretsRewritten"].as_u64().unwrap_or_default();
+    ensure!(
+        at_kill["phase"] == "Rewriting"
+            && at_kill["continueToken"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+            && done_at_kill < total as u64,
+        "after SIGKILL the progress is not resumable: {at_kill}"
+    );
+    phase(
+        t0,
+        &format!("operator killed (SIGKILL) with {done_at_kill}/{total} Secrets rewritten"),
+    );
+    plane.start_operator(ns, SLOW_REENCRYPTION)?;
+    let done = plane
+        .wait_reencryption(
+            ns,
+            name,
+            Duration::from_secs(120),
+            "re-encryption to v3 done after the restart",
+            |r| r["targetVersion"] == 3 && r["phase"] == "Done",
+        )
+        .await?;
+    ensure!(
+        done["started"] == running["started"],
+        "the pass restarted instead of resuming: {running} then {done}"
+    );
+    ensure!(
+        done["secretsRewritten"].as_u64() == Some(total as u64),
+        "resumed pass counted {} Secrets, the cluster has {total}: pages were skipped or done twice",
+        done["secretsRewritten"]
+    );
+    let stored = plane.all_stored_key_ids()?;
+    let stale: Vec<_> = stored.iter().filter(|(_, id)| **id != k3).collect();
+    ensure!(
+        stored.len() == total && stale.is_empty(),
+        "after the resumed re-encryption {} of {} Secrets are not under {k3}: {stale:?}",
+        stale.len(),
+        stored.len()
+    );
+    phase(
+        t0,
+        &format!(
+            "restarted operator resumed and finished: {total} Secrets, all under {k3} in etcd"
+        ),
+    );
     Ok(())
 }
