@@ -98,19 +98,6 @@ async fn patch_spec(keys: &Api<KmsKey>, name: &str, spec: serde_json::Value) -> 
     Ok(())
 }
 
-/// Touches an annotation so the operator looks at the key again after the test moved the
-/// clock (in production the requeue at the due time does this).
-async fn nudge(keys: &Api<KmsKey>, name: &str) -> Result<()> {
-    let value = OffsetDateTime::now_utc().unix_timestamp_nanos().to_string();
-    keys.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"e2e.kubekms.io/nudge": value}}})),
-    )
-    .await?;
-    Ok(())
-}
-
 /// The plaintext of every material version of a record, unwrapped with the root key.
 fn unwrap_all(root: &FileKeyStore, record: &KmsKeyMaterial) -> Result<Vec<Vec<u8>>> {
     let key_id = KeyId::parse(&record.spec.key_id)?;
@@ -287,9 +274,9 @@ async fn operator_manages_the_key_lifecycle() -> Result<()> {
             "{versions:?}"
         );
 
-        // Automatic rotation, reached by moving the operator's clock 91 days.
+        // Automatic rotation, reached by moving the operator's clock 91 days (a moved clock
+        // makes the operator look at every key again).
         operator.clock.advance(time::Duration::days(91));
-        nudge(&keys, "rotating").await?;
         let key = key_where(&keys, "rotating", "an automatic rotation", |k| {
             k.status.as_ref().and_then(|s| s.current_version) == Some(2)
         })
@@ -495,7 +482,6 @@ async fn operator_manages_the_key_lifecycle() -> Result<()> {
         .await?;
         // A day before the window ends it is still held.
         operator.clock.advance(time::Duration::days(29));
-        nudge(&keys, "sym").await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         ensure!(
             keys.get_opt("sym").await?.is_some(),
@@ -507,7 +493,6 @@ async fn operator_manages_the_key_lifecycle() -> Result<()> {
         );
         // Past the window: material destroyed, finalizer released, grants removed.
         operator.clock.advance(time::Duration::days(2));
-        nudge(&keys, "sym").await?;
         wait_for("KmsKey sym gone", || async {
             Ok(keys.get_opt("sym").await?.is_none().then_some(()))
         })
@@ -583,6 +568,98 @@ async fn only_one_replica_holds_the_leader_lease() -> Result<()> {
         );
         ensure!(spec.lease_transitions == Some(1), "{spec:?}");
         Ok(())
+    })
+    .await
+}
+
+/// The operator binary with its file-offset test clock (refused without
+/// KUBEKMS_ALLOW_TEST_CLOCK=1, see operator/tests/cli.rs): moving the offset by 91 days
+/// makes it rotate a key with a 90-day period, and moving it past a 7-day deletion window
+/// destroys the material and releases the KmsKey, with nothing else touching the objects.
+#[tokio::test]
+async fn the_operator_binary_follows_its_test_clock() -> Result<()> {
+    let cp = ControlPlane::shared()?;
+    apply_crds(cp)?;
+    in_namespace(cp, "binclock", move |client, ns| async move {
+        let dir = std::env::temp_dir().join(kubekms_e2e::unique_name("kubekms-binclock"));
+        std::fs::create_dir_all(&dir)?;
+        let offset = dir.join("offset");
+        std::fs::write(&offset, "0")?;
+        let bin = kubekms_e2e::process::sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
+        let log = std::fs::File::create(dir.join("operator.log"))?;
+        let mut operator = std::process::Command::new(&bin)
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("KUBEKMS_ALLOW_TEST_CLOCK", "1")
+            .arg("--root-key")
+            .arg(dir.join("root.key"))
+            .arg("--init-root-key")
+            .arg("--test-clock-offset-file")
+            .arg(&offset)
+            .args(["--namespace", &ns, "--lease-namespace", &ns])
+            .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let result = async {
+            let keys: Api<KmsKey> = Api::namespaced(client.clone(), &ns);
+            let records: Api<KmsKeyMaterial> = Api::namespaced(client.clone(), &ns);
+            keys.create(
+                &PostParams::default(),
+                &key_manifest(
+                    "clocked",
+                    json!({"rotation": {"automatic": true, "periodInDays": 90}}),
+                )?,
+            )
+            .await?;
+            key_where(&keys, "clocked", "Enabled", |k| {
+                state(k) == Some(KeyStateName::Enabled)
+            })
+            .await?;
+            std::fs::write(&offset, (91 * 86_400).to_string())?;
+            let key = key_where(&keys, "clocked", "an automatic rotation", |k| {
+                k.status.as_ref().and_then(|s| s.current_version) == Some(2)
+            })
+            .await?;
+            let versions = key.status.context("status")?.versions;
+            ensure!(
+                versions.last().and_then(|v| v.rotation_type) == Some(RotationTypeName::Automatic),
+                "{versions:?}"
+            );
+            patch_spec(
+                &keys,
+                "clocked",
+                json!({"deletion": {"pendingWindowInDays": 7}}),
+            )
+            .await?;
+            key_where(&keys, "clocked", "PendingDeletion", |k| {
+                state(k) == Some(KeyStateName::PendingDeletion)
+            })
+            .await?;
+            ensure!(
+                records.get_opt("clocked").await?.is_some(),
+                "material destroyed before the window"
+            );
+            std::fs::write(&offset, ((91 + 8) * 86_400).to_string())?;
+            wait_for("KmsKey clocked gone after its window", || async {
+                Ok(keys.get_opt("clocked").await?.is_none().then_some(()))
+            })
+            .await?;
+            ensure!(
+                records.get_opt("clocked").await?.is_none(),
+                "record survived"
+            );
+            Ok(())
+        }
+        .await;
+        let _ = operator.kill();
+        let _ = operator.wait();
+        if result.is_ok() {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            eprintln!("operator log: {}", dir.join("operator.log").display());
+        }
+        result
     })
     .await
 }

@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use futures::stream::BoxStream;
 use time::{Duration, OffsetDateTime};
+use tokio::sync::watch;
 
 /// The environment variable that must be `1` for [`OffsetFileClock`] to be accepted.
 pub const ALLOW_TEST_CLOCK_ENV: &str = "KUBEKMS_ALLOW_TEST_CLOCK";
@@ -17,6 +19,12 @@ pub const ALLOW_TEST_CLOCK_ENV: &str = "KUBEKMS_ALLOW_TEST_CLOCK";
 pub trait Clock: Send + Sync {
     /// The current time.
     fn now(&self) -> OffsetDateTime;
+
+    /// A stream that yields whenever the clock jumps (a test moved it), so every object
+    /// is looked at again at once; `None` for a clock that only runs forward.
+    fn jumps(&self) -> Option<BoxStream<'static, ()>> {
+        None
+    }
 }
 
 /// The system clock.
@@ -33,6 +41,7 @@ impl Clock for SystemClock {
 #[derive(Debug)]
 pub struct TestClock {
     now: Mutex<OffsetDateTime>,
+    moved: watch::Sender<()>,
 }
 
 impl TestClock {
@@ -41,6 +50,7 @@ impl TestClock {
     pub fn new(now: OffsetDateTime) -> Self {
         Self {
             now: Mutex::new(now),
+            moved: watch::Sender::new(()),
         }
     }
 
@@ -50,6 +60,7 @@ impl TestClock {
             .now
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+        self.moved.send_replace(());
     }
 
     /// Moves the time forward.
@@ -59,6 +70,8 @@ impl TestClock {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *now += by;
+        drop(now);
+        self.moved.send_replace(());
     }
 }
 
@@ -68,6 +81,17 @@ impl Clock for TestClock {
             .now
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn jumps(&self) -> Option<BoxStream<'static, ()>> {
+        let moved = self.moved.subscribe();
+        Some(Box::pin(futures::stream::unfold(
+            moved,
+            |mut moved| async move {
+                moved.changed().await.ok()?;
+                Some(((), moved))
+            },
+        )))
     }
 }
 
@@ -98,6 +122,28 @@ impl OffsetFileClock {
 impl Clock for OffsetFileClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc() + self.offset()
+    }
+
+    /// Polls the file twice a second.
+    fn jumps(&self) -> Option<BoxStream<'static, ()>> {
+        let clock = self.clone();
+        let offset = clock.offset();
+        Some(Box::pin(futures::stream::unfold(
+            (clock, offset),
+            |(clock, last)| async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let offset = clock.offset();
+                    if offset != last {
+                        tracing::warn!(
+                            offset_seconds = offset.whole_seconds(),
+                            "TEST CLOCK moved: looking at every object again"
+                        );
+                        return Some(((), (clock, offset)));
+                    }
+                }
+            },
+        )))
     }
 }
 

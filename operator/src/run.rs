@@ -56,7 +56,11 @@ pub async fn run_controllers(
         Some(writer) => reflector::reflector(writer, heartbeats).boxed(),
         None => heartbeats.boxed(),
     };
-    let keys = Controller::new(api::<KmsKey>(client.clone(), ns), config.clone())
+    let mut keys = Controller::new(api::<KmsKey>(client.clone(), ns), config.clone());
+    if let Some(jumps) = ctx.clock.jumps() {
+        keys = keys.reconcile_all_on(jumps);
+    }
+    let keys = keys
         .watches_stream(heartbeats.touched_objects(), |lease: Lease| {
             let key = lease.labels().get(heartbeat::LABEL_SERVED_KEY).cloned();
             let namespace = lease.namespace();
