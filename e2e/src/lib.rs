@@ -263,6 +263,36 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
+    /// Writes to `path` a kubeconfig for this API server that authenticates as the
+    /// ServiceAccount `namespace/name` with a fresh one-hour token (TokenRequest), so a
+    /// process runs with exactly the RBAC granted to that ServiceAccount.
+    pub fn write_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        path: &Path,
+    ) -> Result<()> {
+        let token = self.kubectl(["create", "token", name, "-n", namespace, "--duration=1h"])?;
+        let token = String::from_utf8(token.stdout)?.trim().to_owned();
+        let view = self.kubectl(["config", "view", "--raw", "--minify", "-o", "json"])?;
+        let view: serde_json::Value = serde_json::from_slice(&view.stdout)?;
+        let cluster = view
+            .pointer("/clusters/0/cluster")
+            .cloned()
+            .ok_or_else(|| anyhow!("no cluster in the admin kubeconfig"))?;
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kubekms", "cluster": cluster}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": name, "context": {"cluster": "kubekms", "user": name}}],
+            "current-context": name,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&config)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
     /// The Kubernetes version kube-apiserver must report.
     pub fn expected_kube_version(&self) -> Result<String> {
         match &self.expected_kube_version {

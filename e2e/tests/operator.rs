@@ -572,30 +572,100 @@ async fn only_one_replica_holds_the_leader_lease() -> Result<()> {
     .await
 }
 
-/// The operator binary with its file-offset test clock (refused without
-/// KUBEKMS_ALLOW_TEST_CLOCK=1, see operator/tests/cli.rs): moving the offset by 91 days
-/// makes it rotate a key with a 90-day period, and moving it past a 7-day deletion window
-/// destroys the material and releases the KmsKey, with nothing else touching the objects.
+/// The RBAC of deploy/rbac: the plugin's identity reads keys and records and renews its
+/// Lease in its namespace and nothing else; nobody else reads the material.
+fn check_rbac(cp: &ControlPlane) -> Result<()> {
+    let can = |who: &str, args: &[&str]| -> Result<bool> {
+        let out = std::process::Command::new(cp.tool("kubectl"))
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .args(["auth", "can-i", "--as", who])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+    };
+    let plugin = "system:serviceaccount:kubekms-system:kubekms-plugin";
+    let operator = "system:serviceaccount:kubekms-system:kubekms-operator";
+    let other = "system:serviceaccount:kubekms-system:default";
+    for (who, args, expected) in [
+        (
+            plugin,
+            &["watch", "kmskeymaterials", "-n", "kubekms-system"][..],
+            true,
+        ),
+        (
+            plugin,
+            &["patch", "leases", "-n", "kubekms-system"][..],
+            true,
+        ),
+        (
+            plugin,
+            &["update", "kmskeymaterials", "-n", "kubekms-system"][..],
+            false,
+        ),
+        (
+            plugin,
+            &["get", "kmskeymaterials", "-n", "default"][..],
+            false,
+        ),
+        (
+            plugin,
+            &["list", "secrets", "-n", "kubekms-system"][..],
+            false,
+        ),
+        (operator, &["update", "secrets", "-A"][..], true),
+        (operator, &["get", "secrets", "-A"][..], false),
+        (
+            operator,
+            &["create", "kmskeymaterials", "-n", "default"][..],
+            true,
+        ),
+        (operator, &["update", "leases", "-n", "default"][..], false),
+        (
+            other,
+            &["get", "kmskeymaterials", "-n", "kubekms-system"][..],
+            false,
+        ),
+    ] {
+        ensure!(
+            can(who, args)? == expected,
+            "kubectl auth can-i --as {who} {args:?} should be {expected}"
+        );
+    }
+    Ok(())
+}
+
+/// The operator binary, running as the ServiceAccount of deploy/rbac/operator.yaml, with
+/// its file-offset test clock (refused without KUBEKMS_ALLOW_TEST_CLOCK=1, see
+/// operator/tests/cli.rs): moving the offset by 91 days makes it rotate a key with a
+/// 90-day period, and moving it past a 7-day deletion window destroys the material and
+/// releases the KmsKey, with nothing else touching the objects.
 #[tokio::test]
 async fn the_operator_binary_follows_its_test_clock() -> Result<()> {
     let cp = ControlPlane::shared()?;
     apply_crds(cp)?;
+    let rbac = repo_root().join("deploy/rbac");
+    cp.kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
+    check_rbac(cp)?;
     in_namespace(cp, "binclock", move |client, ns| async move {
         let dir = std::env::temp_dir().join(kubekms_e2e::unique_name("kubekms-binclock"));
         std::fs::create_dir_all(&dir)?;
         let offset = dir.join("offset");
         std::fs::write(&offset, "0")?;
+        let kubeconfig = dir.join("kubeconfig");
+        cp.write_service_account_kubeconfig("kubekms-system", "kubekms-operator", &kubeconfig)?;
         let bin = kubekms_e2e::process::sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
         let log = std::fs::File::create(dir.join("operator.log"))?;
         let mut operator = std::process::Command::new(&bin)
-            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("KUBECONFIG", &kubeconfig)
             .env("KUBEKMS_ALLOW_TEST_CLOCK", "1")
             .arg("--root-key")
             .arg(dir.join("root.key"))
             .arg("--init-root-key")
             .arg("--test-clock-offset-file")
             .arg(&offset)
-            .args(["--namespace", &ns, "--lease-namespace", &ns])
+            .args(["--namespace", &ns, "--lease-namespace", "kubekms-system"])
+            .args(["--lease-name", &format!("kubekms-operator-{ns}")])
             .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
@@ -654,6 +724,14 @@ async fn the_operator_binary_follows_its_test_clock() -> Result<()> {
         .await;
         let _ = operator.kill();
         let _ = operator.wait();
+        let logged = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
+        let result = result.and_then(|()| {
+            ensure!(
+                !logged.to_ascii_lowercase().contains("forbidden"),
+                "the operator's ServiceAccount was refused something:\n{logged}"
+            );
+            Ok(())
+        });
         if result.is_ok() {
             let _ = std::fs::remove_dir_all(&dir);
         } else {
