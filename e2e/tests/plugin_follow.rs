@@ -608,6 +608,28 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
     Ok(())
 }
 
+/// Refuses updates of Secrets labelled `e2e.kubekms.io/frozen` (reason Invalid: 422).
+const FREEZE_POLICY: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: e2e-frozen-secrets}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - {apiGroups: [""], apiVersions: ["v1"], operations: ["UPDATE"], resources: ["secrets"]}
+  validations:
+    - expression: "!has(object.metadata.labels) || !('e2e.kubekms.io/frozen' in object.metadata.labels)"
+      message: "frozen by the e2e test"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: e2e-frozen-secrets}
+spec:
+  policyName: e2e-frozen-secrets
+  validationActions: ["Deny"]
+"#;
+
 const SLOW_REENCRYPTION: &[&str] = &[
     "--reencrypt-page-size",
     "10",
@@ -802,6 +824,38 @@ async fn kill_mid_reencryption_and_resume(
         api.create(&kube::api::PostParams::default(), &secret)
             .await?;
     }
+    // One Secret that an admission policy refuses to update: the pass names it and goes on.
+    let frozen_value = format!("frozen-{}", unique_name("pw"));
+    let mut frozen = Secret::default();
+    frozen.metadata.name = Some("frozen".to_owned());
+    frozen.metadata.labels = Some(BTreeMap::from([(
+        "e2e.kubekms.io/frozen".to_owned(),
+        "true".to_owned(),
+    )]));
+    frozen.string_data = Some(BTreeMap::from([("value".to_owned(), frozen_value.clone())]));
+    api.create(&kube::api::PostParams::default(), &frozen)
+        .await?;
+    let k2 = plane.stored_key_id(ns, "frozen", &frozen_value)?;
+    plane.kubectl_stdin(&["apply", "-f", "-"], FREEZE_POLICY.as_bytes())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while plane
+        .kubectl_refused(&[
+            "annotate",
+            "secret",
+            "frozen",
+            "-n",
+            ns,
+            "e2e.kubekms.io/probe=1",
+            "--dry-run=server",
+        ])
+        .is_err()
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the freeze policy never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let total = kube::Api::<Secret>::all(client)
         .list(&kube::api::ListParams::default())
         .await?
@@ -869,18 +923,37 @@ async fn kill_mid_reencryption_and_resume(
         "the pass restarted instead of resuming: {running} then {done}"
     );
     ensure!(
-        done["secretsRewritten"].as_u64() == Some(total as u64),
-        "resumed pass counted {} Secrets, the cluster has {total}: pages were skipped or done twice",
-        done["secretsRewritten"]
+        done["secretsRewritten"].as_u64() == Some(total as u64 - 1)
+            && done["secretsFailed"].as_u64() == Some(1),
+        "resumed pass counted {} rewritten and {} refused Secrets, the cluster has {total} with 1 frozen: \
+         pages were skipped or done twice",
+        done["secretsRewritten"],
+        done["secretsFailed"]
+    );
+    let refused = done["failedSecrets"][0].as_str().unwrap_or_default();
+    ensure!(
+        refused.starts_with(&format!("{ns}/frozen: "))
+            && refused.contains("frozen by the e2e test"),
+        "failedSecrets: {}",
+        done["failedSecrets"]
     );
     let stored = plane.all_stored_key_ids()?;
-    let stale: Vec<_> = stored.iter().filter(|(_, id)| **id != k3).collect();
+    let frozen_key = secret_etcd_key(ns, "frozen");
+    let stale: Vec<_> = stored
+        .iter()
+        .filter(|(key, id)| **id != k3 && **key != frozen_key)
+        .collect();
     ensure!(
-        stored.len() == total && stale.is_empty(),
-        "after the resumed re-encryption {} of {} Secrets are not under {k3}: {stale:?}",
+        stored.len() == total && stale.is_empty() && stored.get(&frozen_key) == Some(&k2),
+        "after the resumed re-encryption {} of {} Secrets are not under {k3} (the frozen one must stay under {k2}): {stale:?}",
         stale.len(),
         stored.len()
     );
+    plane.check_all_read(
+        ns,
+        &BTreeMap::from([("frozen".to_owned(), frozen_value)]),
+        "the refused Secret under its older version",
+    )?;
     phase(
         t0,
         &format!(

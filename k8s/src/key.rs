@@ -240,6 +240,14 @@ pub struct ReencryptionStatus {
     /// Secrets rewritten so far.
     #[serde(default)]
     pub secrets_rewritten: u64,
+    /// Secrets kube-apiserver refused to store again (invalid, or refused by admission):
+    /// they stay readable under their older version, which is kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub secrets_failed: u64,
+    /// The first of those Secrets (`namespace/name: reason`, at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub failed_secrets: Vec<String>,
     /// The list continue token to resume from after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_token: Option<String>,
@@ -260,6 +268,10 @@ fn default_key_spec() -> KeySpecName {
 
 fn default_origin() -> OriginName {
     OriginName::AwsKms
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn default_true() -> bool {

@@ -723,14 +723,29 @@ async fn reencrypt_step(
     .await?;
     ctx.metrics.secrets_reencrypted(rewritten);
     if progress.phase == reencrypt::PHASE_DONE {
-        notes.push(Note::normal(
-            "ReencryptionDone",
-            "Reencrypt",
-            format!(
-                "{} Secrets rewritten: none is stored under a version of key {} older than {}",
-                progress.secrets_rewritten, record.key_id, progress.target_version
-            ),
-        ));
+        notes.push(if progress.secrets_failed == 0 {
+            Note::normal(
+                "ReencryptionDone",
+                "Reencrypt",
+                format!(
+                    "{} Secrets rewritten: none is stored under a version of key {} older than {}",
+                    progress.secrets_rewritten, record.key_id, progress.target_version
+                ),
+            )
+        } else {
+            Note::warning(
+                "ReencryptionIncomplete",
+                "Reencrypt",
+                format!(
+                    "{} Secrets rewritten under version {} of key {}; kube-apiserver refused to store {} again (they still read under their older version): {}",
+                    progress.secrets_rewritten,
+                    progress.target_version,
+                    record.key_id,
+                    progress.secrets_failed,
+                    progress.failed_secrets.join("; ")
+                ),
+            )
+        });
         return Ok(None);
     }
     Ok(Some(std::time::Duration::from_millis(200)))

@@ -32,6 +32,9 @@ pub const PHASE_PAUSED: &str = "Paused";
 /// Every Secret was rewritten under the target version.
 pub const PHASE_DONE: &str = "Done";
 
+/// How many refused Secrets a status lists by name.
+const MAX_FAILED_LISTED: usize = 10;
+
 /// How fast a pass goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReencryptConfig {
@@ -135,6 +138,8 @@ pub fn plan(
         status.phase = PHASE_REWRITING.to_owned();
         status.started = Some(now.to_owned());
         status.secrets_rewritten = 0;
+        status.secrets_failed = 0;
+        status.failed_secrets.clear();
         status.continue_token = None;
     }
     status.message = None;
@@ -148,7 +153,9 @@ pub fn plan(
 /// `config.secrets_per_second` updates per second, and advances `status`: the count, the
 /// next token, and `Done` with `finished = now` after the last page. A Secret changed or
 /// deleted meanwhile counts as rewritten (whoever changed it wrote it under the current
-/// key). An expired continue token restarts the listing from the beginning.
+/// key); one that kube-apiserver refuses to store (400, 403, 422) is counted and named in
+/// `failedSecrets` and the pass goes on. An expired continue token restarts the listing
+/// from the beginning.
 ///
 /// # Errors
 /// API errors; the page is then retried from the same token.
@@ -178,6 +185,7 @@ pub async fn rewrite_page(
     };
     let spacing = Duration::from_secs_f64(1.0 / f64::from(config.secrets_per_second.max(1)));
     let mut rewritten = 0;
+    let mut failed = 0;
     for secret in &page.items {
         let started = Instant::now();
         let namespace = secret.namespace().unwrap_or_default();
@@ -186,16 +194,29 @@ pub async fn rewrite_page(
             .replace(&secret.name_any(), &PostParams::default(), secret)
             .await
         {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Ok(_) => rewritten += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => rewritten += 1,
+            // This Secret only (invalid, or refused by an admission policy or webhook):
+            // note it and go on. Anything else (server errors, a lost connection) retries
+            // the page. A missing RBAC grant fails the list first.
+            Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
+                failed += 1;
+                if status.failed_secrets.len() < MAX_FAILED_LISTED {
+                    status.failed_secrets.push(format!(
+                        "{namespace}/{}: {}",
+                        secret.name_any(),
+                        e.message.chars().take(200).collect::<String>()
+                    ));
+                }
+            }
             Err(e) => return Err(e.into()),
         }
-        rewritten += 1;
         if let Some(rest) = spacing.checked_sub(started.elapsed()) {
             tokio::time::sleep(rest).await;
         }
     }
     status.secrets_rewritten += rewritten;
+    status.secrets_failed += failed;
     status.continue_token = page.metadata.continue_.filter(|t| !t.is_empty());
     if status.continue_token.is_none() {
         status.phase = PHASE_DONE.to_owned();
