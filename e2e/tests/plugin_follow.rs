@@ -957,7 +957,8 @@ async fn kill_mid_reencryption_and_resume(
     phase(
         t0,
         &format!(
-            "restarted operator resumed and finished: {total} Secrets, all under {k3} in etcd"
+            "restarted operator resumed and finished: {} of {total} Secrets under {k3} in etcd, the refused one named in status and still under {k2}",
+            total - 1
         ),
     );
     Ok(())
