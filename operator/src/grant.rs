@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use kms_core::grants::{Grant, GrantConstraints, GrantId, GrantOperation};
+use kms_core::grants::{Grant, GrantConstraints, GrantOperation};
 use kms_core::{EncryptionContext, KeySpec};
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
@@ -42,10 +42,16 @@ pub fn error_policy(grant: Arc<KmsGrant>, error: &Error, _ctx: Arc<Context>) -> 
     Action::requeue(std::time::Duration::from_secs(5))
 }
 
-fn random_hex() -> Result<String, Error> {
-    let mut bytes = [0u8; 32];
-    kms_core::primitives::fill_random(&mut bytes)?;
-    Ok(GrantId::from_random(bytes).as_str().to_owned())
+/// 64 hex digits derived from the object's UID: the grant id and token stay the same for
+/// the object's whole life and come out the same if its status is lost (status must be
+/// reconstructible); a new object under the same name gets new ones. Neither is a secret,
+/// as in AWS: a grant token only lets the grantee use the grant before it is visible.
+fn derived_hex(label: &str, uid: &str) -> String {
+    let digest = kms_core::primitives::hash(
+        kms_core::spec::HashAlgorithm::Sha256,
+        format!("kubekms.io/{label}\0{uid}").as_bytes(),
+    );
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn context(
@@ -127,12 +133,13 @@ async fn reconcile_grant(grant: &KmsGrant, ctx: &Context) -> Result<Action, Erro
                 ),
                 Ok(_) => {
                     status.key_id = key_id;
-                    if status.grant_id.is_none() {
-                        status.grant_id = Some(random_hex()?);
-                    }
-                    if status.grant_token.is_none() {
-                        status.grant_token = Some(random_hex()?);
-                    }
+                    let uid = grant
+                        .metadata
+                        .uid
+                        .as_deref()
+                        .ok_or(Error::MissingField("metadata.uid"))?;
+                    status.grant_id = Some(derived_hex("grant-id", uid));
+                    status.grant_token = Some(derived_hex("grant-token", uid));
                     let pending = key.meta().deletion_timestamp.is_some()
                         || key.status.as_ref().and_then(|s| s.key_state)
                             == Some(KeyStateName::PendingDeletion);

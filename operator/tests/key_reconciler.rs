@@ -523,6 +523,7 @@ fn grant_on(key: &str) -> KmsGrant {
     }))
     .expect("grant");
     grant.metadata.namespace = Some(NAMESPACE.to_owned());
+    grant.metadata.uid = Some(format!("uid-grant-{key}"));
     grant
 }
 
@@ -771,12 +772,34 @@ async fn grants_are_validated_against_their_key_and_keep_their_id() {
     assert!(grant_id.chars().all(|c| c.is_ascii_hexdigit()));
     h.fake.take_log();
     let again = h.reconcile_grant("grant-sym").await.expect("status");
-    assert_eq!(again.grant_id, Some(grant_id), "the grant id is stable");
+    assert_eq!(
+        again.grant_id,
+        Some(grant_id.clone()),
+        "the grant id is stable"
+    );
     assert_eq!(
         h.fake.take_log(),
         vec!["GET kmskeys/sym"],
         "nothing to write the second time"
     );
+    // A lost status is rebuilt with the same id and token.
+    let token = again.grant_token.clone().expect("grant token");
+    assert_ne!(token, grant_id);
+    let mut wiped = h.fake.grant("grant-sym").expect("grant");
+    wiped.status = None;
+    h.fake.put_grant(&wiped);
+    let rebuilt = h.reconcile_grant("grant-sym").await.expect("status");
+    assert_eq!(
+        (rebuilt.grant_id, rebuilt.grant_token),
+        (Some(grant_id), Some(token)),
+        "rebuilt from the object's uid"
+    );
+    // Another object (another uid) under the same name gets another id.
+    let mut other = grant_on("sym");
+    other.metadata.uid = Some("another-uid".to_owned());
+    h.fake.put_grant(&other);
+    let fresh = h.reconcile_grant("grant-sym").await.expect("status");
+    assert_ne!(fresh.grant_id, again.grant_id);
 
     // Sign is not an operation of a symmetric key.
     let mut bad = grant_on("sym");
