@@ -7,7 +7,13 @@
 #   hack/control-plane.sh up   [options]   start etcd (+ plugin) + kube-apiserver, wait for /readyz
 #   hack/control-plane.sh down [--state-dir DIR]   stop everything that `up` started there
 #   hack/control-plane.sh env  [--state-dir DIR]   print `export ...` lines for a shell
-#   hack/control-plane.sh status [--state-dir DIR]
+#   hack/control-plane.sh status [--state-dir DIR]   exit 0 only while etcd and kube-apiserver run
+#   hack/control-plane.sh start-process NAME [--state-dir DIR] -- CMD [ARG...]
+#                         start one more long-running process (an operator, a controller)
+#                         once kube-apiserver is ready: own session, KUBECONFIG set to the
+#                         admin kubeconfig, log in logs/NAME.log, pid in pids/NAME.pid;
+#                         `down` stops it first (before kube-apiserver) and the watchdog
+#                         covers it. Fails if it is already running or exits within 1 s.
 #
 # Options for `up`:
 #   --state-dir DIR       where certs, etcd data, logs and pids live (default: a new mktemp
@@ -18,6 +24,8 @@
 #                         and before kube-apiserver (the KMS plugin must be up first); its
 #                         log is logs/kms-plugin.log and `down` stops it. With --kms-socket,
 #                         `up` waits for that socket to appear before starting the apiserver.
+#                         It runs with KUBECONFIG set to the admin kubeconfig (written
+#                         before it starts; the API server is not up yet).
 #   --etcd-port N, --etcd-peer-port N, --apiserver-port N
 #                         fixed loopback ports (default: free ports picked at random);
 #                         a busy port is an immediate error
@@ -37,7 +45,7 @@ POINTER="${REPO_ROOT}/.state/control-plane"
 log() { echo "[control-plane] $*" >&2; }
 die() { echo "[control-plane] error: $*" >&2; exit 1; }
 
-usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # ---------------------------------------------------------------- helpers
 
@@ -189,11 +197,28 @@ resolve_state_for_existing() {
 
 # ---------------------------------------------------------------- down / env / status
 
+# The processes `up` itself starts; any other pid file is one of `start-process`.
+is_core_proc() {
+  case "$1" in
+    etcd | kms-plugin | kube-apiserver | watchdog) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
 do_down() {
   [[ -d "${STATE}/pids" ]] || return 0
   local f name
-  # Reverse start order: apiserver first (it talks to the plugin and etcd), etcd last.
-  for name in kube-apiserver kms-plugin etcd; do
+  # Processes of `start-process` first: they are clients of kube-apiserver (an operator
+  # releases its Lease on SIGTERM, and an open watch would hold kube-apiserver's shutdown).
+  for f in "${STATE}"/pids/*.pid; do
+    [[ -e "${f}" ]] || continue
+    name="$(basename "${f}" .pid)"
+    is_core_proc "${name}" || stop_proc "${name}"
+  done
+  # Then the plugin (a plugin that follows objects holds a watch, which would hold
+  # kube-apiserver's graceful shutdown for a minute; kube-apiserver needs no KMS to stop),
+  # kube-apiserver, and etcd last.
+  for name in kms-plugin kube-apiserver etcd; do
     stop_proc "${name}"
   done
   for f in "${STATE}"/pids/*.pid; do
@@ -227,8 +252,14 @@ do_env() {
 }
 
 do_status() {
-  local name rc=0
-  for name in etcd kms-plugin kube-apiserver watchdog; do
+  local name f rc=0
+  local -a names=(etcd kms-plugin kube-apiserver watchdog)
+  for f in "${STATE}"/pids/*.pid; do
+    [[ -e "${f}" ]] || continue
+    name="$(basename "${f}" .pid)"
+    is_core_proc "${name}" || names+=("${name}")
+  done
+  for name in "${names[@]}"; do
     if [[ -f "${STATE}/pids/${name}.pid" ]]; then
       if alive "${name}"; then
         echo "${name}: running (pid $(cut -d' ' -f1 "${STATE}/pids/${name}.pid")), log ${STATE}/logs/${name}.log"
@@ -236,9 +267,35 @@ do_status() {
         echo "${name}: NOT running, log ${STATE}/logs/${name}.log"
         rc=1
       fi
+    elif [[ "${name}" == etcd || "${name}" == kube-apiserver ]]; then
+      echo "${name}: not started"
+      rc=1
     fi
   done
   return "${rc}"
+}
+
+# start-process NAME -- CMD... : one more long-running process of this control plane.
+do_start_process() {
+  local name="${PROC_NAME}"
+  [[ "${name}" =~ ^[a-z0-9][a-z0-9._-]*$ ]] || die "start-process: not a process name: '${name}' (lowercase letters, digits, . _ -)"
+  if is_core_proc "${name}"; then die "start-process: ${name} is started by 'up' itself"; fi
+  ((${#PROC_CMD[@]})) || die "start-process ${name}: no command given (start-process NAME -- CMD [ARG...])"
+  [[ -d "${STATE}/pids" && -f "${STATE}/kubeconfig" ]] || die "${STATE} is not the state folder of a control plane started by '$0 up'"
+  alive kube-apiserver || die "kube-apiserver of ${STATE} is not running; start the control plane first ('$0 up')"
+  if alive "${name}"; then
+    die "${name} already runs (pid $(cut -d' ' -f1 "${STATE}/pids/${name}.pid")), log ${STATE}/logs/${name}.log"
+  fi
+  rm -f "${STATE}/pids/${name}.pid" # left by a process that exited
+  log "starting ${name}: ${PROC_CMD[*]} (log: ${STATE}/logs/${name}.log)"
+  KUBECONFIG="${STATE}/kubeconfig" start_proc "${name}" "${PROC_CMD[@]}"
+  sleep 1
+  alive "${name}" || {
+    echo "[control-plane] error: ${name} exited right after it started" >&2
+    log_tail "${name}"
+    rm -f "${STATE}/pids/${name}.pid"
+    exit 1
+  }
 }
 
 # ---------------------------------------------------------------- up
@@ -394,7 +451,9 @@ do_up() {
 
   if [[ -n "${PLUGIN_CMD}" ]]; then
     log "starting KMS plugin: ${PLUGIN_CMD} (log: ${STATE}/logs/kms-plugin.log)"
-    start_proc kms-plugin bash -c "${PLUGIN_CMD}"
+    # The kubeconfig exists already (a plugin that follows the API server may use it); the
+    # API server itself comes up after the plugin.
+    KUBECONFIG="${STATE}/kubeconfig" start_proc kms-plugin bash -c "${PLUGIN_CMD}"
   fi
   local enc_args=()
   if [[ -n "${KMS_SOCKET}" ]]; then
@@ -448,6 +507,12 @@ KMS_SOCKET="${KUBEKMS_KMS_SOCKET:-}"
 PLUGIN_CMD="${KUBEKMS_PLUGIN_CMD:-}"
 ETCD_PORT="" ETCD_PEER_PORT="" APISERVER_PORT="" WATCH_PID="" TOOLS_BIN=""
 TIMEOUT="${KUBEKMS_CONTROL_PLANE_TIMEOUT:-90}"
+PROC_NAME=""
+declare -a PROC_CMD=()
+if [[ "${cmd}" == start-process ]]; then
+  PROC_NAME="${1:?start-process needs a NAME (start-process NAME [--state-dir DIR] -- CMD...)}"
+  shift
+fi
 
 while (($#)); do
   case "$1" in
@@ -461,6 +526,12 @@ while (($#)); do
     --watch-pid) WATCH_PID="${2:?}"; shift 2 ;;
     --tools-bin) TOOLS_BIN="${2:?}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
+    --)
+      [[ "${cmd}" == start-process ]] || die "'--' is for start-process only (see --help)"
+      shift
+      PROC_CMD=("$@")
+      break
+      ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -473,6 +544,7 @@ case "${cmd}" in
   down) resolve_state_for_existing; do_down; log "down: nothing left running from ${STATE}" ;;
   env) resolve_state_for_existing; do_env ;;
   status) resolve_state_for_existing; do_status ;;
+  start-process) resolve_state_for_existing; do_start_process ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
 esac
