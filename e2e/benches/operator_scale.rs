@@ -241,27 +241,6 @@ impl Drop for Plane {
     }
 }
 
-fn apply_crds(cp: &ControlPlane) -> Result<()> {
-    let crds = repo_root().join("crds");
-    cp.kubectl([
-        "apply".as_ref(),
-        "--server-side".as_ref(),
-        "--force-conflicts".as_ref(),
-        "-f".as_ref(),
-        crds.as_os_str(),
-    ])?;
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kmskeys.kubekms.io",
-        "crd/kmskeymaterials.kubekms.io",
-        "crd/kmsaliases.kubekms.io",
-        "crd/kmsgrants.kubekms.io",
-    ])?;
-    Ok(())
-}
-
 async fn create_namespace(client: &Client, name: &str) -> Result<()> {
     let ns = Namespace {
         metadata: ObjectMeta {
@@ -826,7 +805,7 @@ async fn measure(
 ) -> Result<Figures> {
     let cp = &plane.cp;
     let n = opts.keys;
-    apply_crds(cp)?;
+    cp.apply_crds()?;
     log(started, "CRDs Established");
     let client = cp.client().await?;
     for ns in [NS_BASELINE_KEYS, NS_KEYS] {

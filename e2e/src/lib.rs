@@ -263,6 +263,29 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
+    /// Applies the committed CRDs (`crds/`, server-side) and waits until all four are
+    /// Established.
+    pub fn apply_crds(&self) -> Result<()> {
+        let crds = repo_root().join("crds");
+        self.kubectl([
+            "apply".as_ref(),
+            "--server-side".as_ref(),
+            "--force-conflicts".as_ref(),
+            "-f".as_ref(),
+            crds.as_os_str(),
+        ])?;
+        self.kubectl([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/kmskeys.kubekms.io",
+            "crd/kmskeymaterials.kubekms.io",
+            "crd/kmsaliases.kubekms.io",
+            "crd/kmsgrants.kubekms.io",
+        ])?;
+        Ok(())
+    }
+
     /// Writes to `path` a kubeconfig for this API server that authenticates as the
     /// ServiceAccount `namespace/name` with a fresh one-hour token (TokenRequest), so a
     /// process runs with exactly the RBAC granted to that ServiceAccount.

@@ -23,27 +23,6 @@ use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn apply_crds(cp: &ControlPlane) -> Result<()> {
-    let crds = repo_root().join("crds");
-    cp.kubectl([
-        "apply".as_ref(),
-        "--server-side".as_ref(),
-        "--force-conflicts".as_ref(),
-        "-f".as_ref(),
-        crds.as_os_str(),
-    ])?;
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kmskeys.kubekms.io",
-        "crd/kmskeymaterials.kubekms.io",
-        "crd/kmsaliases.kubekms.io",
-        "crd/kmsgrants.kubekms.io",
-    ])?;
-    Ok(())
-}
-
 /// Polls `check` until it yields a value or `WAIT` has passed.
 async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> Result<T>
 where
@@ -170,7 +149,7 @@ impl Operator {
 #[tokio::test]
 async fn operator_manages_the_key_lifecycle() -> Result<()> {
     let cp = ControlPlane::shared()?;
-    apply_crds(cp)?;
+    cp.apply_crds()?;
     let cp = cp.clone();
     in_namespace(&cp.clone(), "operator", move |client, ns| async move {
         let started = Instant::now();
@@ -643,7 +622,7 @@ fn check_rbac(cp: &ControlPlane) -> Result<()> {
 #[tokio::test]
 async fn the_operator_binary_follows_its_test_clock() -> Result<()> {
     let cp = ControlPlane::shared()?;
-    apply_crds(cp)?;
+    cp.apply_crds()?;
     let rbac = repo_root().join("deploy/rbac");
     cp.kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
     check_rbac(cp)?;

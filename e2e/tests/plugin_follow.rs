@@ -298,6 +298,17 @@ impl Plane {
         Ok(())
     }
 
+    /// `kubectl patch --type=merge` of a KmsKey.
+    fn patch_kmskey(&self, ns: &str, name: &str, patch: &str) -> Result<()> {
+        self.cp.kubectl(patch_args(ns, name, patch))?;
+        Ok(())
+    }
+
+    /// The same patch, which must be refused; returns kubectl's stderr.
+    fn patch_kmskey_refused(&self, ns: &str, name: &str, patch: &str) -> Result<String> {
+        self.kubectl_refused(&patch_args(ns, name, patch))
+    }
+
     /// `kubectl` that must fail; returns its stderr.
     fn kubectl_refused(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(self.cp.tool("kubectl"))
@@ -383,21 +394,7 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
     phase(t0, "3 Secrets stored under the bootstrap key_id v1");
 
     // Hand-over: export the bootstrap key, apply CRDs and the objects.
-    let crds = repo_root().join("crds");
-    plane.cp.kubectl([
-        "apply".as_ref(),
-        "--server-side".as_ref(),
-        "--force-conflicts".as_ref(),
-        "-f".as_ref(),
-        crds.as_os_str(),
-    ])?;
-    plane.cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kmskeys.kubekms.io",
-        "crd/kmskeymaterials.kubekms.io",
-    ])?;
+    plane.cp.apply_crds()?;
     let export = Command::new(&plane.plugin_bin)
         .args(["export", "--namespace", &ns, "--name", name, "--state-dir"])
         .arg(&plane.plugin_state)
@@ -479,16 +476,11 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
     );
 
     // Rotate through the operator.
-    plane.cp.kubectl([
-        "patch",
-        "kmskey",
-        name,
-        "-n",
+    plane.patch_kmskey(
         &ns,
-        "--type=merge",
-        "-p",
+        name,
         r#"{"spec":{"rotation":{"onDemandToken":"handover-1"}}}"#,
-    ])?;
+    )?;
     let rotated = Instant::now();
     let k2 = plane
         .wait_status(
@@ -630,6 +622,19 @@ spec:
   validationActions: ["Deny"]
 "#;
 
+fn patch_args<'a>(ns: &'a str, name: &'a str, patch: &'a str) -> [&'a str; 8] {
+    [
+        "patch",
+        "kmskey",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        patch,
+    ]
+}
+
 const SLOW_REENCRYPTION: &[&str] = &[
     "--reencrypt-page-size",
     "10",
@@ -671,28 +676,10 @@ async fn check_protection(plane: &Plane, ns: &str, name: &str) -> Result<()> {
     // A new policy takes effect within seconds: until then an accepted disable is undone.
     let deadline = Instant::now() + Duration::from_secs(60);
     let refusal = loop {
-        match plane.kubectl_refused(&[
-            "patch",
-            "kmskey",
-            name,
-            "-n",
-            ns,
-            "--type=merge",
-            "-p",
-            disable,
-        ]) {
+        match plane.patch_kmskey_refused(ns, name, disable) {
             Ok(stderr) => break stderr,
             Err(_) => {
-                plane.cp.kubectl([
-                    "patch",
-                    "kmskey",
-                    name,
-                    "-n",
-                    ns,
-                    "--type=merge",
-                    "-p",
-                    enable,
-                ])?;
+                plane.patch_kmskey(ns, name, enable)?;
             }
         }
         ensure!(
@@ -707,16 +694,11 @@ async fn check_protection(plane: &Plane, ns: &str, name: &str) -> Result<()> {
             && refusal.contains("Disabling it"),
         "refusal does not say why: {refusal}"
     );
-    let refusal = plane.kubectl_refused(&[
-        "patch",
-        "kmskey",
-        name,
-        "-n",
+    let refusal = plane.patch_kmskey_refused(
         ns,
-        "--type=merge",
-        "-p",
+        name,
         r#"{"spec":{"deletion":{"pendingWindowInDays":7}}}"#,
-    ])?;
+    )?;
     ensure!(
         refusal.contains("Scheduling its deletion"),
         "deletion refusal: {refusal}"
@@ -731,19 +713,7 @@ async fn check_protection(plane: &Plane, ns: &str, name: &str) -> Result<()> {
         "kubekms-served-key-protection",
     ])?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while plane
-        .kubectl_refused(&[
-            "patch",
-            "kmskey",
-            name,
-            "-n",
-            ns,
-            "--type=merge",
-            "-p",
-            disable,
-        ])
-        .is_ok()
-    {
+    while plane.patch_kmskey_refused(ns, name, disable).is_ok() {
         ensure!(
             Instant::now() < deadline,
             "the policy kept refusing after its binding was deleted"
@@ -788,16 +758,7 @@ async fn check_protection(plane: &Plane, ns: &str, name: &str) -> Result<()> {
         !events.stdout.is_empty(),
         "no ProtectionRefused Event was published"
     );
-    plane.cp.kubectl([
-        "patch",
-        "kmskey",
-        name,
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        enable,
-    ])?;
+    plane.patch_kmskey(ns, name, enable)?;
     Ok(())
 }
 
@@ -862,16 +823,11 @@ async fn kill_mid_reencryption_and_resume(
         .items
         .len();
     plane.start_operator(ns, SLOW_REENCRYPTION)?;
-    plane.cp.kubectl([
-        "patch",
-        "kmskey",
-        name,
-        "-n",
+    plane.patch_kmskey(
         ns,
-        "--type=merge",
-        "-p",
+        name,
         r#"{"spec":{"rotation":{"onDemandToken":"handover-2"}}}"#,
-    ])?;
+    )?;
     let k3 = format!("{key_uuid}/v3");
     phase(
         t0,

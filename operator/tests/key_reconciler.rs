@@ -127,6 +127,15 @@ impl Harness {
     }
 }
 
+/// The requests of a pass that writes the status and publishes one Event.
+fn status_and_event(name: &str, event: &str) -> Vec<String> {
+    vec![
+        format!("GET kmskeymaterials/{name}"),
+        format!("PATCH kmskeys/{name}/status"),
+        format!("EVENT {event}"),
+    ]
+}
+
 fn only_get(name: &str) -> Vec<String> {
     vec![format!("GET kmskeymaterials/{name}")]
 }
@@ -241,25 +250,11 @@ async fn disable_and_enable_follow_the_spec() {
     h.create("k1", json!({})).await;
     h.edit_spec("k1", |s| s.enabled = false);
     h.reconcile("k1").await;
-    assert_eq!(
-        h.fake.take_log(),
-        vec![
-            "GET kmskeymaterials/k1",
-            "PATCH kmskeys/k1/status",
-            "EVENT KeyDisabled"
-        ]
-    );
+    assert_eq!(h.fake.take_log(), status_and_event("k1", "KeyDisabled"));
     assert_eq!(h.state("k1"), Some(KeyStateName::Disabled));
     h.edit_spec("k1", |s| s.enabled = true);
     h.reconcile("k1").await;
-    assert_eq!(
-        h.fake.take_log(),
-        vec![
-            "GET kmskeymaterials/k1",
-            "PATCH kmskeys/k1/status",
-            "EVENT KeyEnabled"
-        ]
-    );
+    assert_eq!(h.fake.take_log(), status_and_event("k1", "KeyEnabled"));
     assert_eq!(h.state("k1"), Some(KeyStateName::Enabled));
 }
 
@@ -393,14 +388,7 @@ async fn an_on_demand_token_rotates_once_and_the_limit_is_a_condition() {
         s.rotation.as_mut().expect("rotation").on_demand_token = Some("two".to_owned());
     });
     h.reconcile("k1").await;
-    assert_eq!(
-        h.fake.take_log(),
-        vec![
-            "GET kmskeymaterials/k1",
-            "PATCH kmskeys/k1/status",
-            "EVENT RotationRefused"
-        ]
-    );
+    assert_eq!(h.fake.take_log(), status_and_event("k1", "RotationRefused"));
     let status = h.fake.key("k1").and_then(|k| k.status).expect("status");
     let rotation = status
         .conditions
@@ -872,11 +860,7 @@ async fn a_served_key_is_not_disabled_scheduled_for_deletion_or_destroyed() {
     h.reconcile("k1").await;
     assert_eq!(
         h.fake.take_log(),
-        vec![
-            "GET kmskeymaterials/k1",
-            "PATCH kmskeys/k1/status",
-            "EVENT ProtectionRefused"
-        ]
+        status_and_event("k1", "ProtectionRefused")
     );
     assert_eq!(h.state("k1"), Some(KeyStateName::Enabled));
     assert_eq!(
@@ -894,11 +878,7 @@ async fn a_served_key_is_not_disabled_scheduled_for_deletion_or_destroyed() {
     h.reconcile("k1").await;
     assert_eq!(
         h.fake.take_log(),
-        vec![
-            "GET kmskeymaterials/k1",
-            "PATCH kmskeys/k1/status",
-            "EVENT ProtectionRefused"
-        ]
+        status_and_event("k1", "ProtectionRefused")
     );
     assert_eq!(
         h.fake.record("k1").expect("record").spec.deletion_date,
@@ -915,11 +895,7 @@ async fn a_served_key_is_not_disabled_scheduled_for_deletion_or_destroyed() {
     h.reconcile("k1").await;
     assert_eq!(
         h.fake.take_log(),
-        vec![
-            "GET kmskeymaterials/k1",
-            "PATCH kmskeys/k1/status",
-            "EVENT ProtectionRefused"
-        ]
+        status_and_event("k1", "ProtectionRefused")
     );
     h.days(365);
     h.reconcile("k1").await;
