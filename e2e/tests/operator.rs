@@ -720,3 +720,123 @@ async fn the_operator_binary_follows_its_test_clock() -> Result<()> {
     })
     .await
 }
+
+/// Two operator binaries on one Lease: only the holder reconciles (the Events of a key name
+/// the replica that made it), and SIGTERM of the holder releases the Lease so the standby
+/// takes over at once and reconciles the next key.
+#[tokio::test]
+async fn two_operator_binaries_one_leader_then_a_takeover() -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::events::v1::Event;
+    let cp = ControlPlane::shared()?;
+    cp.apply_crds()?;
+    in_namespace(cp, "replicas", move |client, ns| async move {
+        let dir = std::env::temp_dir().join(kubekms_e2e::unique_name("kubekms-replicas"));
+        std::fs::create_dir_all(&dir)?;
+        let root = dir.join("root.key");
+        FileKeyStore::init(&root)?;
+        let bin = kubekms_e2e::process::sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
+        let start = |identity: &str| -> Result<std::process::Child> {
+            let log = std::fs::File::create(dir.join(format!("{identity}.log")))?;
+            Ok(std::process::Command::new(&bin)
+                .env("KUBECONFIG", &cp.kubeconfig)
+                .arg("--root-key")
+                .arg(&root)
+                .args(["--namespace", &ns, "--lease-namespace", &ns])
+                .args(["--identity", identity, "--metrics-addr", "127.0.0.1:0"])
+                .args(["--log-format", "text"])
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?)
+        };
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let holder = || async {
+            Ok::<_, anyhow::Error>(
+                leases
+                    .get_opt("kubekms-operator")
+                    .await?
+                    .and_then(|l| l.spec)
+                    .and_then(|s| s.holder_identity),
+            )
+        };
+        let keys: Api<KmsKey> = Api::namespaced(client.clone(), &ns);
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let created_by = |key: &'static str| {
+            let events = events.clone();
+            async move {
+                wait_for(&format!("the KeyCreated Event of {key}"), || async {
+                    Ok(events
+                        .list(&Default::default())
+                        .await?
+                        .items
+                        .into_iter()
+                        .find(|e| {
+                            e.reason.as_deref() == Some("KeyCreated")
+                                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(key)
+                        })
+                        .and_then(|e| e.reporting_instance))
+                })
+                .await
+            }
+        };
+        let mut a = start("replica-a")?;
+        let result = async {
+            wait_for("replica-a holds the Lease", || async {
+                Ok((holder().await?.as_deref() == Some("replica-a")).then_some(()))
+            })
+            .await?;
+            let mut b = start("replica-b")?;
+            let inner = async {
+                keys.create(&PostParams::default(), &key_manifest("k1", json!({}))?)
+                    .await?;
+                key_where(&keys, "k1", "Enabled", |k| {
+                    state(k) == Some(KeyStateName::Enabled)
+                })
+                .await?;
+                ensure!(created_by("k1").await? == "replica-a");
+                ensure!(holder().await?.as_deref() == Some("replica-a"));
+
+                // SIGTERM: a finishes, releases the Lease (no holder: a standby need not
+                // wait for it to expire) and exits 0; b takes it.
+                rustix::process::kill_process(
+                    rustix::process::Pid::from_child(&a),
+                    rustix::process::Signal::TERM,
+                )?;
+                let status = a.wait()?;
+                ensure!(status.success(), "replica-a exited with {status}");
+                let after_exit = holder().await?;
+                ensure!(
+                    after_exit.as_deref() != Some("replica-a"),
+                    "replica-a exited still holding the Lease"
+                );
+                wait_for("replica-b holds the Lease", || async {
+                    Ok((holder().await?.as_deref() == Some("replica-b")).then_some(()))
+                })
+                .await?;
+                keys.create(&PostParams::default(), &key_manifest("k2", json!({}))?)
+                    .await?;
+                key_where(&keys, "k2", "Enabled", |k| {
+                    state(k) == Some(KeyStateName::Enabled)
+                })
+                .await?;
+                ensure!(created_by("k2").await? == "replica-b");
+                Ok(())
+            }
+            .await;
+            let _ = b.kill();
+            let _ = b.wait();
+            inner
+        }
+        .await;
+        let _ = a.kill();
+        let _ = a.wait();
+        if result.is_ok() {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            eprintln!("operator logs in {}", dir.display());
+        }
+        result
+    })
+    .await
+}

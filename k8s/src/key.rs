@@ -42,6 +42,18 @@ use crate::names::{KeySpecName, KeyStateName, KeyUsageName, OriginName, Rotation
         priority = 1
     ),
     printcolumn(
+        name = "Served By",
+        type_ = "string",
+        json_path = ".status.servedBy[*].plugin",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Re-encryption",
+        type_ = "string",
+        json_path = ".status.reencryption.phase",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
