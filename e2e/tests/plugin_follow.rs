@@ -46,6 +46,8 @@ struct Plane {
     socket: PathBuf,
     base: PathBuf,
     operator: Option<Child>,
+    /// A second plugin following the same KmsKey, as on a second control-plane node.
+    second_plugin: Option<Child>,
 }
 
 impl Plane {
@@ -101,6 +103,7 @@ impl Plane {
             socket,
             base,
             operator: None,
+            second_plugin: None,
         })
     }
 
@@ -298,6 +301,38 @@ impl Plane {
         Ok(())
     }
 
+    /// A second plugin (instance e2e-cp-2) following `target` from a copy of the first
+    /// one's state folder, on its own socket, as on a second control-plane node whose
+    /// kube-apiserver the test plays through gRPC.
+    fn start_second_plugin(&mut self, target: &str) -> Result<PathBuf> {
+        let state = self.base.join("plugin-state-2");
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(&self.plugin_state)
+            .arg(&state)
+            .status()?;
+        ensure!(copied.success(), "copying the plugin state folder");
+        let _ = std::fs::remove_file(state.join("seeded.json"));
+        let socket = self.base.join("kms-2.sock");
+        let log = std::fs::File::create(self.cp.log_path("kms-plugin-2"))?;
+        self.second_plugin = Some(
+            Command::new(&self.plugin_bin)
+                .arg("serve")
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--reload-interval-ms", "1000", "--follow", target])
+                .args(["--instance", "e2e-cp-2", "--kubeconfig"])
+                .arg(&self.cp.kubeconfig)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?,
+        );
+        Ok(socket)
+    }
+
     /// `kubectl patch --type=merge` of a KmsKey.
     fn patch_kmskey(&self, ns: &str, name: &str, patch: &str) -> Result<()> {
         self.cp.kubectl(patch_args(ns, name, patch))?;
@@ -339,9 +374,12 @@ impl Plane {
 
 impl Drop for Plane {
     fn drop(&mut self) {
-        if let Some(mut op) = self.operator.take() {
-            let _ = op.kill();
-            let _ = op.wait();
+        for mut child in [self.operator.take(), self.second_plugin.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         let _ = Command::new(repo_root().join("hack/control-plane.sh"))
             .arg("down")
@@ -475,6 +513,31 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
         "protected: disable, deletion and delete refused by the admission policy and by the operator",
     );
 
+    // A second control-plane node: its plugin follows the same key and heartbeats too.
+    let socket2 = plane.start_second_plugin(&target)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let key = plane.kmskey_json(&ns, name)?;
+        let live = key
+            .pointer("/status/servedBy")
+            .and_then(|s| s.as_array())
+            .map_or(0, |a| a.iter().filter(|p| p["live"] == true).count());
+        if live == 2 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the second plugin never showed in status.servedBy: {}; log {}",
+            key["status"],
+            plane.cp.log_path("kms-plugin-2").display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    phase(
+        t0,
+        "a second plugin (e2e-cp-2) follows the key: servedBy lists both",
+    );
+
     // Rotate through the operator.
     plane.patch_kmskey(
         &ns,
@@ -532,7 +595,46 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
     plane.check_all_read(&ns, &secrets, "after the rotation")?;
     phase(t0, "new Secrets stored under v2, every Secret reads");
 
-    // The operator saw kube-apiserver seed a DEK under v2 and rewrote every Secret.
+    // kube-apiserver seeded a DEK under v2 through e2e-cp-1; nothing went through
+    // e2e-cp-2 yet, whose API server would still write under v1: the rewrite waits for it.
+    let waiting = plane
+        .wait_reencryption(
+            &ns,
+            name,
+            Duration::from_secs(60),
+            "re-encryption waiting for e2e-cp-2 only",
+            |r| {
+                let message = r["message"].as_str().unwrap_or_default();
+                r["targetVersion"] == 2
+                    && r["phase"] == "WaitingForPlugins"
+                    && message.contains("e2e-cp-2 (")
+                    && !message.contains("e2e-cp-1 (")
+            },
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = plane.kmskey_json(&ns, name)?["status"]["reencryption"]["phase"].clone();
+    ensure!(
+        still == "WaitingForPlugins",
+        "the rewrite started before every plugin had a DEK seeded under v2: {still}"
+    );
+    phase(t0, &format!("re-encryption waits: {}", waiting["message"]));
+    // The second API server seeds its DEK (its Encrypt call, as kube-apiserver makes it).
+    let mut c2 = connect(&socket2).await?;
+    let seeded = c2
+        .encrypt(kms_plugin::pb::EncryptRequest {
+            plaintext: vec![7; 32],
+            uid: "e2e-cp-2-seed".to_owned(),
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        seeded.key_id == k2,
+        "e2e-cp-2 encrypted under {}",
+        seeded.key_id
+    );
+
+    // The operator saw every kube-apiserver seed a DEK under v2 and rewrote every Secret.
     let done = plane
         .wait_reencryption(
             &ns,
@@ -547,6 +649,27 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
         stored.len() >= secrets.len() && stored.values().all(|id| *id == k2),
         "after re-encryption to v2 etcd still holds Secrets under another key_id: {stored:?}"
     );
+    // e2e-cp-2's node is decommissioned: its plugin stops, and its Lease is deleted (the
+    // deliberate release); the key is served by e2e-cp-1 alone.
+    if let Some(mut second) = plane.second_plugin.take() {
+        second.kill()?;
+        second.wait()?;
+    }
+    plane
+        .cp
+        .kubectl(["delete", "lease", "kubekms-plugin-e2e-cp-2", "-n", &ns])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while plane.kmskey_json(&ns, name)?["status"]["servedBy"]
+        .as_array()
+        .map_or(0, Vec::len)
+        != 1
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "servedBy still lists the deleted Lease"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     phase(
         t0,
         &format!(
