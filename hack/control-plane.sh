@@ -96,12 +96,14 @@ proc_starttime() {
   echo "${20}"
 }
 
-# start_proc NAME CMD... : runs CMD in its own session with output in logs/NAME.log and
-# records "PID STARTTIME" in pids/NAME.pid (the start time guards against PID reuse).
+# start_proc NAME CMD... : runs CMD in its own session with output appended to
+# logs/NAME.log (a restart keeps the log of the run before, e.g. a crash) and records
+# "PID STARTTIME" in pids/NAME.pid (the start time guards against PID reuse).
 start_proc() {
   local name="$1"
   shift
-  setsid "$@" >"${STATE}/logs/${name}.log" 2>&1 </dev/null &
+  echo "---- ${name} started $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"${STATE}/logs/${name}.log"
+  setsid "$@" >>"${STATE}/logs/${name}.log" 2>&1 </dev/null &
   local pid=$!
   local st
   st="$(proc_starttime "${pid}" || echo 0)"
