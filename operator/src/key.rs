@@ -844,6 +844,9 @@ fn key_status(
     };
     set_ready(&mut status, ready, reason, message, now, generation);
     keep_transition_times(key.status.as_ref(), &mut status);
+    // Re-encryption progress is not derived from the spec and record: it carries over
+    // until a pass is planned again.
+    status.reencryption = key.status.as_ref().and_then(|s| s.reencryption.clone());
     status
 }
 

@@ -904,6 +904,16 @@ async fn a_served_key_is_not_disabled_scheduled_for_deletion_or_destroyed() {
         None
     );
     assert!(h.fake.key("k1").is_some());
+    assert_eq!(
+        h.fake
+            .key("k1")
+            .and_then(|k| k.status)
+            .and_then(|s| s.reencryption)
+            .map(|r| r.phase)
+            .as_deref(),
+        Some("Paused"),
+        "a held key keeps its re-encryption progress"
+    );
 
     // Once the plugin's Lease is gone, the deletion proceeds as usual.
     let key_id = h.fake.record("k1").expect("record").spec.key_id;
