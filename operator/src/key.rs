@@ -71,7 +71,22 @@ pub fn error_policy(key: Arc<KmsKey>, error: &Error, _ctx: Arc<Context>) -> Acti
     Action::requeue(std::time::Duration::from_secs(5))
 }
 
+/// How long a reconciliation waits for the first list of the plugins' heartbeat Leases.
+const HEARTBEATS_LISTED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn reconcile_key(key: Arc<KmsKey>, ctx: &Context) -> Result<Action, Error> {
+    // Protection reads the heartbeats: acting before they are listed (just after a start)
+    // could disable or delete a served key that merely looks unserved.
+    if !matches!(
+        tokio::time::timeout(HEARTBEATS_LISTED_WAIT, ctx.plugin_leases.wait_until_ready()).await,
+        Ok(Ok(()))
+    ) {
+        tracing::info!(
+            name = key.name_any(),
+            "the plugins' heartbeat Leases are not listed yet; looking again shortly"
+        );
+        return Ok(Action::requeue(std::time::Duration::from_secs(2)));
+    }
     let namespace = key
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;

@@ -27,6 +27,8 @@ use time::{Duration, OffsetDateTime};
 struct Harness {
     fake: FakeApi,
     ctx: Arc<Context>,
+    /// The plugins' heartbeat Leases the operator sees (listed, empty at first).
+    leases: std::sync::Mutex<Writer<Lease>>,
     clock: Arc<TestClock>,
     root: Arc<FileKeyStore>,
     _dir: tempfile::TempDir,
@@ -37,6 +39,10 @@ fn start_time() -> OffsetDateTime {
 }
 
 fn harness() -> Harness {
+    harness_with(true)
+}
+
+fn harness_with(heartbeats_listed: bool) -> Harness {
     let (client, fake) = FakeApi::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let root = Arc::new(FileKeyStore::init(&dir.path().join("root.key")).expect("root key"));
@@ -49,9 +55,14 @@ fn harness() -> Harness {
         Arc::new(Metrics::new()),
         Some("test".to_owned()),
     ));
+    let mut leases = ctx.take_lease_writer().expect("the lease writer");
+    if heartbeats_listed {
+        leases.apply_watcher_event(&Event::InitDone);
+    }
     Harness {
         fake,
         ctx,
+        leases: std::sync::Mutex::new(leases),
         clock,
         root,
         _dir: dir,
@@ -809,7 +820,7 @@ async fn grants_are_validated_against_their_key_and_keep_their_id() {
 }
 
 /// A heartbeat Lease of plugin `plugin` serving KmsKey `key`, renewed now.
-fn serve_key(h: &Harness, writer: &mut Writer<Lease>, plugin: &str, key: &str) {
+fn serve_key(h: &Harness, plugin: &str, key: &str) {
     let key_id = h.fake.record(key).expect("record").spec.key_id;
     let beat = Heartbeat {
         plugin: plugin.to_owned(),
@@ -819,7 +830,10 @@ fn serve_key(h: &Harness, writer: &mut Writer<Lease>, plugin: &str, key: &str) {
         renewed: None,
         duration_seconds: 60,
     };
-    writer.apply_watcher_event(&Event::Apply(beat.to_lease(NAMESPACE, h.clock_now())));
+    h.leases
+        .lock()
+        .expect("leases")
+        .apply_watcher_event(&Event::Apply(beat.to_lease(NAMESPACE, h.clock_now())));
 }
 
 fn protected_reason(h: &Harness, name: &str) -> Option<String> {
@@ -834,8 +848,7 @@ fn protected_reason(h: &Harness, name: &str) -> Option<String> {
 async fn a_served_key_is_not_disabled_scheduled_for_deletion_or_destroyed() {
     let h = harness();
     h.create("k1", json!({"reencryptSecrets": false})).await;
-    let mut writer = h.ctx.take_lease_writer().expect("the lease writer");
-    serve_key(&h, &mut writer, "cp-1", "k1");
+    serve_key(&h, "cp-1", "k1");
     h.reconcile("k1").await;
     assert_eq!(
         h.fake.take_log(),
@@ -926,7 +939,10 @@ async fn a_served_key_is_not_disabled_scheduled_for_deletion_or_destroyed() {
         duration_seconds: 60,
     }
     .to_lease(NAMESPACE, h.clock_now());
-    writer.apply_watcher_event(&Event::Delete(lease));
+    h.leases
+        .lock()
+        .expect("leases")
+        .apply_watcher_event(&Event::Delete(lease));
     h.fake.take_log();
     h.reconcile("k1").await;
     assert_eq!(
@@ -939,4 +955,21 @@ async fn a_served_key_is_not_disabled_scheduled_for_deletion_or_destroyed() {
         ]
     );
     assert_eq!(h.state("k1"), Some(KeyStateName::PendingDeletion));
+}
+
+#[tokio::test]
+async fn nothing_is_done_before_the_heartbeats_are_listed() {
+    let h = harness_with(false);
+    h.fake.put_key(&new_key("k1", json!({"enabled": false})));
+    assert_eq!(
+        h.reconcile("k1").await,
+        Action::requeue(std::time::Duration::from_secs(2))
+    );
+    assert!(h.fake.take_log().is_empty(), "no request before the list");
+    h.leases
+        .lock()
+        .expect("leases")
+        .apply_watcher_event(&Event::InitDone);
+    assert_eq!(h.reconcile("k1").await, Action::await_change());
+    assert_eq!(h.fake.take_log(), vec!["PATCH kmskeys/k1"]);
 }
