@@ -840,3 +840,81 @@ async fn two_operator_binaries_one_leader_then_a_takeover() -> Result<()> {
     })
     .await
 }
+
+/// The plugin in follow mode, running as the ServiceAccount of deploy/rbac/plugin.yaml:
+/// it watches its KmsKey and record and writes its heartbeat Lease with nothing refused.
+#[tokio::test]
+async fn the_plugin_follows_with_its_own_rbac() -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let cp = ControlPlane::shared()?;
+    cp.apply_crds()?;
+    let rbac = repo_root().join("deploy/rbac");
+    cp.kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
+    let dir = std::env::temp_dir().join(kubekms_e2e::unique_name("kubekms-plugin-rbac"));
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    cp.write_service_account_kubeconfig("kubekms-system", "kubekms-plugin", &kubeconfig)?;
+    let bin = kubekms_e2e::process::sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
+    let state = dir.join("state");
+    let init = std::process::Command::new(&bin)
+        .arg("init")
+        .arg("--state-dir")
+        .arg(&state)
+        .output()?;
+    ensure!(init.status.success(), "init: {:?}", init);
+    let instance = kubekms_e2e::unique_name("rbac");
+    let log_path = dir.join("plugin.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut plugin = std::process::Command::new(&bin)
+        .arg("serve")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--socket")
+        .arg(dir.join("kms.sock"))
+        .args([
+            "--follow",
+            "kubekms-system/apiserver-key",
+            "--instance",
+            &instance,
+        ])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let result = async {
+        let leases: Api<Lease> = Api::namespaced(cp.client().await?, "kubekms-system");
+        let name = format!("kubekms-plugin-{instance}");
+        let lease = wait_for("the plugin's heartbeat Lease", || async {
+            Ok(leases.get_opt(&name).await?)
+        })
+        .await?;
+        ensure!(
+            lease
+                .labels()
+                .get("kubekms.io/plugin-for")
+                .map(String::as_str)
+                == Some("apiserver-key"),
+            "{lease:?}"
+        );
+        // One more renewal and the watches running for a while, then read the log.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let logged = std::fs::read_to_string(&log_path)?;
+        ensure!(
+            !logged.to_ascii_lowercase().contains("forbidden"),
+            "the plugin's ServiceAccount was refused something:\n{logged}"
+        );
+        leases.delete(&name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+    .await;
+    let _ = plugin.kill();
+    let _ = plugin.wait();
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("plugin files in {}", dir.display());
+    }
+    result
+}
