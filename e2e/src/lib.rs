@@ -263,6 +263,50 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
+    /// `kubectl create secret generic NAME -n NS --from-literal=value=VALUE`.
+    pub fn create_secret(&self, namespace: &str, name: &str, value: &str) -> Result<()> {
+        self.kubectl([
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            namespace,
+            &format!("--from-literal=value={value}"),
+        ])?;
+        Ok(())
+    }
+
+    /// The `value` key of a Secret made by [`Self::create_secret`], read through the API.
+    pub fn read_secret(&self, namespace: &str, name: &str) -> Result<String> {
+        let out = self.kubectl(["get", "secret", name, "-n", namespace, "-o", "json"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let b64 = v
+            .pointer("/data/value")
+            .and_then(|x| x.as_str())
+            .ok_or_else(|| anyhow!("secret {namespace}/{name} has no data.value"))?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64)?;
+        Ok(String::from_utf8(bytes)?)
+    }
+
+    /// Every Secret of `expected` (name → value) still reads back with its value.
+    pub fn check_all_read(
+        &self,
+        namespace: &str,
+        expected: &std::collections::BTreeMap<String, String>,
+        when: &str,
+    ) -> Result<()> {
+        for (name, value) in expected {
+            let got = self
+                .read_secret(namespace, name)
+                .with_context(|| format!("{when}: reading {namespace}/{name}"))?;
+            if &got != value {
+                bail!("{when}: {namespace}/{name} reads {got:?}, expected {value:?}");
+            }
+        }
+        Ok(())
+    }
+
     /// Applies the committed CRDs (`crds/`, server-side) and waits until all four are
     /// Established.
     pub fn apply_crds(&self) -> Result<()> {

@@ -53,6 +53,23 @@ async fn key_where(
     .await
 }
 
+/// Waits until KmsKey `name` has material version 2, made by a rotation of `kind`.
+async fn rotated_to_v2(keys: &Api<KmsKey>, name: &str, kind: RotationTypeName) -> Result<()> {
+    let key = key_where(
+        keys,
+        name,
+        &format!("{kind:?} rotation to version 2"),
+        |k| k.status.as_ref().and_then(|s| s.current_version) == Some(2),
+    )
+    .await?;
+    let versions = key.status.context("status")?.versions;
+    ensure!(
+        versions.last().and_then(|v| v.rotation_type) == Some(kind),
+        "{name}: {versions:?}"
+    );
+    Ok(())
+}
+
 fn state(key: &KmsKey) -> Option<KeyStateName> {
     key.status.as_ref().and_then(|s| s.key_state)
 }
@@ -243,28 +260,12 @@ async fn operator_manages_the_key_lifecycle() -> Result<()> {
             json!({"rotation": {"onDemandToken": "first"}}),
         )
         .await?;
-        let key = key_where(&keys, "sym", "version 2", |k| {
-            k.status.as_ref().and_then(|s| s.current_version) == Some(2)
-        })
-        .await?;
-        let versions = key.status.context("status")?.versions;
-        ensure!(
-            versions.last().and_then(|v| v.rotation_type) == Some(RotationTypeName::OnDemand),
-            "{versions:?}"
-        );
+        rotated_to_v2(&keys, "sym", RotationTypeName::OnDemand).await?;
 
         // Automatic rotation, reached by moving the operator's clock 91 days (a moved clock
         // makes the operator look at every key again).
         operator.clock.advance(time::Duration::days(91));
-        let key = key_where(&keys, "rotating", "an automatic rotation", |k| {
-            k.status.as_ref().and_then(|s| s.current_version) == Some(2)
-        })
-        .await?;
-        let versions = key.status.context("status")?.versions;
-        ensure!(
-            versions.last().and_then(|v| v.rotation_type) == Some(RotationTypeName::Automatic),
-            "{versions:?}"
-        );
+        rotated_to_v2(&keys, "rotating", RotationTypeName::Automatic).await?;
 
         // Schedule and cancel a deletion: the key returns Disabled, as in AWS.
         patch_spec(
@@ -666,15 +667,7 @@ async fn the_operator_binary_follows_its_test_clock() -> Result<()> {
             })
             .await?;
             std::fs::write(&offset, (91 * 86_400).to_string())?;
-            let key = key_where(&keys, "clocked", "an automatic rotation", |k| {
-                k.status.as_ref().and_then(|s| s.current_version) == Some(2)
-            })
-            .await?;
-            let versions = key.status.context("status")?.versions;
-            ensure!(
-                versions.last().and_then(|v| v.rotation_type) == Some(RotationTypeName::Automatic),
-                "{versions:?}"
-            );
+            rotated_to_v2(&keys, "clocked", RotationTypeName::Automatic).await?;
             patch_spec(
                 &keys,
                 "clocked",

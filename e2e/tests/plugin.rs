@@ -149,51 +149,6 @@ impl PluginPlane {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn create_secret(&self, ns: &str, name: &str, value: &str) -> Result<()> {
-        self.cp.kubectl([
-            "create",
-            "secret",
-            "generic",
-            name,
-            "-n",
-            ns,
-            &format!("--from-literal=value={value}"),
-        ])?;
-        Ok(())
-    }
-
-    fn read_secret(&self, ns: &str, name: &str) -> Result<String> {
-        let out = self
-            .cp
-            .kubectl(["get", "secret", name, "-n", ns, "-o", "json"])?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let b64 = v
-            .pointer("/data/value")
-            .and_then(|x| x.as_str())
-            .ok_or_else(|| anyhow!("secret {ns}/{name} has no data.value"))?;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64)?;
-        Ok(String::from_utf8(bytes)?)
-    }
-
-    /// Every Secret still reads back with its value.
-    fn check_all_read(
-        &self,
-        ns: &str,
-        expected: &BTreeMap<String, String>,
-        when: &str,
-    ) -> Result<()> {
-        for (name, value) in expected {
-            let got = self
-                .read_secret(ns, name)
-                .with_context(|| format!("{when}: reading {ns}/{name}"))?;
-            ensure!(
-                &got == value,
-                "{when}: {ns}/{name} reads {got:?}, expected {value:?}"
-            );
-        }
-        Ok(())
-    }
-
     /// The stored envelope of one Secret, checked: prefix, no plaintext, and the DEK
     /// source is a KubeKMS blob of the key and version the key_id names.
     fn stored(&self, key: &str, plaintext: &str) -> Result<EncryptedObject> {
@@ -270,7 +225,7 @@ async fn plugin_encrypts_secrets_across_restarts_and_rotation() -> Result<()> {
     let mut secrets = BTreeMap::new();
     for i in 0..3 {
         let value = format!("before-rotation-{i}-{}", unique_name("pw"));
-        plane.create_secret(&ns, &format!("s{i}"), &value)?;
+        plane.cp.create_secret(&ns, &format!("s{i}"), &value)?;
         secrets.insert(format!("s{i}"), value);
     }
     for (n, value) in &secrets {
@@ -282,7 +237,7 @@ async fn plugin_encrypts_secrets_across_restarts_and_rotation() -> Result<()> {
         );
         ensure!(obj.encrypted_dek_source.len() <= 1024);
     }
-    plane.check_all_read(&ns, &secrets, "after create")?;
+    plane.cp.check_all_read(&ns, &secrets, "after create")?;
     phase(
         name,
         t0,
@@ -290,15 +245,21 @@ async fn plugin_encrypts_secrets_across_restarts_and_rotation() -> Result<()> {
     );
 
     plane.restart_apiserver()?;
-    plane.check_all_read(&ns, &secrets, "after a kube-apiserver restart")?;
+    plane
+        .cp
+        .check_all_read(&ns, &secrets, "after a kube-apiserver restart")?;
     phase(name, t0, "kube-apiserver restarted: every Secret reads");
 
     plane.restart_plugin().await?;
-    plane.check_all_read(&ns, &secrets, "after a plugin restart")?;
+    plane
+        .cp
+        .check_all_read(&ns, &secrets, "after a plugin restart")?;
     let value = format!("after-plugin-restart-{}", unique_name("pw"));
-    plane.create_secret(&ns, "s3", &value)?;
+    plane.cp.create_secret(&ns, "s3", &value)?;
     secrets.insert("s3".into(), value);
-    plane.check_all_read(&ns, &secrets, "after a plugin restart")?;
+    plane
+        .cp
+        .check_all_read(&ns, &secrets, "after a plugin restart")?;
     phase(
         name,
         t0,
@@ -315,7 +276,9 @@ async fn plugin_encrypts_secrets_across_restarts_and_rotation() -> Result<()> {
     ensure!(plane.wait_plugin_healthy(&plane.socket).await? == k1);
     plane.cp.start_process("kube-apiserver", &apiserver)?;
     plane.cp.wait_apiserver_ready()?;
-    plane.check_all_read(&ns, &secrets, "after restarting both")?;
+    plane
+        .cp
+        .check_all_read(&ns, &secrets, "after restarting both")?;
     phase(
         name,
         t0,
@@ -347,7 +310,7 @@ async fn plugin_encrypts_secrets_across_restarts_and_rotation() -> Result<()> {
     loop {
         let n = format!("probe{probe}");
         let value = format!("probe-{probe}-{}", unique_name("pw"));
-        plane.create_secret(&ns, &n, &value)?;
+        plane.cp.create_secret(&ns, &n, &value)?;
         let obj = plane.stored(&secret_etcd_key(&ns, &n), &value)?;
         secrets.insert(n, value);
         if obj.key_id == k2 {
@@ -372,7 +335,7 @@ async fn plugin_encrypts_secrets_across_restarts_and_rotation() -> Result<()> {
         "kube-apiserver writes new Secrets under the new key_id",
     );
     let value = format!("after-rotation-{}", unique_name("pw"));
-    plane.create_secret(&ns, "after", &value)?;
+    plane.cp.create_secret(&ns, "after", &value)?;
     ensure!(plane.stored(&secret_etcd_key(&ns, "after"), &value)?.key_id == k2);
     secrets.insert("after".into(), value);
     ensure!(
@@ -382,7 +345,9 @@ async fn plugin_encrypts_secrets_across_restarts_and_rotation() -> Result<()> {
             == k1,
         "an old Secret changed key_id without being rewritten"
     );
-    plane.check_all_read(&ns, &secrets, "after the rotation")?;
+    plane
+        .cp
+        .check_all_read(&ns, &secrets, "after the rotation")?;
     phase(name, t0, "old Secrets (under v1) still read");
 
     // Rewrite every Secret: kubectl get secrets -A -o json | kubectl replace -f -
@@ -411,7 +376,9 @@ async fn plugin_encrypts_secrets_across_restarts_and_rotation() -> Result<()> {
         stale.is_empty(),
         "after replace, still under an old key_id: {stale:?}"
     );
-    plane.check_all_read(&ns, &secrets, "after replacing every Secret")?;
+    plane
+        .cp
+        .check_all_read(&ns, &secrets, "after replacing every Secret")?;
     phase(
         name,
         t0,
@@ -493,7 +460,7 @@ async fn two_plugin_instances_on_one_state_folder_agree() -> Result<()> {
         let mut secrets = BTreeMap::new();
         for i in 0..3 {
             let value = format!("written-via-first-{i}-{}", unique_name("pw"));
-            plane.create_secret(&ns, &format!("a{i}"), &value)?;
+            plane.cp.create_secret(&ns, &format!("a{i}"), &value)?;
             secrets.insert(format!("a{i}"), value);
         }
 
@@ -519,14 +486,14 @@ async fn two_plugin_instances_on_one_state_folder_agree() -> Result<()> {
         ensure!(plane.wait_plugin_healthy(&plane.socket).await? == k_first);
         plane.cp.start_process("kube-apiserver", &apiserver)?;
         plane.cp.wait_apiserver_ready()?;
-        plane.check_all_read(
+        plane.cp.check_all_read(
             &ns,
             &secrets,
             "API server restarted onto the other instance",
         )?;
         for i in 0..2 {
             let value = format!("written-via-other-{i}-{}", unique_name("pw"));
-            plane.create_secret(&ns, &format!("b{i}"), &value)?;
+            plane.cp.create_secret(&ns, &format!("b{i}"), &value)?;
             let obj = plane.stored(&secret_etcd_key(&ns, &format!("b{i}")), &value)?;
             ensure!(obj.key_id == k_first, "stored under {}", obj.key_id);
             secrets.insert(format!("b{i}"), value);
@@ -552,7 +519,9 @@ async fn two_plugin_instances_on_one_state_folder_agree() -> Result<()> {
         ensure!(plane.wait_plugin_healthy(&plane.socket).await? == k_first);
         plane.cp.start_process("kube-apiserver", &apiserver)?;
         plane.cp.wait_apiserver_ready()?;
-        plane.check_all_read(&ns, &secrets, "API server restarted back onto the first")?;
+        plane
+            .cp
+            .check_all_read(&ns, &secrets, "API server restarted back onto the first")?;
         ensure!(
             plane.status_key_id(&second_socket).await? == k_first,
             "the concurrent second instance drifted"

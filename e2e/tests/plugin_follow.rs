@@ -158,44 +158,6 @@ impl Plane {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn create_secret(&self, ns: &str, name: &str, value: &str) -> Result<()> {
-        self.cp.kubectl([
-            "create",
-            "secret",
-            "generic",
-            name,
-            "-n",
-            ns,
-            &format!("--from-literal=value={value}"),
-        ])?;
-        Ok(())
-    }
-
-    fn check_all_read(
-        &self,
-        ns: &str,
-        expected: &BTreeMap<String, String>,
-        when: &str,
-    ) -> Result<()> {
-        for (name, value) in expected {
-            let out = self
-                .cp
-                .kubectl(["get", "secret", name, "-n", ns, "-o", "json"])
-                .with_context(|| format!("{when}: reading {ns}/{name}"))?;
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            let b64 = v
-                .pointer("/data/value")
-                .and_then(|x| x.as_str())
-                .ok_or_else(|| anyhow!("secret {ns}/{name} has no data.value"))?;
-            let got = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64)?)?;
-            ensure!(
-                &got == value,
-                "{when}: {ns}/{name} reads {got:?}, expected {value:?}"
-            );
-        }
-        Ok(())
-    }
-
     /// The key_id a Secret is stored under in etcd (checked: KMS v2 envelope, no plaintext,
     /// DEK source a KubeKMS blob of that key and version).
     fn stored_key_id(&self, ns: &str, name: &str, plaintext: &str) -> Result<String> {
@@ -420,7 +382,7 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
     let mut secrets = BTreeMap::new();
     for i in 0..3 {
         let value = format!("bootstrap-{i}-{}", unique_name("pw"));
-        plane.create_secret(&ns, &format!("s{i}"), &value)?;
+        plane.cp.create_secret(&ns, &format!("s{i}"), &value)?;
         secrets.insert(format!("s{i}"), value);
     }
     for (n, v) in &secrets {
@@ -574,7 +536,7 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
     loop {
         let n = format!("probe{probe}");
         let value = format!("probe-{probe}-{}", unique_name("pw"));
-        plane.create_secret(&ns, &n, &value)?;
+        plane.cp.create_secret(&ns, &n, &value)?;
         let stored = plane.stored_key_id(&ns, &n, &value)?;
         secrets.insert(n, value);
         if stored == k2 {
@@ -592,7 +554,9 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
         probe += 1;
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    plane.check_all_read(&ns, &secrets, "after the rotation")?;
+    plane
+        .cp
+        .check_all_read(&ns, &secrets, "after the rotation")?;
     phase(t0, "new Secrets stored under v2, every Secret reads");
 
     // kube-apiserver seeded a DEK under v2 through e2e-cp-1; nothing went through
@@ -706,12 +670,14 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
 
     plane.cp.start_process("kube-apiserver", &apiserver)?;
     plane.cp.wait_apiserver_ready()?;
-    plane.check_all_read(&ns, &secrets, "after the cold start")?;
+    plane
+        .cp
+        .check_all_read(&ns, &secrets, "after the cold start")?;
     let value = format!("after-cold-start-{}", unique_name("pw"));
-    plane.create_secret(&ns, "after", &value)?;
+    plane.cp.create_secret(&ns, "after", &value)?;
     ensure!(plane.stored_key_id(&ns, "after", &value)? == k2);
     secrets.insert("after".into(), value);
-    plane.check_all_read(&ns, &secrets, "at the end")?;
+    plane.cp.check_all_read(&ns, &secrets, "at the end")?;
     let (healthz, key_id) = plane.status().await?;
     ensure!(
         healthz == "ok" && key_id == k2,
@@ -1028,7 +994,7 @@ async fn kill_mid_reencryption_and_resume(
         stale.len(),
         stored.len()
     );
-    plane.check_all_read(
+    plane.cp.check_all_read(
         ns,
         &BTreeMap::from([("frozen".to_owned(), frozen_value)]),
         "the refused Secret under its older version",
