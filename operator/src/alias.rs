@@ -3,7 +3,6 @@
 //! taken by an older alias in the namespace, or a retarget AWS UpdateAlias would refuse.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use kms_core::{AliasName, Arn, KeySpec, KeyUsage};
 use kube::api::{Api, ListParams};
@@ -49,14 +48,9 @@ fn kind_of(key: &KmsKey) -> (KeyFamily, KeyUsage) {
 /// # Errors
 /// [`Error`] on API failures; retried with a back-off.
 pub async fn reconcile(alias: Arc<KmsAlias>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_alias(&alias, &ctx).await;
     ctx.metrics
-        .reconciled(CONTROLLER, started.elapsed().as_secs_f64());
-    if result.is_err() {
-        ctx.metrics.failed(CONTROLLER);
-    }
-    result
+        .measure(CONTROLLER, reconcile_alias(&alias, &ctx))
+        .await
 }
 
 /// What the controller does after a failed reconciliation.

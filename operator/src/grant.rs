@@ -5,7 +5,6 @@
 //! is being deleted without a record).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use kms_core::grants::{Grant, GrantConstraints, GrantOperation};
 use kms_core::{EncryptionContext, KeySpec};
@@ -26,14 +25,9 @@ const CONTROLLER: &str = "kmsgrant";
 /// # Errors
 /// [`Error`] on API failures; retried with a back-off.
 pub async fn reconcile(grant: Arc<KmsGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_grant(&grant, &ctx).await;
     ctx.metrics
-        .reconciled(CONTROLLER, started.elapsed().as_secs_f64());
-    if result.is_err() {
-        ctx.metrics.failed(CONTROLLER);
-    }
-    result
+        .measure(CONTROLLER, reconcile_grant(&grant, &ctx))
+        .await
 }
 
 /// What the controller does after a failed reconciliation.

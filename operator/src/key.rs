@@ -15,7 +15,6 @@
 //! deleted and the finalizer released.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -50,14 +49,9 @@ const CONTROLLER: &str = "kmskey";
 /// # Errors
 /// [`Error`] on API failures and damaged records; the controller retries with a back-off.
 pub async fn reconcile(key: Arc<KmsKey>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_key(key, &ctx).await;
     ctx.metrics
-        .reconciled(CONTROLLER, started.elapsed().as_secs_f64());
-    if result.is_err() {
-        ctx.metrics.failed(CONTROLLER);
-    }
-    result
+        .measure(CONTROLLER, reconcile_key(key, &ctx))
+        .await
 }
 
 /// What the controller does after a failed reconciliation.

@@ -106,6 +106,21 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Runs one reconciliation of `controller`, counting it, its duration and a failure.
+    pub async fn measure<T, E>(
+        &self,
+        controller: &str,
+        reconciliation: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let result = reconciliation.await;
+        self.reconciled(controller, started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.failed(controller);
+        }
+        result
+    }
+
     /// Counts a failed reconciliation.
     pub fn failed(&self, controller: &str) {
         self.errors.get_or_create(&Self::labels(controller)).inc();
