@@ -86,7 +86,47 @@ pub fn sh_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
+/// `kubekms-plugin init --state-dir DIR`: a new root key and bootstrap key.
+pub fn init_plugin_state(plugin_bin: &Path, dir: &Path) -> Result<()> {
+    let init = Command::new(plugin_bin)
+        .args(["init", "--state-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        init.status.success(),
+        "kubekms-plugin init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    Ok(())
+}
+
 impl ControlPlane {
+    /// A private control plane in `state_dir` whose Secrets are encrypted by the KMS v2
+    /// plugin `plugin_cmd` (a shell command, started before kube-apiserver) on `socket`;
+    /// torn down by the launcher's watchdog when this process exits.
+    pub fn start_with_plugin(state_dir: &Path, socket: &Path, plugin_cmd: &str) -> Result<Self> {
+        let out = Command::new(repo_root().join("hack/control-plane.sh"))
+            .arg("up")
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--tools-bin")
+            .arg(tools_bin()?)
+            .args(["--watch-pid", &std::process::id().to_string()])
+            .arg("--kms-socket")
+            .arg(socket)
+            .arg("--plugin-cmd")
+            .arg(plugin_cmd)
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "control-plane.sh up with the plugin ({plugin_cmd}) failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::from_state_dir(state_dir)
+    }
+
     /// The launcher's pid file of `process` (`kube-apiserver`, `kms-plugin`, `etcd`).
     #[must_use]
     pub fn pid_file(&self, process: &str) -> PathBuf {

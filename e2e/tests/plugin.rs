@@ -22,7 +22,7 @@ use base64::Engine as _;
 use envelope::{EncryptedObject, parse_stored};
 use kms_plugin::client::connect;
 use kms_plugin::pb::{DecryptRequest, EncryptRequest, StatusRequest};
-use kubekms_e2e::process::{sh_quote, sibling_bin, tools_bin};
+use kubekms_e2e::process::{init_plugin_state, sh_quote, sibling_bin};
 use kubekms_e2e::{
     ControlPlane, KMS_PROVIDER_NAME, kms_v2_prefix, repo_root, secret_etcd_key, unique_name,
 };
@@ -38,23 +38,13 @@ struct PluginPlane {
 
 impl PluginPlane {
     fn start(name: &str) -> Result<Self> {
-        let tools = tools_bin()?;
         let bin = sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
         let base = std::env::temp_dir().join(unique_name(&format!("kubekms-e2e-{name}")));
         std::fs::create_dir_all(&base)?;
         let plugin_state = base.join("plugin-state");
         let socket = base.join("kms.sock");
         let cp_state = base.join("cp");
-        let init = Command::new(&bin)
-            .args(["init", "--state-dir"])
-            .arg(&plugin_state)
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(
-            init.status.success(),
-            "kubekms-plugin init: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        init_plugin_state(&bin, &plugin_state)?;
         let plugin_cmd = format!(
             "exec {} serve --state-dir {} --socket {} --reload-interval-ms 1000",
             sh_quote(&bin),
@@ -62,31 +52,14 @@ impl PluginPlane {
             sh_quote(&socket)
         );
         let started = Instant::now();
-        let out = Command::new(repo_root().join("hack/control-plane.sh"))
-            .arg("up")
-            .arg("--state-dir")
-            .arg(&cp_state)
-            .arg("--tools-bin")
-            .arg(&tools)
-            .args(["--watch-pid", &std::process::id().to_string()])
-            .arg("--kms-socket")
-            .arg(&socket)
-            .arg("--plugin-cmd")
-            .arg(&plugin_cmd)
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "control-plane.sh up with the plugin failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let cp = ControlPlane::start_with_plugin(&cp_state, &socket, &plugin_cmd)?;
         eprintln!(
             "[e2e {name}] control plane with the kubekms plugin up in {:?} ({})",
             started.elapsed(),
             cp_state.display()
         );
         Ok(Self {
-            cp: ControlPlane::from_state_dir(&cp_state)?,
+            cp,
             bin,
             plugin_state,
             socket,

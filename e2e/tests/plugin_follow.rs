@@ -28,7 +28,7 @@ use base64::Engine as _;
 use envelope::parse_stored;
 use kms_plugin::client::connect;
 use kms_plugin::pb::StatusRequest;
-use kubekms_e2e::process::{sh_quote, sibling_bin, tools_bin};
+use kubekms_e2e::process::{init_plugin_state, sh_quote, sibling_bin};
 use kubekms_e2e::{ControlPlane, repo_root, secret_etcd_key, unique_name};
 
 fn phase(started: Instant, what: &str) {
@@ -52,23 +52,13 @@ struct Plane {
 
 impl Plane {
     fn start(target: &str) -> Result<Self> {
-        let tools = tools_bin()?;
         let plugin_bin = sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
         let base = std::env::temp_dir().join(unique_name("kubekms-e2e-follow"));
         std::fs::create_dir_all(&base)?;
         let plugin_state = base.join("plugin-state");
         let socket = base.join("kms.sock");
         let cp_state = base.join("cp");
-        let init = Command::new(&plugin_bin)
-            .args(["init", "--state-dir"])
-            .arg(&plugin_state)
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(
-            init.status.success(),
-            "kubekms-plugin init: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        init_plugin_state(&plugin_bin, &plugin_state)?;
         // The kubeconfig is written by control-plane.sh before the plugin starts, but the
         // API server comes up only after the plugin: the follower must wait for it.
         let plugin_cmd = format!(
@@ -78,26 +68,8 @@ impl Plane {
             sh_quote(&socket),
             sh_quote(&cp_state.join("kubeconfig")),
         );
-        let out = Command::new(repo_root().join("hack/control-plane.sh"))
-            .arg("up")
-            .arg("--state-dir")
-            .arg(&cp_state)
-            .arg("--tools-bin")
-            .arg(&tools)
-            .args(["--watch-pid", &std::process::id().to_string()])
-            .arg("--kms-socket")
-            .arg(&socket)
-            .arg("--plugin-cmd")
-            .arg(&plugin_cmd)
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "control-plane.sh up with the following plugin failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         Ok(Self {
-            cp: ControlPlane::from_state_dir(&cp_state)?,
+            cp: ControlPlane::start_with_plugin(&cp_state, &socket, &plugin_cmd)?,
             plugin_bin,
             plugin_state,
             socket,
