@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use kms_core::keystore::{FileKeyStore, RootKeyStore, WrapContext};
-use kms_core::{ArnScope, KeyId, KeySpec};
+use kms_core::ArnScope;
+use kms_core::keystore::{FileKeyStore, RootKeyStore};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use kubekms_e2e::{ControlPlane, in_namespace, repo_root};
@@ -96,21 +96,20 @@ async fn patch_spec(keys: &Api<KmsKey>, name: &str, spec: serde_json::Value) -> 
 
 /// The plaintext of every material version of a record, unwrapped with the root key.
 fn unwrap_all(root: &FileKeyStore, record: &KmsKeyMaterial) -> Result<Vec<Vec<u8>>> {
-    let key_id = KeyId::parse(&record.spec.key_id)?;
+    let namespace = record.namespace().unwrap_or_default();
     record
         .spec
         .versions
         .iter()
         .map(|v| {
             let wrapped = BASE64.decode(&v.wrapped)?;
-            let material = root.unwrap(
-                &WrapContext {
-                    key_id,
-                    version: v.version,
-                    spec: KeySpec::from(record.spec.key_spec),
-                },
-                &wrapped,
+            let context = kubekms_k8s::convert::wrap_context(
+                &record.spec,
+                &namespace,
+                &record.name_any(),
+                v.version,
             )?;
+            let material = root.unwrap(&context, &wrapped)?;
             Ok(material.expose().to_vec())
         })
         .collect()

@@ -2,6 +2,7 @@
 //! KmsKeyMaterial record describe, and the status they imply.
 
 use kms_core::key::{KeyMetadata, MaterialVersion, RotationSchedule};
+use kms_core::keystore::{KeyOwner, WrapContext};
 use kms_core::{Arn, ArnScope, KeyId, KeySpec, KeyState, KeyUsage, Origin};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -133,6 +134,30 @@ pub fn metadata(
         on_demand_rotations: record.on_demand_rotations,
         deletion_date,
         state_before_deletion: None,
+    })
+}
+
+/// What version `version` of a record is wrapped with: the record's key id, spec, usage
+/// and origin, and the KmsKey it belongs to (`namespace`/`name`, the record's own).
+///
+/// # Errors
+/// [`ConvertError::Invalid`] for a record whose key id does not parse.
+pub fn wrap_context(
+    record: &KmsKeyMaterialSpec,
+    namespace: &str,
+    name: &str,
+    version: u32,
+) -> Result<WrapContext, ConvertError> {
+    Ok(WrapContext {
+        key_id: KeyId::parse(&record.key_id).map_err(|e| ConvertError::Invalid {
+            field: "keyId",
+            reason: e.to_string(),
+        })?,
+        version,
+        spec: KeySpec::from(record.key_spec),
+        usage: KeyUsage::from(record.key_usage),
+        origin: Origin::from(record.origin),
+        owner: Some(KeyOwner::new(namespace, name)),
     })
 }
 

@@ -7,8 +7,19 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// Zeroized on drop; `Debug` prints only the length. There is deliberately no `Display`,
 /// no `Serialize` and no `Clone` that could copy the secret somewhere that is not wiped:
 /// `duplicate` exists for the rare place that needs a second owner, and both copies are wiped.
-#[derive(Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct SecretBytes(Vec<u8>);
+
+/// Equality in constant time for equal lengths (the length is not secret), so comparing a
+/// secret with a guess never tells how many leading bytes matched.
+impl PartialEq for SecretBytes {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(self.0.as_slice().ct_eq(other.0.as_slice()))
+    }
+}
+
+impl Eq for SecretBytes {}
 
 impl SecretBytes {
     /// Takes ownership of bytes that are secret from now on.

@@ -15,6 +15,8 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use base64::Engine as _;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -188,7 +190,7 @@ pub fn apply_objects(
     let dir = plugin.state_dir();
     let root = dir.open_root_key()?;
     let ours = kms_core::keystore::RootKeyStore::root_key_id(&root);
-    if record.root_key_id != ours {
+    if !kms_core::keystore::RootKeyStore::holds(&root, &record.root_key_id) {
         return Err(invalid(
             target,
             format!(
@@ -501,9 +503,8 @@ async fn heartbeat(
 /// not manage.
 pub fn export(dir: &StateDir, target: &FollowTarget) -> Result<String, PluginError> {
     let record = dir.active_record()?;
-    // Proves the record unwraps under this folder's root key before anything is printed.
     let store = dir.open_root_key()?;
-    crate::state::record_to_key(&store, &record)?;
+    let key = crate::state::record_to_key(&store, &record)?;
     let parse = |what: &str, text: &str| PluginError::State(format!("{what} {text:?}"));
     let spec: KeySpec = record
         .key_spec
@@ -517,14 +518,23 @@ pub fn export(dir: &StateDir, target: &FollowTarget) -> Result<String, PluginErr
         .origin
         .parse()
         .map_err(|_| parse("origin", &record.origin))?;
+    // The material is wrapped again, bound to the KmsKey it becomes: same material, same
+    // key id and versions, so nothing kube-apiserver stored needs re-encrypting.
+    let owner = kms_core::keystore::KeyOwner::new(&target.namespace, &target.name);
     let mut versions = Vec::with_capacity(record.versions.len());
     for v in &record.versions {
-        let wrapped = v.wrapped_material.clone().ok_or_else(|| {
+        let material = key.material(v.version).ok_or_else(|| {
             PluginError::State(format!(
                 "version {} of key {} is destroyed; the operator's record cannot hold it",
                 v.version, record.key_id
             ))
         })?;
+        let wrapped = kms_core::keystore::RootKeyStore::wrap(
+            &store,
+            &crate::state::wrap_context(&key.metadata, Some(&owner), v.version),
+            material.serialized(),
+        )
+        .map_err(PluginError::Core)?;
         let rotation_type = match v.rotation_type.as_deref() {
             None => None,
             Some(text) => Some(RotationTypeName::from(
@@ -536,7 +546,7 @@ pub fn export(dir: &StateDir, target: &FollowTarget) -> Result<String, PluginErr
             version: v.version,
             created: v.created.clone(),
             rotation_type,
-            wrapped,
+            wrapped: base64::engine::general_purpose::STANDARD.encode(wrapped),
         });
     }
     let mut material = KmsKeyMaterial::new(
@@ -547,7 +557,7 @@ pub fn export(dir: &StateDir, target: &FollowTarget) -> Result<String, PluginErr
             key_usage: KeyUsageName::from(usage),
             origin: OriginName::from(origin),
             created_at: record.created.clone(),
-            root_key_id: record.root_key_id.clone(),
+            root_key_id: kms_core::keystore::RootKeyStore::root_key_id(&store),
             versions,
             on_demand_rotations: record.on_demand_rotations,
             last_on_demand_token: None,
@@ -627,6 +637,12 @@ mod tests {
                     key_id,
                     version,
                     spec: KeySpec::SymmetricDefault,
+                    usage: KeyUsage::EncryptDecrypt,
+                    origin: Origin::AwsKms,
+                    owner: Some(kms_core::keystore::KeyOwner::new(
+                        material.metadata.namespace.clone().unwrap_or_default(),
+                        material.metadata.name.clone().unwrap_or_default(),
+                    )),
                 },
                 fresh.serialized(),
             )
@@ -669,9 +685,26 @@ mod tests {
         let local = dir.active_record().expect("record");
         assert_eq!(material.spec.key_id, local.key_id);
         assert_eq!(material.spec.created_at, local.created);
+        // Wrapped again, bound to the KmsKey it becomes: other bytes, the same material.
+        assert_ne!(
+            Some(&material.spec.versions[0].wrapped),
+            local.versions[0].wrapped_material.as_ref()
+        );
+        let store = dir.open_root_key().expect("root key");
+        let exported = store
+            .unwrap(
+                &convert::wrap_context(&material.spec, "kube-system", "apiserver-key", 1)
+                    .expect("context"),
+                &base64::engine::general_purpose::STANDARD
+                    .decode(&material.spec.versions[0].wrapped)
+                    .expect("base64"),
+            )
+            .expect("the exported version unwraps as the KmsKey's");
+        let local_key = crate::state::record_to_key(&store, &local).expect("local");
         assert_eq!(
-            material.spec.versions[0].wrapped,
-            local.versions[0].wrapped_material.clone().expect("wrapped")
+            &exported,
+            local_key.material(1).expect("v1").serialized(),
+            "same material"
         );
 
         let (adopted, state) = apply_objects(&plugin, &target(), &key, &material).expect("adopt");

@@ -24,7 +24,7 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use kms_core::keystore::{FileKeyStore, RootKeyStore, WrapContext};
+use kms_core::keystore::{FileKeyStore, KeyOwner, RootKeyStore, WrapContext};
 use kms_core::{
     KeyId, KeyMaterial, KeyMetadata, KeySpec, KeyState, KeyUsage, KmsKey, MaterialVersion, Origin,
     RotationType,
@@ -619,12 +619,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
     result
 }
 
-fn wrap_context(key: &KeyMetadata, version: u32) -> WrapContext {
+/// What a version of `key` is wrapped with: its identity, and the KmsKey it belongs to
+/// (none for a key of this folder alone, such as the bootstrap key).
+pub fn wrap_context(key: &KeyMetadata, owner: Option<&KeyOwner>, version: u32) -> WrapContext {
     WrapContext {
         key_id: key.key_id,
         version,
         spec: key.spec,
+        usage: key.usage,
+        origin: key.origin,
+        owner: owner.cloned(),
     }
+}
+
+/// The KmsKey a record belongs to (`kubernetes_object`, `namespace/name`).
+///
+/// # Errors
+/// A `kubernetes_object` that is not `namespace/name`.
+pub fn record_owner(record: &KeyRecord) -> Result<Option<KeyOwner>, PluginError> {
+    record
+        .kubernetes_object
+        .as_deref()
+        .map(|object| {
+            object
+                .split_once('/')
+                .map(|(namespace, name)| KeyOwner::new(namespace, name))
+                .ok_or_else(|| {
+                    PluginError::State(format!(
+                        "key record {}: kubernetes_object {object:?} is not namespace/name",
+                        record.key_id
+                    ))
+                })
+        })
+        .transpose()
 }
 
 /// A key as a record: metadata and wrapped material.
@@ -642,7 +669,7 @@ pub fn key_to_record(
         let wrapped_material = match key.material(v.version) {
             Some(material) => {
                 let wrapped = store
-                    .wrap(&wrap_context(m, v.version), material.serialized())
+                    .wrap(&wrap_context(m, None, v.version), material.serialized())
                     .map_err(PluginError::Core)?;
                 Some(base64::engine::general_purpose::STANDARD.encode(wrapped))
             }
@@ -680,7 +707,7 @@ pub fn key_to_record(
 pub fn record_to_key(store: &dyn RootKeyStore, record: &KeyRecord) -> Result<KmsKey, PluginError> {
     let key_id =
         KeyId::parse(&record.key_id).map_err(|e| PluginError::State(format!("key record: {e}")))?;
-    if record.root_key_id != store.root_key_id() {
+    if !store.holds(&record.root_key_id) {
         return Err(PluginError::State(format!(
             "the material of {key_id} is wrapped under root key {}, but this folder's root key is {}",
             record.root_key_id,
@@ -690,6 +717,7 @@ pub fn record_to_key(store: &dyn RootKeyStore, record: &KeyRecord) -> Result<Kms
     let spec: KeySpec = parse_named("key_spec", &record.key_spec)?;
     let usage: KeyUsage = parse_named("key_usage", &record.key_usage)?;
     let origin: Origin = parse_named("origin", &record.origin)?;
+    let owner = record_owner(record)?;
     let mut metadata = KeyMetadata::new(
         key_id,
         spec,
@@ -730,7 +758,10 @@ pub fn record_to_key(store: &dyn RootKeyStore, record: &KeyRecord) -> Result<Kms
                     PluginError::State(format!("key {key_id} version {}: {e}", v.version))
                 })?;
             let serialized = store
-                .unwrap(&wrap_context(&metadata, v.version), &wrapped)
+                .unwrap(
+                    &wrap_context(&metadata, owner.as_ref(), v.version),
+                    &wrapped,
+                )
                 .map_err(PluginError::Core)?;
             let material =
                 KeyMaterial::from_serialized(spec, serialized).map_err(PluginError::Core)?;

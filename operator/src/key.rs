@@ -19,7 +19,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use kms_core::key::{DEFAULT_PENDING_WINDOW_DAYS, KeyMetadata};
-use kms_core::keystore::WrapContext;
+use kms_core::keystore::{KeyOwner, WrapContext};
 use kms_core::{KeyId, KeyMaterial, KeySpec, KeyState, KmsError, Origin, RotationType};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -224,31 +224,34 @@ async fn destroy(
     Ok(Action::await_change())
 }
 
-/// Generates material for version `version` and wraps it under the root key. The
-/// plaintext lives only inside this function (zeroized on drop by kms-core).
+/// Generates material for the version `context` names and wraps it under the root key,
+/// bound to that context. The plaintext lives only inside this function (zeroized on drop
+/// by kms-core).
 fn new_wrapped_version(
     ctx: &Context,
-    key_id: KeyId,
-    spec: KeySpec,
-    version: u32,
+    context: &WrapContext,
     created: OffsetDateTime,
     rotation_type: Option<RotationType>,
 ) -> Result<WrappedVersion, Error> {
-    let material = KeyMaterial::generate(spec)?;
-    let wrapped = ctx.root_keys.wrap(
-        &WrapContext {
-            key_id,
-            version,
-            spec,
-        },
-        material.serialized(),
-    )?;
+    let material = KeyMaterial::generate(context.spec)?;
+    let wrapped = ctx.root_keys.wrap(context, material.serialized())?;
     Ok(WrappedVersion {
-        version,
+        version: context.version,
         created: format_time(created),
         rotation_type: rotation_type.map(Into::into),
         wrapped: BASE64.encode(wrapped),
     })
+}
+
+fn wrap_context(metadata: &KeyMetadata, owner: &KeyOwner, version: u32) -> WrapContext {
+    WrapContext {
+        key_id: metadata.key_id,
+        version,
+        spec: metadata.spec,
+        usage: metadata.usage,
+        origin: metadata.origin,
+        owner: Some(owner.clone()),
+    }
 }
 
 /// A new record for a KmsKey: a fresh key id, version 1 (none for EXTERNAL), the rotation
@@ -257,6 +260,7 @@ fn new_wrapped_version(
 fn new_record(
     spec: &KmsKeySpec,
     ctx: &Context,
+    owner: &KeyOwner,
     now: OffsetDateTime,
 ) -> Result<KmsKeyMaterialSpec, Error> {
     let key_spec = KeySpec::from(spec.key_spec);
@@ -266,7 +270,12 @@ fn new_record(
     // Validates the spec/usage/origin combination as CreateKey does.
     let metadata = KeyMetadata::new(key_id, key_spec, usage, origin, now)?;
     let versions = match origin {
-        Origin::AwsKms => vec![new_wrapped_version(ctx, key_id, key_spec, 1, now, None)?],
+        Origin::AwsKms => vec![new_wrapped_version(
+            ctx,
+            &wrap_context(&metadata, owner, 1),
+            now,
+            None,
+        )?],
         Origin::External => Vec::new(),
     };
     let rotation = spec.rotation.as_ref();
@@ -297,6 +306,7 @@ async fn apply(
     namespace: &str,
 ) -> Result<Action, Error> {
     let name = key.name_any();
+    let owner = KeyOwner::new(namespace, &name);
     let now = ctx.clock.now();
     let mut notes = Vec::new();
     let mut spec = key.spec.clone();
@@ -330,7 +340,7 @@ async fn apply(
                 .await;
                 return Ok(Action::await_change());
             }
-            let record_spec = match new_record(&spec, ctx, now) {
+            let record_spec = match new_record(&spec, ctx, &owner, now) {
                 Ok(record_spec) => record_spec,
                 Err(Error::Kms(error)) => return invalid(key, keys, ctx, &error.to_string()).await,
                 Err(other) => return Err(other),
@@ -368,7 +378,7 @@ async fn apply(
     // A version wrapped under another root key could never be unwrapped by the plugin that
     // shares the record's root key: touch nothing until the root keys agree.
     let own_root = ctx.root_keys.root_key_id();
-    if !next.versions.is_empty() && next.root_key_id != own_root {
+    if !next.versions.is_empty() && !ctx.root_keys.holds(&next.root_key_id) {
         let message = format!(
             "the material is wrapped under root key {}, this operator holds root key {own_root}; \
              nothing is changed until it runs with the same root key",
@@ -535,6 +545,7 @@ async fn apply(
     if metadata.automatic_rotation_due(now) {
         rotate(
             ctx,
+            &owner,
             &mut metadata,
             &mut next,
             now,
@@ -554,6 +565,7 @@ async fn apply(
     {
         match rotate(
             ctx,
+            &owner,
             &mut metadata,
             &mut next,
             now,
@@ -772,6 +784,7 @@ fn rotation_refusal_reason(error: &KmsError) -> &'static str {
 /// Records a rotation in `metadata` and appends the new wrapped version to `record`.
 fn rotate(
     ctx: &Context,
+    owner: &KeyOwner,
     metadata: &mut KeyMetadata,
     record: &mut KmsKeyMaterialSpec,
     now: OffsetDateTime,
@@ -781,13 +794,13 @@ fn rotate(
     let version = metadata.record_rotation(now, rotation_type)?;
     let wrapped = new_wrapped_version(
         ctx,
-        metadata.key_id,
-        metadata.spec,
-        version,
+        &wrap_context(metadata, owner, version),
         now,
         Some(rotation_type),
     )?;
     record.versions.push(wrapped);
+    // A record written before wrap format 2 names the root key by its older identifier.
+    record.root_key_id = ctx.root_keys.root_key_id();
     record.on_demand_rotations = metadata.on_demand_rotations;
     if rotation_type == RotationType::Automatic {
         record.next_rotation_time = metadata.rotation.map(|r| format_time(r.next_rotation));

@@ -10,8 +10,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use fake_api::{FakeApi, NAMESPACE};
 use k8s_openapi::api::coordination::v1::Lease;
-use kms_core::keystore::{FileKeyStore, RootKeyStore, WrapContext};
-use kms_core::{ArnScope, KeyId, KeySpec};
+use kms_core::ArnScope;
+use kms_core::keystore::{FileKeyStore, RootKeyStore};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::store::Writer;
@@ -183,21 +183,26 @@ async fn create_makes_an_enabled_key_with_wrapped_material_only() {
     assert_eq!(record.spec.root_key_id, h.root.root_key_id());
 
     // The record holds the material wrapped under the root key, bound to id and version.
-    let key_id = KeyId::parse(&record.spec.key_id).expect("key id");
     let wrapped = BASE64
         .decode(&record.spec.versions[0].wrapped)
         .expect("base64");
-    let material = h
-        .root
-        .unwrap(
-            &WrapContext {
-                key_id,
-                version: 1,
-                spec: KeySpec::SymmetricDefault,
-            },
-            &wrapped,
-        )
-        .expect("unwrap");
+    let context = kubekms_k8s::convert::wrap_context(
+        &record.spec,
+        &record.namespace().expect("namespace"),
+        &record.name_any(),
+        1,
+    )
+    .expect("context");
+    let material = h.root.unwrap(&context, &wrapped).expect("unwrap");
+    let mut elsewhere = context.clone();
+    elsewhere.owner = Some(kms_core::keystore::KeyOwner::new(
+        "other-namespace",
+        record.name_any(),
+    ));
+    assert!(
+        h.root.unwrap(&elsewhere, &wrapped).is_err(),
+        "the material is bound to its KmsKey's namespace and name"
+    );
     assert_eq!(material.len(), 32);
     let plaintext_hex = hex::encode(material.expose());
     let status_text = serde_json::to_string(&status).expect("status json");
