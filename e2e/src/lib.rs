@@ -9,10 +9,13 @@
 //! - `KUBEKMS_E2E_STATE=<state folder>`: one started by someone else (`hack/test.sh`, a
 //!   developer's `hack/local-up.sh`, or `hack/kind-e2e.sh`), described by the `env` file
 //!   in that folder. The harness never stops it.
-//! - otherwise the harness starts one per test process with
-//!   `hack/control-plane.sh up --watch-pid <this process>`: the launcher's watchdog stops
-//!   etcd and kube-apiserver as soon as the test process exits, however it exits
-//!   (success, failed test, panic, SIGINT, SIGKILL).
+//! - otherwise the harness starts one per test process, as `hack/test.sh` does: it builds
+//!   the plugin and operator binaries ([`process::build_workspace_bins`], once per
+//!   process), makes a plugin state folder with `kubekms-plugin init`, and runs
+//!   `hack/control-plane.sh up --kms-socket <sock> --plugin-cmd 'kubekms-plugin serve ...'
+//!   --watch-pid <this process>`, so Secrets are encrypted by the kubekms KMS v2 plugin.
+//!   The launcher's watchdog stops the plugin, etcd and kube-apiserver as soon as the test
+//!   process exits, however it exits (success, failed test, panic, SIGINT, SIGKILL).
 //!
 //! Each test runs in a namespace of its own (see [`in_namespace`]), deleted afterwards.
 
@@ -126,37 +129,33 @@ impl ControlPlane {
         })
     }
 
-    /// Starts a control plane in a new state folder with `hack/control-plane.sh up`,
-    /// watched by the launcher's watchdog so it stops when this process exits.
+    /// Starts a control plane in a new state folder whose Secrets are encrypted by the
+    /// kubekms plugin, as `hack/test.sh` starts its own: the plugin binary
+    /// (`KUBEKMS_PLUGIN_BIN`, or built now), `kubekms-plugin init` in `<state>/kubekms-plugin`,
+    /// `kubekms-plugin serve` on `<state>/kms.sock` started by `hack/control-plane.sh up`
+    /// before kube-apiserver. Watched by the launcher's watchdog, so everything stops when
+    /// this process exits.
     pub fn start_for_this_process() -> Result<Self> {
         let dir =
             std::env::temp_dir().join(format!("kubekms-e2e-{}", uuid::Uuid::new_v4().simple()));
-        let launcher = repo_root().join("hack/control-plane.sh");
         eprintln!(
-            "[e2e] {ENV_STATE} is not set: starting a control plane in {} (builds the Go tools on first use)",
+            "[e2e] {ENV_STATE} is not set: starting a control plane with the kubekms plugin in {} \
+             (builds the plugin, and the Go tools on first use)",
             dir.display()
         );
-        let out = Command::new(&launcher)
-            .arg("up")
-            .arg("--state-dir")
-            .arg(&dir)
-            .arg("--watch-pid")
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .with_context(|| format!("running {}", launcher.display()))?;
-        if !out.status.success() {
-            bail!(
-                "{} up failed ({}); its output:\n{}\nlogs of every process: {}",
-                launcher.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                dir.join("logs").display()
-            );
-        }
-        Self::from_state_dir(&dir)
+        let plugin_bin = process::sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")
+            .context("the kubekms plugin encrypts the Secrets of the e2e control plane")?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let plugin_state = dir.join("kubekms-plugin");
+        process::init_plugin_state(&plugin_bin, &plugin_state)?;
+        let socket = dir.join("kms.sock");
+        let plugin_cmd = format!(
+            "exec {} serve --state-dir {} --socket {}",
+            process::sh_quote(&plugin_bin),
+            process::sh_quote(&plugin_state),
+            process::sh_quote(&socket)
+        );
+        Self::start_with_plugin(&dir, &socket, &plugin_cmd)
     }
 
     /// Log file of one process of this control plane (`etcd`, `kube-apiserver`, `kms-plugin`).
@@ -216,6 +215,13 @@ impl ControlPlane {
             }
             _ => {
                 let mut cmd = Command::new(self.tool("etcdctl"));
+                // etcdctl refuses a flag that an ETCDCTL_* variable also sets; a shell that
+                // ran `eval "$(hack/control-plane.sh env)"` exports ETCDCTL_ENDPOINTS.
+                for (name, _) in std::env::vars_os() {
+                    if name.to_string_lossy().starts_with("ETCDCTL_") {
+                        cmd.env_remove(name);
+                    }
+                }
                 cmd.arg("--endpoints").arg(&self.etcd_endpoint);
                 cmd
             }

@@ -6,6 +6,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
@@ -36,27 +37,144 @@ pub fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
-/// A binary of this workspace: `$env` when set, else next to the test binary's folder
-/// (where `cargo test --workspace` builds it).
-///
-/// # Errors
-/// When neither exists.
-pub fn sibling_bin(env: &str, name: &str) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
+/// The packages whose binaries the e2e tests run, built together by
+/// [`build_workspace_bins`] (one `cargo build`, so one feature resolution, the same as
+/// `hack/test.sh` and `hack/local-up.sh` use).
+pub const WORKSPACE_BIN_PACKAGES: &[&str] = &["kubekms-plugin", "kubekms-operator"];
+
+/// Where cargo put this test binary: `<target>[/<triple>]/<profile>/deps/<exe>`.
+struct BuildLayout {
+    target_dir: PathBuf,
+    triple: Option<String>,
+    profile: String,
+    bin_dir: PathBuf,
+}
+
+fn build_layout() -> Result<BuildLayout> {
     let exe = std::env::current_exe()?;
-    let guess = exe
+    let bin_dir = exe
         .parent()
         .and_then(Path::parent)
-        .map(|d| d.join(name))
-        .ok_or_else(|| anyhow!("no folder above {}", exe.display()))?;
-    ensure!(
-        guess.is_file(),
-        "{} not found: build it with `cargo build --workspace --bins` or set {env}",
-        guess.display()
+        .ok_or_else(|| anyhow!("no profile folder above {}", exe.display()))?
+        .to_path_buf();
+    let profile = bin_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("odd profile folder {}", bin_dir.display()))?
+        .to_owned();
+    let above = bin_dir
+        .parent()
+        .ok_or_else(|| anyhow!("no target folder above {}", bin_dir.display()))?;
+    // cargo marks the root of a target folder with CACHEDIR.TAG; one level more means
+    // `--target <triple>`.
+    let (target_dir, triple) = match above.parent() {
+        Some(root)
+            if !above.join("CACHEDIR.TAG").exists() && root.join("CACHEDIR.TAG").exists() =>
+        {
+            (
+                root.to_path_buf(),
+                above
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_owned),
+            )
+        }
+        _ => (above.to_path_buf(), None),
+    };
+    Ok(BuildLayout {
+        target_dir,
+        triple,
+        profile,
+        bin_dir,
+    })
+}
+
+static WORKSPACE_BINS: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+
+/// Builds (or brings up to date) the plugin and operator binaries with this test binary's
+/// profile, target and target folder, once per process, and returns the folder that holds
+/// them. `cargo test` builds neither binary for the e2e crate, so without this a test would
+/// run whatever an earlier build left there, or nothing.
+///
+/// # Errors
+/// When cargo cannot be run or the build fails: the message says how to build them by
+/// hand, or to name binaries with `KUBEKMS_PLUGIN_BIN` / `KUBEKMS_OPERATOR_BIN`.
+pub fn build_workspace_bins() -> Result<PathBuf> {
+    WORKSPACE_BINS
+        .get_or_init(|| run_workspace_build().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn run_workspace_build() -> Result<PathBuf> {
+    let layout = build_layout()?;
+    // Under `cargo test`, CARGO names the cargo that runs us.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(repo_root())
+        .args(["build", "--quiet", "--bins"]);
+    for package in WORKSPACE_BIN_PACKAGES {
+        cmd.args(["-p", package]);
+    }
+    cmd.arg("--target-dir").arg(&layout.target_dir);
+    if let Some(triple) = &layout.triple {
+        cmd.args(["--target", triple]);
+    }
+    match layout.profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let shown = format!("{cmd:?}");
+    let hint = format!(
+        "build them with `cargo build -p {}` (the profile and target folder of the tests), or \
+         name binaries with KUBEKMS_PLUGIN_BIN / KUBEKMS_OPERATOR_BIN",
+        WORKSPACE_BIN_PACKAGES.join(" -p ")
     );
-    Ok(guess)
+    let started = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {shown}; {hint}"))?;
+    ensure!(
+        out.status.success(),
+        "{shown} failed ({}):\n{}\n{hint}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "[e2e] {} up to date in {} ({:.1}s)",
+        WORKSPACE_BIN_PACKAGES.join(", "),
+        layout.bin_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(layout.bin_dir)
+}
+
+/// A binary of this workspace: `$env` when set (used as it is), else `name` from
+/// [`build_workspace_bins`], which builds it first (once per process) so a stale or
+/// missing binary is never run.
+///
+/// # Errors
+/// When `$env` names no file, or the build fails or does not produce `name`.
+pub fn sibling_bin(env: &str, name: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(p);
+        ensure!(path.is_file(), "{env}={} is not a file", path.display());
+        return Ok(path);
+    }
+    let path = build_workspace_bins()?.join(name);
+    ensure!(
+        path.is_file(),
+        "{} not found after building {}: is {name} one of their binaries? (or set {env})",
+        path.display(),
+        WORKSPACE_BIN_PACKAGES.join(", ")
+    );
+    Ok(path)
 }
 
 /// The built kube-apiserver/etcd/kubectl: those of the suite's control plane when one is
@@ -121,8 +239,9 @@ impl ControlPlane {
             .output()?;
         ensure!(
             out.status.success(),
-            "control-plane.sh up with the plugin ({plugin_cmd}) failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            "control-plane.sh up with the plugin ({plugin_cmd}) failed:\n{}\nlogs of every process: {}",
+            String::from_utf8_lossy(&out.stderr),
+            state_dir.join("logs").display()
         );
         Self::from_state_dir(state_dir)
     }
