@@ -6,7 +6,9 @@
 # Usage:
 #   hack/control-plane.sh up   [options]   start etcd (+ plugin) + kube-apiserver, wait for /readyz
 #   hack/control-plane.sh down [--state-dir DIR]   stop everything that `up` started there
-#   hack/control-plane.sh env  [--state-dir DIR]   print `export ...` lines for a shell
+#   hack/control-plane.sh env  [--state-dir DIR]   print `export ...` lines for a shell:
+#                         KUBECONFIG, ETCDCTL_ENDPOINTS and PATH (the built kubectl and
+#                         etcdctl) only; nothing that this script or the others read
 #   hack/control-plane.sh status [--state-dir DIR]   exit 0 only while etcd and kube-apiserver run
 #   hack/control-plane.sh start-process NAME [--state-dir DIR] -- CMD [ARG...]
 #                         start one more long-running process (an operator, a controller)
@@ -19,7 +21,10 @@
 #   --state-dir DIR       where certs, etcd data, logs and pids live (default: a new mktemp
 #                         folder; `down`/`env` then find it through .state/control-plane)
 #   --kms-socket PATH     (env KUBEKMS_KMS_SOCKET) encrypt Secrets with a KMS v2 provider
-#                         named "kubekms" at unix://PATH, identity as fallback for reads
+#                         named "kubekms" at unix://PATH, identity as fallback for reads.
+#                         Given through the environment without a plugin command, PATH must
+#                         already be a socket (else `up` fails at once instead of waiting
+#                         for an API server that cannot become ready)
 #   --plugin-cmd CMD      (env KUBEKMS_PLUGIN_CMD) a long-running command started after etcd
 #                         and before kube-apiserver (the KMS plugin must be up first); its
 #                         log is logs/kms-plugin.log and `down` stops it. With --kms-socket,
@@ -35,8 +40,14 @@
 #   --tools-bin DIR       use binaries from DIR instead of running hack/tools/build.sh
 #
 # Everything lives in the state folder: pki/, etcd-data/, logs/<process>.log, pids/,
-# kubeconfig, encryption-config.yaml, and env (KEY=VALUE lines read by the e2e harness).
+# kubeconfig, encryption-config.yaml, and env (KEY=VALUE lines read by the e2e harness and
+# hack/local-up.sh; the `env` command prints the part a shell needs).
 set -euo pipefail
+
+# etcdctl refuses a flag that an environment variable also sets, and this script passes
+# --endpoints: an ETCDCTL_ENDPOINTS exported by `eval "$(hack/control-plane.sh env)"` (for
+# the user's own etcdctl calls) would make every health check of a new etcd fail.
+unset "${!ETCDCTL_@}"
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${HACK_DIR}/.." && pwd)"
@@ -45,7 +56,8 @@ POINTER="${REPO_ROOT}/.state/control-plane"
 log() { echo "[control-plane] $*" >&2; }
 die() { echo "[control-plane] error: $*" >&2; exit 1; }
 
-usage() { sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+# The header comment, up to the first line that is not a comment.
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }
 
 # ---------------------------------------------------------------- helpers
 
@@ -241,13 +253,13 @@ do_down() {
   fi
 }
 
+# Only what a user's shell needs. The env file also holds KUBEKMS_KMS_SOCKET and the
+# like, which the scripts read as settings: exported into a shell, they would outlive
+# this control plane and send the next `hack/test.sh` or `hack/local-up.sh` of that shell
+# to a dead socket.
 do_env() {
   [[ -f "${STATE}/env" ]] || die "${STATE} has no env file; was the control plane started there?"
-  local k v
-  while IFS='=' read -r k v; do
-    [[ -n "${k}" ]] || continue
-    printf 'export %s=%q\n' "${k}" "${v}"
-  done <"${STATE}/env"
+  printf 'export KUBECONFIG=%q\n' "$(sed -n 's/^KUBECONFIG=//p' "${STATE}/env")"
   printf 'export ETCDCTL_ENDPOINTS=%q\n' "$(sed -n 's/^KUBEKMS_ETCD_ENDPOINT=//p' "${STATE}/env")"
   # shellcheck disable=SC2016 # ${PATH} is for the shell that evals this
   printf 'export PATH=%q:"${PATH}"\n' "$(sed -n 's/^KUBEKMS_TOOLS_BIN=//p' "${STATE}/env")"
@@ -376,6 +388,9 @@ YAML
 }
 
 do_up() {
+  if ${KMS_SOCKET_FROM_ENV} && [[ -z "${PLUGIN_CMD}" && ! -S "${KMS_SOCKET}" ]]; then
+    die "KUBEKMS_KMS_SOCKET=${KMS_SOCKET} is set, KUBEKMS_PLUGIN_CMD is not, and nothing serves that socket: kube-apiserver could never become ready. Start the plugin that serves it first, or unset KUBEKMS_KMS_SOCKET (left over from an older 'eval \"\$($0 env)\"'?)"
+  fi
   if [[ -z "${TOOLS_BIN}" ]]; then
     TOOLS_BIN="$("${HACK_DIR}/tools/build.sh" --print-dir)"
   fi
@@ -504,8 +519,12 @@ cmd="${1:-}"
 }
 shift
 
-STATE="${KUBEKMS_STATE_DIR:-}"
+# The state folder comes from --state-dir or .state/control-plane only: a KUBEKMS_STATE_DIR
+# left in a shell (older versions of `env` exported it) must not pick a dead folder.
+STATE=""
 KMS_SOCKET="${KUBEKMS_KMS_SOCKET:-}"
+KMS_SOCKET_FROM_ENV=false
+[[ -z "${KMS_SOCKET}" ]] || KMS_SOCKET_FROM_ENV=true
 PLUGIN_CMD="${KUBEKMS_PLUGIN_CMD:-}"
 ETCD_PORT="" ETCD_PEER_PORT="" APISERVER_PORT="" WATCH_PID="" TOOLS_BIN=""
 TIMEOUT="${KUBEKMS_CONTROL_PLANE_TIMEOUT:-90}"
@@ -519,7 +538,7 @@ fi
 while (($#)); do
   case "$1" in
     --state-dir) STATE="${2:?--state-dir needs a value}"; shift 2 ;;
-    --kms-socket) KMS_SOCKET="${2:?--kms-socket needs a value}"; shift 2 ;;
+    --kms-socket) KMS_SOCKET="${2:?--kms-socket needs a value}"; KMS_SOCKET_FROM_ENV=false; shift 2 ;;
     --plugin-cmd) PLUGIN_CMD="${2:?--plugin-cmd needs a value}"; shift 2 ;;
     --etcd-port) ETCD_PORT="${2:?}"; shift 2 ;;
     --etcd-peer-port) ETCD_PEER_PORT="${2:?}"; shift 2 ;;

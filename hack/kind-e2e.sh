@@ -13,6 +13,7 @@
 #   KUBEKMS_PLUGIN_CMD='some-plugin --listen {socket}'  another plugin instead ({socket}
 #                        is replaced by the host path of the socket)
 #   KUBEKMS_KIND_NO_KMS=1  no plugin: Secrets stay unencrypted, the KMS test is skipped
+#                        (by name: it fails on a control plane without a KMS provider)
 #   KUBEKMS_KIND_IMAGE   node image (default kindest/node:v1.35.0)
 #   --keep               leave the cluster (and plugin) running afterwards
 set -euo pipefail
@@ -88,4 +89,8 @@ server_version="$("${kubectl[@]}" version -o json | sed -n 's/.*"gitVersion": *"
   if [[ -n "${plugin_pid}" ]]; then echo "KUBEKMS_KMS_SOCKET=${socket}"; fi
 } >"${work}/env"
 
-KUBEKMS_E2E_STATE="${work}" cargo test -p kubekms-e2e
+skip=()
+if [[ -n "${KUBEKMS_KIND_NO_KMS:-}" ]]; then
+  skip=(-- --skip secrets_are_encrypted_by_the_kubekms_plugin)
+fi
+KUBEKMS_E2E_STATE="${work}" cargo test -p kubekms-e2e "${skip[@]}"

@@ -30,18 +30,20 @@
 #                            another KMS plugin instead (see hack/control-plane.sh --help):
 #                            no hand-over then, but the operator and samples still run
 #                            (with a root key of their own in $KUBEKMS_LOCAL_STATE/kubekms-operator).
+#                            KUBEKMS_KMS_SOCKET alone must name a socket that a plugin
+#                            serves already; the script stops at once if nothing does.
 #   KUBEKMS_LOCAL_UP_TIMEOUT seconds to wait for each KubeKMS object (default 120).
 # Extra arguments go to `hack/control-plane.sh up` (e.g. --watch-pid PID, --tools-bin DIR).
 set -euo pipefail
+
+# This script's etcdctl and kubectl talk to the control plane it starts or reuses (the env
+# of that one is sourced below), not to what a user's shell exported for another one.
+unset "${!ETCDCTL_@}" KUBECONFIG
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${REPO_ROOT}"
 log() { echo "[local-up] $*" >&2; }
 die() { echo "[local-up] error: $*" >&2; exit 1; }
-
-# A folder named by the caller's shell (eval of `control-plane.sh env`) must not become
-# the folder of the control plane started here.
-unset KUBEKMS_STATE_DIR
 
 KEY_NS=kubekms-system
 KEY_NAME=apiserver-key
@@ -68,9 +70,11 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "${target_dir}" == /* ]] || target_dir="${REPO_ROOT}/${target_dir}"
 plugin_bin="${KUBEKMS_PLUGIN_BIN:-${target_dir}/debug/kubekms-plugin}"
 operator_bin="${KUBEKMS_OPERATOR_BIN:-${target_dir}/debug/kubekms-operator}"
+# Both packages in one build, as hack/test.sh and the e2e harness build them (one feature
+# resolution, so the three never rebuild each other's binaries).
 build=()
-[[ -n "${KUBEKMS_PLUGIN_BIN:-}" ]] || build+=(-p kubekms-plugin --bin kubekms-plugin)
-[[ -n "${KUBEKMS_OPERATOR_BIN:-}" ]] || build+=(-p kubekms-operator --bin kubekms-operator)
+[[ -n "${KUBEKMS_PLUGIN_BIN:-}" ]] || build+=(-p kubekms-plugin)
+[[ -n "${KUBEKMS_OPERATOR_BIN:-}" ]] || build+=(-p kubekms-operator)
 if ((${#build[@]})); then
   log "building the kubekms plugin and operator (cargo build ${build[*]})"
   cargo build --quiet "${build[@]}"
@@ -95,6 +99,9 @@ if [[ -L "${record}" ]] && cp_running "$(readlink -f "${record}")"; then
   log "the control plane of the last run is still running (${state}); reusing it"
 else
   cp_args=()
+  if [[ -n "${KUBEKMS_KMS_SOCKET:-}" && -z "${KUBEKMS_PLUGIN_CMD:-}" && ! -S "${KUBEKMS_KMS_SOCKET}" ]]; then
+    die "KUBEKMS_KMS_SOCKET=${KUBEKMS_KMS_SOCKET} is set, KUBEKMS_PLUGIN_CMD is not, and nothing serves that socket. Unset KUBEKMS_KMS_SOCKET to use the kubekms plugin (it may be left over from an older 'eval \"\$(hack/control-plane.sh env)\"'), or start your plugin first"
+  fi
   if [[ -z "${KUBEKMS_PLUGIN_CMD:-}" && -z "${KUBEKMS_KMS_SOCKET:-}" ]]; then
     if "${plugin_bin}" status --socket "${plugin_socket}" >/dev/null 2>&1; then
       die "a plugin already serves ${plugin_socket}, for a control plane this script does not know; stop it first (hack/control-plane.sh down [--state-dir DIR])"
@@ -120,13 +127,18 @@ else
   ln -sfn "${state}" "${record}"
 fi
 
+# KUBECONFIG, ETCDCTL_ENDPOINTS and PATH for the kubectl and etcdctl calls below.
 # shellcheck disable=SC1090
 source <(hack/control-plane.sh env --state-dir "${state}")
-export KUBEKMS_STATE_DIR="${state}" # for the control-plane.sh calls below
+# What the control plane was started with (when reused, not what this shell says).
+cp_setting() { sed -n "s/^$1=//p" "${state}/env"; }
+apiserver_url="$(cp_setting KUBEKMS_APISERVER_URL)"
+etcd_endpoint="$(cp_setting KUBEKMS_ETCD_ENDPOINT)"
+kms_socket="$(cp_setting KUBEKMS_KMS_SOCKET)"
 
 # Our own plugin in follow mode: hand the bootstrap key over to the operator.
 handover=false
-if [[ "${KUBEKMS_KMS_SOCKET:-}" == "${plugin_socket}" ]]; then
+if [[ "${kms_socket}" == "${plugin_socket}" ]]; then
   handover=true
 fi
 
@@ -187,7 +199,7 @@ if [[ -f deploy/admission/kmskey-protection.yaml ]]; then
 fi
 
 operator_pid_file="${state}/pids/kubekms-operator.pid"
-if hack/control-plane.sh status | grep -q '^kubekms-operator: running'; then
+if hack/control-plane.sh status --state-dir "${state}" | grep -q '^kubekms-operator: running'; then
   log "the operator is running already (pid $(cut -d' ' -f1 "${operator_pid_file}"))"
 else
   metrics_port=""
@@ -199,7 +211,7 @@ else
     fi
   done
   [[ -n "${metrics_port}" ]] || die "found no free loopback port for the operator's /metrics"
-  hack/control-plane.sh start-process kubekms-operator -- "${operator_bin}" "${root_key_args[@]}" \
+  hack/control-plane.sh start-process kubekms-operator --state-dir "${state}" -- "${operator_bin}" "${root_key_args[@]}" \
     --lease-namespace "${KEY_NS}" --metrics-addr "127.0.0.1:${metrics_port}" --log-format text
 fi
 # The address of /metrics, from the running operator's command line.
@@ -218,10 +230,10 @@ wait_obj condition=Ready "${DEMO_NS}" kmsalias/app kmsgrant/app
 
 # ---------------------------------------------------------------- the demo Secret
 
-kms_note="Secrets are encrypted by the KMS v2 plugin on ${KUBEKMS_KMS_SOCKET:-?}: etcd shows 'k8s:enc:kms:v2:kubekms:', then kube-apiserver's EncryptedObject (the plugin's key_id in clear, no plaintext)."
+kms_note="Secrets are encrypted by the KMS v2 plugin on ${kms_socket:-?}: etcd shows 'k8s:enc:kms:v2:kubekms:', then kube-apiserver's EncryptedObject (the plugin's key_id in clear, no plaintext)."
 demo_note=""
 key_note=""
-if [[ -n "${KUBEKMS_KMS_SOCKET:-}" ]]; then
+if [[ -n "${kms_socket}" ]]; then
   kubectl create secret generic kubekms-demo --from-literal=password=s3cr3t >/dev/null 2>&1 || true
   stored_file="$(mktemp)"
   etcdctl get /registry/secrets/default/kubekms-demo --print-value-only >"${stored_file}"
@@ -290,8 +302,8 @@ if ${reused}; then reuse_note=", reusing the control plane that was running"; fi
 cat <<MSG
 
 KubeKMS is up${reuse_note} (state, certificates and logs in ${state}).
-  kube-apiserver   ${KUBEKMS_APISERVER_URL}   log: ${state}/logs/kube-apiserver.log
-  etcd             ${KUBEKMS_ETCD_ENDPOINT}   log: ${state}/logs/etcd.log
+  kube-apiserver   ${apiserver_url}   log: ${state}/logs/kube-apiserver.log
+  etcd             ${etcd_endpoint}   log: ${state}/logs/etcd.log
   kubekms-operator /metrics on ${operator_metrics:-?}   log: ${operator_log}
 ${plugin_note}${demo_note}
 Use it from your shell:

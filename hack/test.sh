@@ -8,21 +8,37 @@
 #   3. a real control plane (hack/control-plane.sh up) for the e2e tests, stopped by a
 #      trap on exit, Ctrl-C or TERM, and by the launcher's watchdog if this script is
 #      killed outright
-#   4. cargo test --workspace with KUBEKMS_E2E_STATE naming that control plane
+#   4. cargo test --workspace with KUBEKMS_E2E_STATE naming that control plane, then the
+#      Wycheproof vector counts of kms-core
+#
+# Extra arguments replace `--workspace`: they go to `cargo test` and choose what runs,
+# e.g. `hack/test.sh -p kubekms-e2e`, `hack/test.sh -p kubekms-e2e --test e2e`,
+# `hack/test.sh -p kubekms-core -- wycheproof`. Steps 1-3 run all the same (whole
+# workspace); the Wycheproof counts are printed only by a run without arguments.
 #
 # The shared control plane encrypts Secrets with the kubekms KMS v2 plugin (built here,
 # its state folder made by `kubekms-plugin init` inside the control plane's state folder);
-# KUBEKMS_KMS_SOCKET / KUBEKMS_PLUGIN_CMD, when set, replace it with another plugin. The
-# plugin's own e2e tests (e2e/tests/plugin.rs) start private control planes, since they
-# restart kube-apiserver and the plugin. Extra arguments go to `cargo test` (e.g.
-# hack/test.sh -p kubekms-e2e).
+# KUBEKMS_KMS_SOCKET / KUBEKMS_PLUGIN_CMD, when set, replace it with another plugin
+# (KUBEKMS_KMS_SOCKET alone must name a socket a plugin serves already). The plugin's own
+# e2e tests (e2e/tests/plugin.rs) start private control planes, since they restart
+# kube-apiserver and the plugin.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${REPO_ROOT}"
 
 log() { echo "[test] $*" >&2; }
+die() { echo "[test] error: $*" >&2; exit 1; }
 start=${SECONDS}
+
+if (($#)); then
+  test_selection=("$@")
+else
+  test_selection=(--workspace)
+fi
+if [[ -n "${KUBEKMS_KMS_SOCKET:-}" && -z "${KUBEKMS_PLUGIN_CMD:-}" && ! -S "${KUBEKMS_KMS_SOCKET}" ]]; then
+  die "KUBEKMS_KMS_SOCKET=${KUBEKMS_KMS_SOCKET} is set, KUBEKMS_PLUGIN_CMD is not, and nothing serves that socket. Unset KUBEKMS_KMS_SOCKET to test with the kubekms plugin (it may be left over from an older 'eval \"\$(hack/control-plane.sh env)\"'), or start your plugin first"
+fi
 
 hack/install-deps.sh
 TOOLS_BIN="$(hack/tools/build.sh --print-dir)"
@@ -37,10 +53,11 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 log "dependency audit (offline RustSec database)"
 hack/audit.sh
-log "building the tests"
-cargo test --workspace --no-run "$@"
-log "building the kubekms plugin"
-cargo build -p kubekms-plugin --bin kubekms-plugin
+log "building the tests (cargo test ${test_selection[*]})"
+cargo test --no-run "${test_selection[@]}"
+# Both packages in one build, as hack/local-up.sh and the e2e harness build them.
+log "building the kubekms plugin and operator"
+cargo build -p kubekms-plugin -p kubekms-operator
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "${target_dir}" == /* ]] || target_dir="${REPO_ROOT}/${target_dir}"
 export KUBEKMS_PLUGIN_BIN="${target_dir}/debug/kubekms-plugin"
@@ -68,8 +85,12 @@ if [[ -z "${KUBEKMS_PLUGIN_CMD:-}" && -z "${KUBEKMS_KMS_SOCKET:-}" ]]; then
 fi
 hack/control-plane.sh up --state-dir "${state}" --tools-bin "${TOOLS_BIN}" --watch-pid "$$" "${plugin_args[@]}" >/dev/null
 
-log "cargo test --workspace (e2e against ${state})"
-KUBEKMS_E2E_STATE="${state}" cargo test --workspace "$@"
-log "Wycheproof vector counts"
-cargo test -q -p kubekms-core --test wycheproof -- --show-output 2>&1 | grep -E '^wycheproof '
-log "all tests passed in $((SECONDS - start))s"
+log "cargo test ${test_selection[*]} (e2e against ${state})"
+KUBEKMS_E2E_STATE="${state}" cargo test "${test_selection[@]}"
+if (($#)); then
+  log "selected tests passed in $((SECONDS - start))s (Wycheproof counts: run without arguments)"
+else
+  log "Wycheproof vector counts"
+  cargo test -q -p kubekms-core --test wycheproof -- --show-output 2>&1 | grep -E '^wycheproof '
+  log "all tests passed in $((SECONDS - start))s"
+fi

@@ -7,11 +7,13 @@
 //! Checked: it exits 0; the demo Secret is stored as a KMS v2 envelope without plaintext,
 //! under a key_id of the operator-managed KmsKey `kubekms-system/apiserver-key`; the
 //! sample KmsKey is Enabled and its alias and grant Ready; the plugin runs in follow mode
-//! and the operator runs with the plugin's root key; a second run reuses everything; and
-//! `hack/control-plane.sh down` leaves no process behind.
+//! and the operator runs with the plugin's root key; a second run reuses everything;
+//! `hack/control-plane.sh down` leaves no process behind; and in a shell that ran the
+//! README's `eval "$(hack/control-plane.sh env)"` before that `down`, local-up starts
+//! KubeKMS again (what `env` exports must not steer the scripts to the stopped one).
 //!
-//! Binaries: `KUBEKMS_PLUGIN_BIN` / `KUBEKMS_OPERATOR_BIN`, or next to the test binary's
-//! folder (built by `cargo test --workspace`).
+//! Binaries: `KUBEKMS_PLUGIN_BIN` / `KUBEKMS_OPERATOR_BIN`, or built by the harness
+//! (`kubekms_e2e::process::build_workspace_bins`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -88,8 +90,25 @@ impl Drop for LocalState {
 
 /// Runs `hack/local-up.sh` the way the README says, pointed at `base`.
 fn local_up(base: &Path, plugin: &Path, operator: &Path, tools: &Path) -> Result<Output> {
+    local_up_in_shell(base, plugin, operator, tools, "")
+}
+
+/// [`local_up`] in a bash that first evaluates `shell_setup` (e.g. the output of
+/// `hack/control-plane.sh env`), as a user's shell would have.
+fn local_up_in_shell(
+    base: &Path,
+    plugin: &Path,
+    operator: &Path,
+    tools: &Path,
+    shell_setup: &str,
+) -> Result<Output> {
     let started = Instant::now();
-    let out = Command::new(repo_root().join("hack/local-up.sh"))
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"eval "$1"; shift; exec "$@""#)
+        .arg("local-up-shell")
+        .arg(shell_setup)
+        .arg(repo_root().join("hack/local-up.sh"))
         .arg("--watch-pid")
         .arg(std::process::id().to_string())
         .arg("--tools-bin")
@@ -322,6 +341,29 @@ fn local_up_runs_kubekms_with_an_operator_managed_key() -> Result<()> {
     );
     phase(t0, "second run reused the control plane, nothing restarted");
 
+    // What the README's `eval "$(hack/control-plane.sh env)"` puts in a user's shell: only
+    // what the user needs, none of the settings the scripts read.
+    let env = Command::new(repo_root().join("hack/control-plane.sh"))
+        .arg("env")
+        .arg("--state-dir")
+        .arg(&state)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        env.status.success(),
+        "control-plane.sh env: {}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+    let shell_env = String::from_utf8(env.stdout)?;
+    let exported: Vec<&str> = shell_env
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('=').map(|(k, _)| k))
+        .collect();
+    ensure!(
+        exported == ["KUBECONFIG", "ETCDCTL_ENDPOINTS", "PATH"],
+        "control-plane.sh env exports {exported:?}:\n{shell_env}"
+    );
+
     // `down` stops every process, the operator included.
     let down = Command::new(repo_root().join("hack/control-plane.sh"))
         .arg("down")
@@ -352,5 +394,33 @@ fn local_up_runs_kubekms_with_an_operator_managed_key() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     phase(t0, "hack/control-plane.sh down: no process left");
+
+    // The same shell runs local-up again after that `down`: a cold start of a new control
+    // plane, whatever the shell still says about the stopped one (its etcd endpoint and
+    // kubeconfig).
+    let restarted = local_up_in_shell(&local.base, &plugin, &operator, &tools, &shell_env)?;
+    ensure!(
+        String::from_utf8_lossy(&restarted.stdout).contains("KubeKMS is up"),
+        "local-up after down printed no summary:\n{}",
+        String::from_utf8_lossy(&restarted.stdout)
+    );
+    let new_state = local
+        .control_plane_dir()
+        .ok_or_else(|| anyhow!("local-up recorded no control plane in {RECORD}"))?;
+    ensure!(
+        new_state != state,
+        "local-up after down reused the stopped control plane {}",
+        state.display()
+    );
+    let cp = ControlPlane::from_state_dir(&new_state)?;
+    let restored = stored_key_id(&cp, "default", "kubekms-demo", "s3cr3t")?;
+    ensure!(
+        restored.starts_with(&format!("{key_id}/v")),
+        "after the restart the demo Secret is stored under {restored}, not under {key_id}"
+    );
+    phase(
+        t0,
+        "local-up in the shell that evaluated `control-plane.sh env` before `down`: up again",
+    );
     Ok(())
 }
