@@ -37,7 +37,10 @@ async fn encrypt_decrypt_with_context_and_without_key_id() {
         .send()
         .await
         .expect("decrypt without KeyId: the blob names its key");
-    assert_eq!(decrypted.plaintext().expect("plaintext").as_ref(), plaintext.as_slice());
+    assert_eq!(
+        decrypted.plaintext().expect("plaintext").as_ref(),
+        plaintext.as_slice()
+    );
     assert_eq!(decrypted.key_id(), Some(h.keys.symmetric.arn_text()));
 
     let wrong_context = kms
@@ -47,7 +50,10 @@ async fn encrypt_decrypt_with_context_and_without_key_id() {
         .send()
         .await
         .expect_err("context is bound");
-    assert_eq!(wrong_context.into_service_error().meta().code(), Some("InvalidCiphertextException"));
+    assert_eq!(
+        wrong_context.into_service_error().meta().code(),
+        Some("InvalidCiphertextException")
+    );
 
     let wrong_key = kms
         .decrypt()
@@ -57,7 +63,10 @@ async fn encrypt_decrypt_with_context_and_without_key_id() {
         .send()
         .await
         .expect_err("another key named");
-    assert_eq!(wrong_key.into_service_error().meta().code(), Some("IncorrectKeyException"));
+    assert_eq!(
+        wrong_key.into_service_error().meta().code(),
+        Some("IncorrectKeyException")
+    );
     h.stop().await;
 }
 
@@ -80,7 +89,10 @@ async fn data_keys_random_and_re_encrypt() {
         .send()
         .await
         .expect("decrypt data key");
-    assert_eq!(decrypted.plaintext().expect("plaintext").as_ref(), plaintext.as_slice());
+    assert_eq!(
+        decrypted.plaintext().expect("plaintext").as_ref(),
+        plaintext.as_slice()
+    );
 
     let without = kms
         .generate_data_key_without_plaintext()
@@ -93,12 +105,17 @@ async fn data_keys_random_and_re_encrypt() {
         .re_encrypt()
         .ciphertext_blob(without.ciphertext_blob().expect("blob").clone())
         .destination_key_id(h.keys.rsa_encrypt.arn_text())
-        .destination_encryption_algorithm(aws_sdk_kms::types::EncryptionAlgorithmSpec::RsaesOaepSha256)
+        .destination_encryption_algorithm(
+            aws_sdk_kms::types::EncryptionAlgorithmSpec::RsaesOaepSha256,
+        )
         .send()
         .await
         .expect("re-encrypt to RSA");
     assert_eq!(reencrypted.key_id(), Some(h.keys.rsa_encrypt.arn_text()));
-    assert_eq!(reencrypted.source_key_id(), Some(h.keys.symmetric.arn_text()));
+    assert_eq!(
+        reencrypted.source_key_id(),
+        Some(h.keys.symmetric.arn_text())
+    );
     let back = kms
         .decrypt()
         .key_id(h.keys.rsa_encrypt.arn_text())
@@ -109,7 +126,12 @@ async fn data_keys_random_and_re_encrypt() {
         .expect("RSA decrypt");
     assert_eq!(back.plaintext().expect("plaintext").as_ref().len(), 16);
 
-    let random = kms.generate_random().number_of_bytes(64).send().await.expect("random");
+    let random = kms
+        .generate_random()
+        .number_of_bytes(64)
+        .send()
+        .await
+        .expect("random");
     assert_eq!(random.plaintext().expect("bytes").as_ref().len(), 64);
 
     let pair = kms
@@ -164,9 +186,17 @@ async fn sign_verify_and_mac() {
             .send()
             .await
             .expect_err("tampered signature");
-        assert_eq!(error.into_service_error().meta().code(), Some("KMSInvalidSignatureException"));
+        assert_eq!(
+            error.into_service_error().meta().code(),
+            Some("KMSInvalidSignatureException")
+        );
     }
-    let public = kms.get_public_key().key_id(h.keys.ecc_sign.arn_text()).send().await.expect("public key");
+    let public = kms
+        .get_public_key()
+        .key_id(h.keys.ecc_sign.arn_text())
+        .send()
+        .await
+        .expect("public key");
     assert_eq!(public.key_spec(), Some(&KeySpec::EccNistP256));
 
     let mac = kms
@@ -194,10 +224,18 @@ async fn sign_verify_and_mac() {
 async fn describe_list_and_errors_as_the_sdk_sees_them() {
     let h = start().await;
     let kms = h.app_client();
-    let described = kms.describe_key().key_id("alias/app").send().await.expect("describe");
+    let described = kms
+        .describe_key()
+        .key_id("alias/app")
+        .send()
+        .await
+        .expect("describe");
     let metadata = described.key_metadata().expect("metadata");
     assert_eq!(metadata.arn(), Some(h.keys.symmetric.arn_text()));
-    assert_eq!(metadata.key_id(), h.keys.symmetric.key().key_id().to_string());
+    assert_eq!(
+        metadata.key_id(),
+        h.keys.symmetric.key().key_id().to_string()
+    );
     assert!(metadata.enabled());
     assert!(metadata.creation_date().is_some());
 
@@ -213,19 +251,40 @@ async fn describe_list_and_errors_as_the_sdk_sees_them() {
         "another namespace's key is not listed"
     );
     let aliases = kms.list_aliases().send().await.expect("aliases");
-    let names: Vec<_> = aliases.aliases().iter().filter_map(|a| a.alias_name()).collect();
+    let names: Vec<_> = aliases
+        .aliases()
+        .iter()
+        .filter_map(|a| a.alias_name())
+        .collect();
     assert_eq!(names, ["alias/app"]);
-    let status = kms.get_key_rotation_status().key_id("alias/app").send().await.expect("rotation");
+    let status = kms
+        .get_key_rotation_status()
+        .key_id("alias/app")
+        .send()
+        .await
+        .expect("rotation");
     assert!(!status.key_rotation_enabled());
 
     let cases: Vec<(&str, String)> = vec![
         ("NotFoundException", "alias/missing".to_owned()),
-        ("NotFoundException", h.keys.foreign.key().key_id().to_string()),
+        (
+            "NotFoundException",
+            h.keys.foreign.key().key_id().to_string(),
+        ),
         ("NotFoundException", h.keys.foreign.arn_text().to_owned()),
         ("DisabledException", h.keys.disabled.arn_text().to_owned()),
-        ("UnsupportedOperationException", h.keys.served.arn_text().to_owned()),
-        ("UnsupportedOperationException", "alias/apiserver".to_owned()),
-        ("InvalidKeyUsageException", h.keys.hmac.arn_text().to_owned()),
+        (
+            "UnsupportedOperationException",
+            h.keys.served.arn_text().to_owned(),
+        ),
+        (
+            "UnsupportedOperationException",
+            "alias/apiserver".to_owned(),
+        ),
+        (
+            "InvalidKeyUsageException",
+            h.keys.hmac.arn_text().to_owned(),
+        ),
     ];
     for (expected, key_id) in cases {
         let error = kms
@@ -246,7 +305,10 @@ async fn describe_list_and_errors_as_the_sdk_sees_them() {
         .send()
         .await
         .expect_err("reserved prefix");
-    assert_eq!(reserved.into_service_error().meta().code(), Some("ValidationException"));
+    assert_eq!(
+        reserved.into_service_error().meta().code(),
+        Some("ValidationException")
+    );
 
     let dry_run = kms
         .encrypt()
@@ -256,14 +318,23 @@ async fn describe_list_and_errors_as_the_sdk_sees_them() {
         .send()
         .await
         .expect_err("dry run");
-    assert_eq!(dry_run.into_service_error().meta().code(), Some("DryRunOperationException"));
+    assert_eq!(
+        dry_run.into_service_error().meta().code(),
+        Some("DryRunOperationException")
+    );
 
     let bad_secret = h.kms_client(ACCESS_KEY, "not-the-secret-0123456789", None);
     let error = bad_secret.list_keys().send().await.expect_err("bad secret");
-    assert_eq!(error.into_service_error().meta().code(), Some("InvalidSignatureException"));
+    assert_eq!(
+        error.into_service_error().meta().code(),
+        Some("InvalidSignatureException")
+    );
     let unknown = h.kms_client("AKIAUNKNOWNKEY000000", SECRET_KEY, None);
     let error = unknown.list_keys().send().await.expect_err("unknown key");
-    assert_eq!(error.into_service_error().meta().code(), Some("UnrecognizedClientException"));
+    assert_eq!(
+        error.into_service_error().meta().code(),
+        Some("UnrecognizedClientException")
+    );
     h.stop().await;
 }
 
@@ -281,9 +352,15 @@ async fn access_denied_names_caller_and_verb_only() {
     let error = error.into_service_error();
     assert_eq!(error.meta().code(), Some("AccessDeniedException"));
     let message = error.meta().message().expect("message");
-    assert!(message.contains("system:serviceaccount:team-a:other"), "{message}");
+    assert!(
+        message.contains("system:serviceaccount:team-a:other"),
+        "{message}"
+    );
     assert!(message.contains("encrypt"), "{message}");
-    assert!(!message.contains("no rule or grant"), "the reason stays in the audit: {message}");
+    assert!(
+        !message.contains("no rule or grant"),
+        "the reason stays in the audit: {message}"
+    );
     let audit = h.stop().await;
     assert!(audit.contains("no rule or grant allows encrypt"), "{audit}");
 }

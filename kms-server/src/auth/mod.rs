@@ -184,3 +184,6 @@ impl Authenticator {
         Ok(credential)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -61,28 +61,94 @@ pub struct Harness {
 }
 
 fn key(spec: KeySpec, usage: KeyUsage) -> KmsKey {
-    KmsKey::generate(KeyId::generate().expect("id"), spec, usage, OffsetDateTime::now_utc()).expect("key")
+    KmsKey::generate(
+        KeyId::generate().expect("id"),
+        spec,
+        usage,
+        OffsetDateTime::now_utc(),
+    )
+    .expect("key")
 }
 
 pub fn new_directory() -> (Arc<MemoryDirectory>, Keys) {
     let directory = Arc::new(MemoryDirectory::new("aws", REGION));
-    let symmetric = directory.add_key(NAMESPACE, "app-key", key(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt), false);
-    let second = directory.add_key(NAMESPACE, "second-key", key(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt), false);
+    let symmetric = directory.add_key(
+        NAMESPACE,
+        "app-key",
+        key(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt),
+        false,
+    );
+    let second = directory.add_key(
+        NAMESPACE,
+        "second-key",
+        key(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt),
+        false,
+    );
     let mut disabled_key = key(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt);
     disabled_key.metadata.disable().expect("disable");
     let disabled = directory.add_key(NAMESPACE, "disabled-key", disabled_key, false);
-    let served = directory.add_key(NAMESPACE, "apiserver-key", key(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt), true);
-    let rsa_encrypt = directory.add_key(NAMESPACE, "rsa-encrypt", key(KeySpec::Rsa2048, KeyUsage::EncryptDecrypt), false);
-    let rsa_sign = directory.add_key(NAMESPACE, "rsa-sign", key(KeySpec::Rsa2048, KeyUsage::SignVerify), false);
-    let ecc_sign = directory.add_key(NAMESPACE, "ecc-sign", key(KeySpec::EccNistP256, KeyUsage::SignVerify), false);
-    let ecc_agree = directory.add_key(NAMESPACE, "ecc-agree", key(KeySpec::EccNistP256, KeyUsage::KeyAgreement), false);
-    let hmac = directory.add_key(NAMESPACE, "hmac", key(KeySpec::Hmac256, KeyUsage::GenerateVerifyMac), false);
-    let foreign = directory.add_key("team-b", "theirs", key(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt), false);
-    directory.add_alias(NAMESPACE, "alias/app", symmetric.key().key_id()).expect("alias");
-    directory.add_alias(NAMESPACE, "alias/apiserver", served.key().key_id()).expect("alias");
+    let served = directory.add_key(
+        NAMESPACE,
+        "apiserver-key",
+        key(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt),
+        true,
+    );
+    let rsa_encrypt = directory.add_key(
+        NAMESPACE,
+        "rsa-encrypt",
+        key(KeySpec::Rsa2048, KeyUsage::EncryptDecrypt),
+        false,
+    );
+    let rsa_sign = directory.add_key(
+        NAMESPACE,
+        "rsa-sign",
+        key(KeySpec::Rsa2048, KeyUsage::SignVerify),
+        false,
+    );
+    let ecc_sign = directory.add_key(
+        NAMESPACE,
+        "ecc-sign",
+        key(KeySpec::EccNistP256, KeyUsage::SignVerify),
+        false,
+    );
+    let ecc_agree = directory.add_key(
+        NAMESPACE,
+        "ecc-agree",
+        key(KeySpec::EccNistP256, KeyUsage::KeyAgreement),
+        false,
+    );
+    let hmac = directory.add_key(
+        NAMESPACE,
+        "hmac",
+        key(KeySpec::Hmac256, KeyUsage::GenerateVerifyMac),
+        false,
+    );
+    let foreign = directory.add_key(
+        "team-b",
+        "theirs",
+        key(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt),
+        false,
+    );
+    directory
+        .add_alias(NAMESPACE, "alias/app", symmetric.key().key_id())
+        .expect("alias");
+    directory
+        .add_alias(NAMESPACE, "alias/apiserver", served.key().key_id())
+        .expect("alias");
     (
         directory,
-        Keys { symmetric, second, disabled, served, rsa_encrypt, rsa_sign, ecc_sign, ecc_agree, hmac, foreign },
+        Keys {
+            symmetric,
+            second,
+            disabled,
+            served,
+            rsa_encrypt,
+            rsa_sign,
+            ecc_sign,
+            ecc_agree,
+            hmac,
+            foreign,
+        },
     )
 }
 
@@ -119,7 +185,11 @@ pub async fn start_with(options: Options) -> Harness {
     let credentials = options.credentials.unwrap_or_else(|| {
         Arc::new(StaticCredentials::from_yaml(&credentials_yaml()).expect("credentials"))
     });
-    let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), options.transport, REGION);
+    let mut config = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        options.transport,
+        REGION,
+    );
     config.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
     (options.configure)(&mut config);
     let dependencies = Dependencies {
@@ -187,7 +257,12 @@ impl Harness {
         self.audit.text()
     }
 
-    pub fn kms_client(&self, access_key: &str, secret: &str, token: Option<&str>) -> aws_sdk_kms::Client {
+    pub fn kms_client(
+        &self,
+        access_key: &str,
+        secret: &str,
+        token: Option<&str>,
+    ) -> aws_sdk_kms::Client {
         let credentials = aws_credential_types::Credentials::new(
             access_key,
             secret,
