@@ -223,9 +223,16 @@ pub struct MemoryAuthorizer {
     rules: RwLock<Vec<Rule>>,
     grants: RwLock<Vec<MemoryGrant>>,
     delay: RwLock<Option<Duration>>,
+    calls: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryAuthorizer {
+    /// How many decisions were asked for (tests wait on it as evidence a request arrived).
+    #[must_use]
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Denies everything until rules are added.
     #[must_use]
     pub fn new() -> Self {
@@ -274,6 +281,7 @@ impl MemoryAuthorizer {
 #[async_trait]
 impl Authorizer for MemoryAuthorizer {
     async fn authorize(&self, request: &AuthorizationRequest<'_>) -> Result<Allowed, Denied> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let delay = self.delay.read().ok().and_then(|d| *d);
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;

@@ -796,7 +796,7 @@ pub async fn serve(
 
 fn api_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", post(root))
+        .route("/", post(root).fallback(not_found))
         .fallback(not_found)
         .with_state(state)
 }

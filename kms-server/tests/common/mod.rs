@@ -283,3 +283,90 @@ impl Harness {
         self.kms_client(ACCESS_KEY, SECRET_KEY, None)
     }
 }
+
+/// A request signed by `aws-sigv4` (as the Rust SDK signs), for raw HTTP tests.
+pub fn signed_request(
+    endpoint: &str,
+    target: Option<&str>,
+    body: &[u8],
+    access_key: &str,
+    secret: &str,
+    token: Option<&str>,
+    at: OffsetDateTime,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    use aws_smithy_runtime_api::client::identity::Identity;
+    let uri: http::Uri = format!("{endpoint}/").parse().expect("uri");
+    let host = uri.authority().expect("authority").to_string();
+    let mut builder = http::Request::builder()
+        .method("POST")
+        .uri(uri.clone())
+        .header("host", host)
+        .header("content-type", "application/x-amz-json-1.1");
+    if let Some(target) = target {
+        builder = builder.header("x-amz-target", target);
+    }
+    let mut request = builder.body(body.to_vec()).expect("request");
+    let identity: Identity = aws_credential_types::Credentials::new(
+        access_key,
+        secret,
+        token.map(str::to_owned),
+        None,
+        "t",
+    )
+    .into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(REGION)
+        .name("kms")
+        .time(std::time::SystemTime::from(at))
+        .settings(SigningSettings::default())
+        .build()
+        .expect("params")
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        uri.to_string(),
+        request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().expect("ascii"))),
+        SignableBody::Bytes(body),
+    )
+    .expect("signable");
+    let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
+    instructions.apply_to_request_http1x(&mut request);
+    request.map(|b| http_body_util::Full::new(bytes::Bytes::from(b)))
+}
+
+/// Sends a request over HTTP/1.1 (or HTTP/2 with prior knowledge) and returns status,
+/// headers and body.
+pub async fn send(
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+    http2: bool,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    use http_body_util::BodyExt as _;
+    let mut builder =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+    if http2 {
+        builder.http2_only(true);
+    }
+    let client = builder.build_http();
+    let response = client.request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
+
+/// `__type` of a JSON error body.
+pub fn error_type(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).expect("json error body");
+    value["__type"].as_str().expect("__type").to_owned()
+}
