@@ -388,3 +388,86 @@ async fn no_secret_reaches_the_audit_or_the_logs() {
         }
     }
 }
+
+/// The SDK's own web-identity flow, driven by the environment as in a pod:
+/// `AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN`, `AWS_ENDPOINT_URL_STS`,
+/// `AWS_ENDPOINT_URL_KMS`. The environment of this process cannot be changed safely, so the
+/// test binary runs itself as a child with that environment.
+#[tokio::test]
+async fn sdk_web_identity_flow_from_the_environment() {
+    let h = start().await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let token = jwt(now + 3600);
+    h.reviewer
+        .add_service_account(&token, NAMESPACE, "web", "kubekms");
+    h.authorizer
+        .allow_all("system:serviceaccount:team-a:web", NAMESPACE);
+    let dir = tempfile::tempdir().expect("dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let endpoint = h.endpoint();
+    let output = tokio::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["--ignored", "--exact", "web_identity_child", "--nocapture"])
+        .env_clear()
+        .env("KUBEKMS_WEB_IDENTITY_CHILD", "1")
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+        .env("AWS_ROLE_ARN", "arn:aws:iam::111122223333:role/kubekms")
+        .env("AWS_ROLE_SESSION_NAME", "child")
+        .env("AWS_ENDPOINT_URL_STS", &endpoint)
+        .env("AWS_ENDPOINT_URL_KMS", &endpoint)
+        .env("AWS_REGION", REGION)
+        .env("AWS_CONFIG_FILE", dir.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .await
+        .expect("child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the child ran the flow: {stdout}"
+    );
+    let audit = h.stop().await;
+    assert!(
+        audit.contains("\"eventName\":\"AssumeRoleWithWebIdentity\""),
+        "{audit}"
+    );
+    assert!(
+        audit.contains("system:serviceaccount:team-a:web"),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "run by sdk_web_identity_flow_from_the_environment as a child process"]
+async fn web_identity_child() {
+    if std::env::var("KUBEKMS_WEB_IDENTITY_CHILD").is_err() {
+        return;
+    }
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let kms = aws_sdk_kms::Client::new(&config);
+    let encrypted = kms
+        .encrypt()
+        .key_id("alias/app")
+        .plaintext(Blob::new(b"web-identity".to_vec()))
+        .send()
+        .await
+        .expect("encrypt through the web-identity flow");
+    let decrypted = kms
+        .decrypt()
+        .ciphertext_blob(encrypted.ciphertext_blob().expect("blob").clone())
+        .send()
+        .await
+        .expect("decrypt");
+    assert_eq!(
+        decrypted.plaintext().expect("plaintext").as_ref(),
+        b"web-identity"
+    );
+}
