@@ -14,33 +14,82 @@ use kubekms_server::Transport;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, ServerName};
 
-fn make_certificate(dir: &Path) {
+fn openssl(args: &[&str], dir: &Path) {
     let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("tls.key"))
-        .arg("-out")
-        .arg(dir.join("tls.crt"))
+        .args(args)
+        .current_dir(dir)
         .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .status()
         .expect("openssl");
-    assert!(status.success(), "openssl req");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A CA (ca.crt) and a leaf for 127.0.0.1 signed by it (tls.crt, tls.key mode 0600).
+fn make_certificate(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=kubekms-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ];
+    ca.extend(ec);
+    openssl(&ca, dir);
+    let mut csr = vec![
+        "req",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    ];
+    csr.extend(ec);
+    openssl(&csr, dir);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "tls.crt",
+        ],
+        dir,
+    );
     std::fs::set_permissions(dir.join("tls.key"), std::fs::Permissions::from_mode(0o600))
         .expect("chmod");
+}
+
+fn ca(dir: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(dir.join("ca.crt")).expect("ca")
 }
 
 fn certificate(dir: &Path) -> CertificateDer<'static> {
@@ -106,6 +155,7 @@ async fn tls_with_alpn_and_reload_on_change() {
     let dir = tempfile::tempdir().expect("dir");
     make_certificate(dir.path());
     let first = certificate(dir.path());
+    let first_ca = ca(dir.path());
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     let h = start_with(Options {
         transport: Transport::Tls {
@@ -116,7 +166,7 @@ async fn tls_with_alpn_and_reload_on_change() {
         ..Options::default()
     })
     .await;
-    let (served, status) = call(&h, &first).await;
+    let (served, status) = call(&h, &first_ca).await;
     assert_eq!((served, status), (first.clone(), 200));
 
     let next = tempfile::tempdir().expect("dir");
@@ -124,6 +174,7 @@ async fn tls_with_alpn_and_reload_on_change() {
     std::fs::copy(next.path().join("tls.key"), dir.path().join("tls.key")).expect("key");
     std::fs::copy(next.path().join("tls.crt"), dir.path().join("tls.crt")).expect("cert");
     let second = certificate(dir.path());
+    let second_ca = ca(next.path());
     assert_ne!(first, second);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !h
@@ -138,7 +189,7 @@ async fn tls_with_alpn_and_reload_on_change() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (served, status) = call(&h, &second).await;
+    let (served, status) = call(&h, &second_ca).await;
     assert_eq!(
         (served, status),
         (second, 200),
