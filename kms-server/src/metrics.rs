@@ -7,6 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::protocol::operation::ApiOperation;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     service: &'static str,
@@ -40,6 +42,9 @@ pub struct ServerMetrics {
     latency: LatencyFamily,
     credential_reloads: Family<ResultLabels, Counter>,
     certificate_reloads: Family<ResultLabels, Counter>,
+    /// The series of successful KMS calls, one per operation, looked up once here so the
+    /// hot path touches no map and no label set.
+    kms_success: Vec<(Counter, Histogram)>,
 }
 
 impl Default for ServerMetrics {
@@ -77,13 +82,56 @@ impl ServerMetrics {
             "Reloads of the TLS certificate and key by result (changed, failed)",
             certificate_reloads.clone(),
         );
+        let kms_success = ApiOperation::ALL
+            .iter()
+            .map(|op| {
+                let counter = requests
+                    .get_or_create(&RequestLabels {
+                        service: "kms",
+                        operation: op.as_str(),
+                        outcome: "Success",
+                    })
+                    .clone();
+                let histogram = latency
+                    .get_or_create(&OperationLabels {
+                        service: "kms",
+                        operation: op.as_str(),
+                    })
+                    .clone();
+                (counter, histogram)
+            })
+            .collect();
         Self {
             registry,
             requests,
             latency,
             credential_reloads,
             certificate_reloads,
+            kms_success,
         }
+    }
+
+    /// Counts one KMS request.
+    pub fn observe_kms(
+        &self,
+        operation: Option<ApiOperation>,
+        outcome: &'static str,
+        seconds: f64,
+    ) {
+        if outcome == "Success"
+            && let Some((counter, histogram)) =
+                operation.and_then(|op| self.kms_success.get(op as usize))
+        {
+            counter.inc();
+            histogram.observe(seconds);
+            return;
+        }
+        self.observe(
+            "kms",
+            operation.map_or("Unknown", ApiOperation::as_str),
+            outcome,
+            seconds,
+        );
     }
 
     /// Counts one request.
@@ -128,5 +176,23 @@ impl ServerMetrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_series_are_the_family_series() {
+        let metrics = ServerMetrics::new();
+        metrics.observe_kms(Some(ApiOperation::Decrypt), "Success", 0.001);
+        metrics.observe_kms(Some(ApiOperation::Decrypt), "NotFoundException", 0.001);
+        metrics.observe_kms(None, "UnknownOperationException", 0.001);
+        let text = metrics.encode();
+        assert!(text.contains(r#"kubekms_server_requests_total{service="kms",operation="Decrypt",outcome="Success"} 1"#), "{text}");
+        assert!(text.contains(r#"kubekms_server_requests_total{service="kms",operation="Decrypt",outcome="NotFoundException"} 1"#));
+        assert!(text.contains(r#"operation="Unknown",outcome="UnknownOperationException"} 1"#));
+        assert!(text.contains(r#"kubekms_server_request_duration_seconds_count{service="kms",operation="Decrypt"} 2"#), "{text}");
     }
 }

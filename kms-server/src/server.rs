@@ -393,12 +393,9 @@ async fn handle_kms(
     let elapsed = started.elapsed();
     record.duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     state.audit.record(&record).await;
-    state.metrics.observe(
-        "kms",
-        operation.map_or("Unknown", ApiOperation::as_str),
-        outcome,
-        elapsed.as_secs_f64(),
-    );
+    state
+        .metrics
+        .observe_kms(operation, outcome, elapsed.as_secs_f64());
     reply(status, KMS_CONTENT_TYPE, request_id, Bytes::from(body))
 }
 

@@ -258,7 +258,7 @@ fn model_limits_in_aws_words() {
             Op::Encrypt,
             format!(
                 r#"{{"KeyId":"k","Plaintext":"eA==","GrantTokens":[{}]}}"#,
-                vec!["\"t\""; 11].join(",")
+                ["\"t\""; 11].join(",")
             ),
             "'grantTokens' failed to satisfy constraint: Member must have length less than or equal to 10",
         ),
