@@ -203,7 +203,7 @@ fn main() {
         connections,
         seconds,
     ));
-    let rate = |r: &Result| r.requests as f64 / r.seconds;
+    let rate = |r: &Result| r.requests as f64 / r.seconds.max(f64::MIN_POSITIVE);
     println!(
         "connections={connections} seconds={seconds} request_body={} floor_response={response_len}",
         body.len()
