@@ -765,3 +765,196 @@ pub fn plan_held(
         requeue: requeue_at(date, now),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use kubekms_k8s::names::RotationTypeName;
+
+    use super::*;
+
+    const NS: &str = "team-a";
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    fn spec(json: serde_json::Value) -> KmsKeySpec {
+        serde_json::from_value(json).expect("spec")
+    }
+
+    /// A record as the operator makes it at `t0`, version 1 with placeholder material.
+    fn record(spec: &KmsKeySpec) -> KmsKeyMaterialSpec {
+        let id = KeyId::single_from_random([7; 16]);
+        let (mut record, new) = new_record(spec, id, "root", t0()).expect("record");
+        record.versions = with_planned_versions(&record, &new).versions;
+        record
+    }
+
+    fn input<'a>(
+        spec: &'a KmsKeySpec,
+        record: &'a KmsKeyMaterialSpec,
+        previous: Option<&'a KmsKeyStatus>,
+        served: &'a [ServedBy],
+        now: OffsetDateTime,
+    ) -> Input<'a> {
+        static SCOPE: std::sync::LazyLock<ArnScope> = std::sync::LazyLock::new(ArnScope::default);
+        Input {
+            spec,
+            record,
+            previous: Previous {
+                status: previous,
+                generation: Some(1),
+            },
+            served,
+            now,
+            root: RootKey {
+                id: "root",
+                holds_record_root: true,
+            },
+            scope: &SCOPE,
+            namespace: NS,
+        }
+    }
+
+    fn pass(plan: Plan) -> Pass {
+        match plan {
+            Plan::Apply(pass) => *pass,
+            other => panic!("expected a normal pass, got {other:?}"),
+        }
+    }
+
+    fn reasons(notes: &[Note]) -> Vec<&str> {
+        notes.iter().map(|n| n.reason).collect()
+    }
+
+    #[test]
+    fn a_due_automatic_rotation_plans_one_version_and_restarts_the_schedule() {
+        let spec = spec(serde_json::json!({"rotation": {"automatic": true, "periodInDays": 90}}));
+        let record = record(&spec);
+        let now = t0() + Duration::days(400);
+        let pass = pass(plan(&input(&spec, &record, None, &[], now)));
+        assert_eq!(
+            pass.new_versions,
+            vec![NewVersion {
+                version: 2,
+                created: now,
+                rotation_type: Some(RotationType::Automatic)
+            }]
+        );
+        let written = pass.record.expect("the record changes");
+        assert_eq!(
+            written.versions.len(),
+            1,
+            "the material is the executor's to add"
+        );
+        assert_eq!(
+            written.next_rotation_time,
+            Some(format_time(now + Duration::days(90)))
+        );
+        assert_eq!(pass.status.current_version, Some(2));
+        assert_eq!(
+            pass.status.versions.last().and_then(|v| v.rotation_type),
+            Some(RotationTypeName::Automatic)
+        );
+        assert_eq!(reasons(&pass.notes), ["Rotated"]);
+        assert!(!pass.disable_in_spec && !pass.rewrite_secrets);
+    }
+
+    #[test]
+    fn a_served_key_is_not_disabled_and_its_record_not_written() {
+        let spec = spec(serde_json::json!({"enabled": false}));
+        let record = record(&spec);
+        let served = [ServedBy {
+            plugin: "cp-1".to_owned(),
+            served_key_id: None,
+            seeded_key_id: None,
+            live: true,
+        }];
+        let pass = pass(plan(&input(&spec, &record, None, &served, t0())));
+        assert_eq!(pass.status.key_state, Some(KeyStateName::Enabled));
+        assert!(pass.record.is_none());
+        assert_eq!(reasons(&pass.notes), ["ProtectionRefused"]);
+        let protected = pass
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == protection::CONDITION)
+            .map(|c| c.reason.as_str());
+        assert_eq!(protected, Some("DisableRefused"));
+    }
+
+    #[test]
+    fn another_keys_record_is_refused_and_a_passed_window_deletes_the_key() {
+        let spec = spec(serde_json::json!({"deletion": {"pendingWindowInDays": 7}}));
+        let mut record = record(&spec);
+        let previous = KmsKeyStatus {
+            key_id: Some("another-key".to_owned()),
+            ..KmsKeyStatus::default()
+        };
+        match plan(&input(&spec, &record, Some(&previous), &[], t0())) {
+            Plan::Refuse { status, notes } => {
+                assert_eq!(status.key_id.as_deref(), Some("another-key"));
+                assert_eq!(reasons(&notes), ["RecordMismatch"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        record.deletion_date = Some(format_time(t0() + Duration::days(7)));
+        assert!(matches!(
+            plan(&input(&spec, &record, None, &[], t0() + Duration::days(7))),
+            Plan::DeleteKey { .. }
+        ));
+    }
+
+    #[test]
+    fn a_deleted_key_is_held_while_served_then_scheduled_then_destroyed() {
+        let spec = spec(serde_json::json!({}));
+        let record = record(&spec);
+        let served = [ServedBy {
+            plugin: "cp-1".to_owned(),
+            served_key_id: None,
+            seeded_key_id: None,
+            live: false,
+        }];
+        let previous = Previous {
+            status: None,
+            generation: Some(1),
+        };
+        let scope = ArnScope::default();
+        let held = |record: Option<&KmsKeyMaterialSpec>, served: &[ServedBy], now| {
+            plan_held(&spec, record, previous, served, now, &scope, NS).expect("plan")
+        };
+        match held(Some(&record), &served, t0()) {
+            HeldPlan::Hold {
+                record, requeue, ..
+            } => {
+                assert!(record.is_none(), "no window starts while served");
+                assert_eq!(requeue, Action::requeue(PROTECTED_RECHECK));
+            }
+            other => panic!("{other:?}"),
+        }
+        let scheduled = match held(Some(&record), &[], t0()) {
+            HeldPlan::Hold {
+                record: Some(scheduled),
+                notes,
+                ..
+            } => {
+                assert_eq!(reasons(&notes), ["DeletionScheduled"]);
+                scheduled
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            scheduled.deletion_date,
+            Some(format_time(t0() + Duration::days(30)))
+        );
+        assert!(matches!(
+            held(Some(&scheduled), &[], t0() + Duration::days(29)),
+            HeldPlan::Hold { record: None, .. }
+        ));
+        assert!(matches!(
+            held(Some(&scheduled), &[], t0() + Duration::days(30)),
+            HeldPlan::Destroy
+        ));
+        assert!(matches!(held(None, &[], t0()), HeldPlan::Destroy));
+    }
+}
