@@ -616,6 +616,11 @@ fn check_rbac(cp: &ControlPlane) -> Result<()> {
             &["create", "kmskeymaterials", "-n", "default"][..],
             true,
         ),
+        (
+            operator,
+            &["watch", "kmskeymaterials", "-n", "default"][..],
+            true,
+        ),
         (operator, &["update", "leases", "-n", "default"][..], false),
         (
             other,
