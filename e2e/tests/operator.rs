@@ -1086,7 +1086,7 @@ async fn a_hung_lease_renewal_stops_the_leader_before_the_standby_takes_over() -
                 .arg(&root)
                 .args(["--namespace", &ns, "--lease-namespace", &ns])
                 .args(["--identity", identity, "--metrics-addr", "127.0.0.1:0"])
-                .args(["--lease-duration-seconds", "6", "--lease-renew-seconds", "1"])
+                .args(["--lease-duration-seconds", "8", "--lease-renew-seconds", "1"])
                 .args(["--lease-renew-deadline-seconds", "4", "--log-format", "text"])
                 .stdin(std::process::Stdio::null())
                 .stdout(log.try_clone()?)
