@@ -11,8 +11,10 @@
 //!   applied to every read of the connection, so a short one would break a quiet watch
 //!   (and restart it, with a back-off) each time. kube-runtime's watcher already ends a
 //!   watch that has been silent for its server-side timeout plus 5 s (295 s by default)
-//!   and starts a new one; the watch client's read timeout is longer than that, so it
-//!   never fires on a healthy quiet watch, and still bounds the watcher's list calls.
+//!   and starts a new one (kube-rs pull request 1945 moved the timeout of watches there and
+//!   made `read_timeout` default to `None`); the watch client's read timeout is longer than
+//!   that, so it never fires on a healthy quiet watch, and still bounds the watcher's list
+//!   calls. The e2e test `a_quiet_watch_outlasts_the_call_read_timeout` shows both sides.
 //!
 //! The leader Lease is not left to the read timeout alone: every renewal is also bounded
 //! by the renew deadline (see [`crate::leader`]).
