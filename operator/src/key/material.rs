@@ -59,3 +59,66 @@ pub async fn wrap_new_versions(
     })
     .await?
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use kms_core::keystore::FileKeyStore;
+    use kms_core::{KeyId, RotationType};
+    use kubekms_k8s::KmsKeySpec;
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    /// Item 10 of issue 13: on a single-threaded runtime, another task keeps running while
+    /// an RSA-4096 key is generated; it could not if the generation ran on that thread.
+    #[tokio::test(flavor = "current_thread")]
+    async fn generation_leaves_the_async_thread_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root: Arc<dyn RootKeyStore> =
+            Arc::new(FileKeyStore::init(&dir.path().join("root.key")).expect("root key"));
+        let spec: KmsKeySpec =
+            serde_json::from_value(serde_json::json!({"keySpec": "RSA_4096"})).expect("spec");
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let (record, _) = super::super::plan::new_record(
+            &spec,
+            KeyId::single_from_random([3; 16]),
+            &root.root_key_id(),
+            now,
+        )
+        .expect("record");
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            })
+        };
+        tokio::task::yield_now().await;
+        let before = ticks.load(Ordering::Relaxed);
+        let wrapped = wrap_new_versions(
+            root,
+            &record,
+            "ns",
+            "k",
+            vec![NewVersion {
+                version: 2,
+                created: now,
+                rotation_type: Some(RotationType::OnDemand),
+            }],
+        )
+        .await
+        .expect("wrapped");
+        let during = ticks.load(Ordering::Relaxed) - before;
+        ticker.abort();
+        assert_eq!(wrapped.len(), 1);
+        assert!(
+            during > 0,
+            "the runtime's only thread was blocked by key generation"
+        );
+    }
+}
