@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use kms_core::ArnScope;
 use kms_core::keystore::{FileKeyStore, RootKeyStore};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use kubekms_e2e::{ControlPlane, in_namespace, repo_root};
 use kubekms_k8s::names::{KeyStateName, RotationTypeName};
@@ -124,6 +125,7 @@ struct Operator {
     task: tokio::task::JoinHandle<()>,
     clock: Arc<TestClock>,
     root: Arc<FileKeyStore>,
+    ctx: Arc<Context>,
     dir: std::path::PathBuf,
 }
 
@@ -142,12 +144,17 @@ impl Operator {
             Some("e2e".to_owned()),
         ));
         let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(run_controllers(ctx, Some(namespace.to_owned()), shutdown));
+        let task = tokio::spawn(run_controllers(
+            ctx.clone(),
+            Some(namespace.to_owned()),
+            shutdown,
+        ));
         Ok(Self {
             stop,
             task,
             clock,
             root,
+            ctx,
             dir,
         })
     }
@@ -459,9 +466,18 @@ async fn operator_manages_the_key_lifecycle() -> Result<()> {
             }))
         })
         .await?;
-        // A day before the window ends it is still held.
+        // A day before the window ends it is still held. Evidence that the operator looked
+        // at it with the moved clock: a reconciliation with the operator's own context, which
+        // holds it and asks to look again later (a released key would await no change).
         operator.clock.advance(time::Duration::days(29));
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let held = keys.get("sym").await?;
+        let action = kubekms_operator::key::reconcile(Arc::new(held), operator.ctx.clone())
+            .await
+            .context("reconciling sym a day before its window ends")?;
+        ensure!(
+            action == Action::requeue(kubekms_operator::key::MAX_REQUEUE),
+            "a day before the window: {action:?}"
+        );
         ensure!(
             keys.get_opt("sym").await?.is_some(),
             "released before the window"
@@ -519,6 +535,7 @@ async fn only_one_replica_holds_the_leader_lease() -> Result<()> {
             name: "kubekms-operator".to_owned(),
             identity: identity.to_owned(),
             lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
             renew_every: Duration::from_secs(1),
         };
         let first = LeaderElector::new(client.clone(), config("replica-a"));
@@ -597,6 +614,11 @@ fn check_rbac(cp: &ControlPlane) -> Result<()> {
         (
             operator,
             &["create", "kmskeymaterials", "-n", "default"][..],
+            true,
+        ),
+        (
+            operator,
+            &["watch", "kmskeymaterials", "-n", "default"][..],
             true,
         ),
         (operator, &["update", "leases", "-n", "default"][..], false),
@@ -890,8 +912,26 @@ async fn the_plugin_follows_with_its_own_rbac() -> Result<()> {
                 == Some("apiserver-key"),
             "{lease:?}"
         );
-        // One more renewal and the watches running for a while, then read the log.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Evidence that the watches ran and the Lease was renewed with this RBAC: the plugin
+        // logged that it follows (its watches start then), and the Lease was written again
+        // after that (the renewal comes every 15 s).
+        wait_for("the plugin following its KmsKey", || async {
+            Ok(std::fs::read_to_string(&log_path)?
+                .contains("following the KmsKey")
+                .then_some(()))
+        })
+        .await?;
+        let first = leases
+            .get(&name)
+            .await?
+            .metadata
+            .resource_version
+            .unwrap_or_default();
+        wait_for("a renewal of the plugin's heartbeat Lease", || async {
+            let now = leases.get(&name).await?.metadata.resource_version;
+            Ok(now.filter(|rv| *rv != first).map(|_| ()))
+        })
+        .await?;
         let logged = std::fs::read_to_string(&log_path)?;
         ensure!(
             !logged.to_ascii_lowercase().contains("forbidden"),
@@ -909,4 +949,588 @@ async fn the_plugin_follows_with_its_own_rbac() -> Result<()> {
         eprintln!("plugin files in {}", dir.display());
     }
     result
+}
+
+/// A TCP proxy between one client and kube-apiserver that passes bytes (TLS included)
+/// through until told to stall: from then on nothing more is forwarded in either direction
+/// and no connection is closed, so every request in flight, and every new one, hangs (a
+/// hung API server or a partition that drops packets, as that client sees it).
+mod stalling_proxy {
+    use std::net::SocketAddr;
+
+    use anyhow::{Context as _, Result};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::watch;
+
+    pub struct StallingProxy {
+        pub addr: SocketAddr,
+        stall: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn hold_forever<T>(held: T) {
+        std::future::pending::<()>().await;
+        drop(held);
+    }
+
+    /// Copies `from` to `to` until `stalled`; then holds both ends open for good.
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut stalled: watch::Receiver<bool>,
+    ) {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = tokio::select! {
+                biased;
+                _ = stalled.wait_for(|s| *s) => break,
+                read = from.read(&mut buffer) => read,
+            };
+            let n = match read {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+                Ok(n) => n,
+            };
+            // Bytes read just as the stall began are not forwarded either.
+            if *stalled.borrow() || to.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+        hold_forever((from, to)).await;
+    }
+
+    impl StallingProxy {
+        /// Listens on a free loopback port and forwards to `upstream`.
+        pub async fn start(upstream: SocketAddr) -> Result<Self> {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let (stall, stalled) = watch::channel(false);
+            let task = tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let stalled = stalled.clone();
+                    tokio::spawn(async move {
+                        if *stalled.borrow() {
+                            hold_forever(client).await;
+                            return;
+                        }
+                        let Ok(server) = TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
+                        tokio::join!(
+                            pump(client_read, server_write, stalled.clone()),
+                            pump(server_read, client_write, stalled),
+                        );
+                    });
+                }
+            });
+            Ok(Self { addr, stall, task })
+        }
+
+        /// From now on nothing passes.
+        pub fn stall(&self) -> Result<()> {
+            self.stall.send(true).context("the proxy has stopped")
+        }
+    }
+
+    impl Drop for StallingProxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+}
+
+/// Item 1 of issue 13: two operator binaries on one Lease; the leader (replica-a) reaches
+/// kube-apiserver through a proxy that then stalls, so its Lease renewal hangs. replica-a
+/// must stop (exit non-zero, log "leader Lease deadline passed") before replica-b acquires
+/// the Lease, judged by the order the test process sees them in; and no Event of replica-a
+/// is dated after replica-b's acquisition (never two writers at once).
+#[tokio::test]
+async fn a_hung_lease_renewal_stops_the_leader_before_the_standby_takes_over() -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::events::v1::Event;
+    let cp = ControlPlane::shared()?;
+    cp.apply_crds()?;
+    in_namespace(cp, "hungleader", move |client, ns| async move {
+        let dir = std::env::temp_dir().join(kubekms_e2e::unique_name("kubekms-hungleader"));
+        std::fs::create_dir_all(&dir)?;
+        let root = dir.join("root.key");
+        FileKeyStore::init(&root)?;
+        let upstream: std::net::SocketAddr = cp
+            .apiserver_url
+            .trim_start_matches("https://")
+            .parse()
+            .with_context(|| format!("kube-apiserver address in {}", cp.apiserver_url))?;
+        let proxy = stalling_proxy::StallingProxy::start(upstream).await?;
+        let admin = std::fs::read_to_string(&cp.kubeconfig)?;
+        ensure!(
+            admin.contains(&cp.apiserver_url),
+            "the admin kubeconfig does not name {}",
+            cp.apiserver_url
+        );
+        let proxied = dir.join("kubeconfig-through-proxy");
+        std::fs::write(
+            &proxied,
+            admin.replace(&cp.apiserver_url, &format!("https://{}", proxy.addr)),
+        )?;
+        let bin = kubekms_e2e::process::sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
+        let start = |identity: &str, kubeconfig: &std::path::Path| -> Result<std::process::Child> {
+            let log = std::fs::File::create(dir.join(format!("{identity}.log")))?;
+            Ok(std::process::Command::new(&bin)
+                .env("KUBECONFIG", kubeconfig)
+                .arg("--root-key")
+                .arg(&root)
+                .args(["--namespace", &ns, "--lease-namespace", &ns])
+                .args(["--identity", identity, "--metrics-addr", "127.0.0.1:0"])
+                .args(["--lease-duration-seconds", "8", "--lease-renew-seconds", "1"])
+                .args(["--lease-renew-deadline-seconds", "4", "--log-format", "text"])
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?)
+        };
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let lease = || async {
+            Ok::<_, anyhow::Error>(
+                leases
+                    .get_opt("kubekms-operator")
+                    .await?
+                    .and_then(|l| l.spec)
+                    .unwrap_or_default(),
+            )
+        };
+        let keys: Api<KmsKey> = Api::namespaced(client.clone(), &ns);
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let mut a = start("replica-a", &proxied)?;
+        let mut b: Option<std::process::Child> = None;
+        let result = async {
+            wait_for("replica-a holds the Lease", || async {
+                Ok((lease().await?.holder_identity.as_deref() == Some("replica-a")).then_some(()))
+            })
+            .await?;
+            b = Some(start("replica-b", &cp.kubeconfig)?);
+            keys.create(&PostParams::default(), &key_manifest("k1", json!({}))?)
+                .await?;
+            key_where(&keys, "k1", "Enabled", |k| {
+                state(k) == Some(KeyStateName::Enabled)
+            })
+            .await?;
+
+            proxy.stall()?;
+            let stalled = Instant::now();
+            // While nobody leads, a new key waits for the next leader.
+            keys.create(&PostParams::default(), &key_manifest("k2", json!({}))?)
+                .await?;
+            let mut a_exited: Option<(Duration, std::process::ExitStatus)> = None;
+            let (b_acquired, taken_over) = loop {
+                ensure!(
+                    stalled.elapsed() < WAIT,
+                    "no take-over within {WAIT:?} of the stall"
+                );
+                if a_exited.is_none()
+                    && let Some(status) = a.try_wait()?
+                {
+                    a_exited = Some((stalled.elapsed(), status));
+                }
+                let spec = lease().await?;
+                if spec.holder_identity.as_deref() == Some("replica-b") {
+                    let seen = stalled.elapsed();
+                    // Checked after the Lease was read: still running now means it was
+                    // running when replica-b already held the Lease.
+                    ensure!(
+                        a_exited.is_some() || a.try_wait()?.is_some(),
+                        "replica-b acquired the Lease while replica-a still ran (two leaders)"
+                    );
+                    break (seen, spec);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let (a_stopped, a_status) = a_exited.context(
+                "replica-a exited only between the Lease read and the check after it",
+            )?;
+            ensure!(
+                a_stopped < b_acquired,
+                "replica-a stopped {a_stopped:?} after the stall, replica-b held the Lease at {b_acquired:?}"
+            );
+            ensure!(!a_status.success(), "replica-a exited with {a_status}");
+            let a_log = std::fs::read_to_string(dir.join("replica-a.log"))?;
+            ensure!(
+                a_log.contains("leader Lease deadline passed"),
+                "replica-a did not say why it stopped:\n{a_log}"
+            );
+            ensure!(
+                taken_over.lease_transitions == Some(1),
+                "Lease history: {taken_over:?}"
+            );
+            eprintln!(
+                "hung renewal: replica-a exited {a_stopped:?} after the stall, replica-b seen holding the Lease at {b_acquired:?}"
+            );
+
+            // The new leader creates k2; replica-a wrote nothing after replica-b took over.
+            key_where(&keys, "k2", "Enabled (by replica-b)", |k| {
+                state(k) == Some(KeyStateName::Enabled)
+            })
+            .await?;
+            let acquired_at = taken_over
+                .acquire_time
+                .context("the Lease has no acquireTime")?
+                .0;
+            let mut by_a = 0;
+            let mut k2_by = None;
+            for event in events.list(&Default::default()).await? {
+                let instance = event.reporting_instance.as_deref();
+                let at = event.event_time.as_ref().map(|t| t.0);
+                if instance == Some("replica-a") {
+                    by_a += 1;
+                    ensure!(
+                        at.is_some_and(|at| at < acquired_at),
+                        "replica-a published {:?} at {at:?}, after replica-b acquired the Lease at {acquired_at}",
+                        event.reason
+                    );
+                }
+                if event.reason.as_deref() == Some("KeyCreated")
+                    && event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("k2")
+                {
+                    k2_by = event.reporting_instance.clone();
+                }
+            }
+            ensure!(by_a > 0, "replica-a published nothing before the stall");
+            ensure!(
+                k2_by.as_deref() == Some("replica-b"),
+                "k2 was created by {k2_by:?}"
+            );
+            Ok(())
+        }
+        .await;
+        for child in [Some(&mut a), b.as_mut()].into_iter().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if result.is_ok() {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            eprintln!("operator logs in {}", dir.display());
+        }
+        result
+    })
+    .await
+}
+
+/// Runs the built kubectl as `who` (impersonated by the admin); returns the output, also
+/// on failure.
+fn kubectl_as(cp: &ControlPlane, who: &str, args: &[&str]) -> Result<std::process::Output> {
+    Ok(std::process::Command::new(cp.tool("kubectl"))
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .args(["--as", who])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()?)
+}
+
+const MATERIAL_POLICY: &str = "kubekms-material-writers";
+const INTRUDER: &str = "e2e-intruder";
+
+/// Item 3 of issue 13, and the KmsKeyMaterial watch: someone with RBAC on kmskeymaterials
+/// in a namespace (but not the operator) tries to replace a key's record by another key's.
+/// The ValidatingAdmissionPolicy of deploy/admission refuses the delete and the create
+/// (the operator's ServiceAccount and system:masters are admitted). Without the policy,
+/// the operator reports the deleted record at once (MaterialMissing: it watches records)
+/// and refuses the foreign one (RecordMismatch): the status keeps the key's own id and no
+/// rotation is written into the foreign record.
+#[tokio::test]
+async fn a_record_replaced_by_hand_is_refused_by_admission_and_by_the_operator() -> Result<()> {
+    use k8s_openapi::api::events::v1::Event;
+    let cp = ControlPlane::shared()?;
+    cp.apply_crds()?;
+    let rbac = repo_root().join("deploy/rbac");
+    cp.kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
+    in_namespace(cp, "records", move |client, ns| async move {
+        let dir = std::env::temp_dir().join(kubekms_e2e::unique_name("kubekms-records"));
+        std::fs::create_dir_all(&dir)?;
+        let kubeconfig = dir.join("kubeconfig");
+        cp.write_service_account_kubeconfig("kubekms-system", "kubekms-operator", &kubeconfig)?;
+        let bin = kubekms_e2e::process::sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
+        let log_path = dir.join("operator.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut operator = std::process::Command::new(&bin)
+            .env("KUBECONFIG", &kubeconfig)
+            .arg("--root-key")
+            .arg(dir.join("root.key"))
+            .arg("--init-root-key")
+            .args(["--namespace", &ns, "--lease-namespace", "kubekms-system"])
+            .args(["--lease-name", &format!("kubekms-operator-{ns}")])
+            .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let result = async {
+            let keys: Api<KmsKey> = Api::namespaced(client.clone(), &ns);
+            let records: Api<KmsKeyMaterial> = Api::namespaced(client.clone(), &ns);
+            for name in ["victim", "other"] {
+                keys.create(&PostParams::default(), &key_manifest(name, json!({}))?)
+                    .await?;
+            }
+            let victim = key_where(&keys, "victim", "Enabled", |k| {
+                state(k) == Some(KeyStateName::Enabled)
+            })
+            .await?;
+            let victim_id = victim.status.and_then(|s| s.key_id).context("victim id")?;
+            key_where(&keys, "other", "Enabled", |k| {
+                state(k) == Some(KeyStateName::Enabled)
+            })
+            .await?;
+            let other = records.get("other").await?;
+
+            // The intruder may do anything with records in this namespace, as far as RBAC
+            // goes.
+            let grant = dir.join("intruder-rbac.json");
+            std::fs::write(
+                &grant,
+                serde_json::to_vec(&json!({
+                    "apiVersion": "v1", "kind": "List", "items": [
+                        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                         "metadata": {"name": "records-admin", "namespace": ns},
+                         "rules": [{"apiGroups": ["kubekms.io"], "resources": ["kmskeymaterials"],
+                                    "verbs": ["*"]}]},
+                        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                         "metadata": {"name": "records-admin", "namespace": ns},
+                         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                     "name": "records-admin"},
+                         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                       "name": INTRUDER}]}
+                    ]
+                }))?,
+            )?;
+            cp.kubectl(["apply".as_ref(), "-f".as_ref(), grant.as_os_str()])?;
+            // Another key's record under a given name.
+            let forged = |name: &str| -> Result<String> {
+                let path = dir.join(format!("forged-{name}.json"));
+                std::fs::write(
+                    &path,
+                    serde_json::to_vec(&json!({
+                        "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKeyMaterial",
+                        "metadata": {"name": name, "namespace": ns},
+                        "spec": other.spec,
+                    }))?,
+                )?;
+                Ok(path.to_string_lossy().into_owned())
+            };
+            let probe = forged("probe")?;
+            let replacement = forged("victim")?;
+            let dry_run_create =
+                |who: &str| kubectl_as(cp, who, &["create", "-f", &probe, "--dry-run=server"]);
+
+            let policy = repo_root().join("deploy/admission/kmskeymaterial-writers.yaml");
+            cp.kubectl(["apply".as_ref(), "-f".as_ref(), policy.as_os_str()])?;
+            // A new policy takes effect within seconds; a server-side dry run goes through
+            // admission without storing anything.
+            let refusal = wait_for("the policy refusing the intruder", || async {
+                let out = dry_run_create(INTRUDER)?;
+                let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                Ok((!out.status.success() && stderr.contains(MATERIAL_POLICY)).then_some(stderr))
+            })
+            .await?;
+            ensure!(
+                refusal.contains("only the kubekms operator") && refusal.contains(INTRUDER),
+                "the refusal does not say why: {refusal}"
+            );
+            let out = kubectl_as(
+                cp,
+                INTRUDER,
+                &[
+                    "delete",
+                    "kmskeymaterial",
+                    "victim",
+                    "-n",
+                    &ns,
+                    "--wait=false",
+                ],
+            )?;
+            ensure!(
+                !out.status.success()
+                    && String::from_utf8_lossy(&out.stderr).contains(MATERIAL_POLICY),
+                "the intruder's delete was not refused: {out:?}"
+            );
+            let out = kubectl_as(cp, INTRUDER, &["create", "-f", &forged("victim-2")?])?;
+            ensure!(
+                !out.status.success()
+                    && String::from_utf8_lossy(&out.stderr).contains(MATERIAL_POLICY),
+                "the intruder's create was not refused: {out:?}"
+            );
+            ensure!(records.get_opt("victim").await?.is_some(), "record gone");
+            // Admitted: the operator's ServiceAccount, and system:masters (the admin
+            // kubeconfig hack/local-up.sh runs the operator with).
+            let out = dry_run_create("system:serviceaccount:kubekms-system:kubekms-operator")?;
+            ensure!(
+                out.status.success(),
+                "the operator's ServiceAccount was refused: {out:?}"
+            );
+            cp.kubectl(["create", "-f", &probe, "--dry-run=server"])?;
+
+            // Without the policy, the operator refuses.
+            cp.kubectl([
+                "delete",
+                "validatingadmissionpolicybinding",
+                MATERIAL_POLICY,
+            ])?;
+            wait_for("the policy admitting the intruder once unbound", || async {
+                Ok(dry_run_create(INTRUDER)?.status.success().then_some(()))
+            })
+            .await?;
+            let out = kubectl_as(
+                cp,
+                INTRUDER,
+                &[
+                    "delete",
+                    "kmskeymaterial",
+                    "victim",
+                    "-n",
+                    &ns,
+                    "--wait=false",
+                ],
+            )?;
+            ensure!(out.status.success(), "delete: {out:?}");
+            let ready_reason = |k: &KmsKey| {
+                k.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                    .map(|c| c.reason.clone())
+            };
+            key_where(&keys, "victim", "MaterialMissing, reported at once", |k| {
+                ready_reason(k).as_deref() == Some("MaterialMissing")
+            })
+            .await?;
+            let out = kubectl_as(cp, INTRUDER, &["create", "-f", &replacement])?;
+            ensure!(out.status.success(), "create: {out:?}");
+            let refused = key_where(&keys, "victim", "RecordMismatch", |k| {
+                ready_reason(k).as_deref() == Some("RecordMismatch")
+            })
+            .await?;
+            ensure!(
+                refused.status.as_ref().and_then(|s| s.key_id.as_deref())
+                    == Some(victim_id.as_str()),
+                "the status was rebuilt from the foreign record: {:?}",
+                refused.status
+            );
+            let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+            wait_for("a RecordMismatch Warning Event", || async {
+                Ok(events
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some("RecordMismatch")
+                            && e.type_.as_deref() == Some("Warning")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                                == Some("victim")
+                    }))
+            })
+            .await?;
+            // A rotation asked for now is not written into the foreign record. Evidence that
+            // the operator looked at the new generation: its observedGeneration.
+            patch_spec(
+                &keys,
+                "victim",
+                json!({"rotation": {"onDemandToken": "now"}}),
+            )
+            .await?;
+            let generation = keys.get("victim").await?.metadata.generation;
+            key_where(&keys, "victim", "the new generation observed", |k| {
+                k.status.as_ref().and_then(|s| s.observed_generation) == generation
+            })
+            .await?;
+            let record = records.get("victim").await?;
+            ensure!(
+                record.spec == other.spec,
+                "the operator wrote into the foreign record: {:?}",
+                record.spec
+            );
+            Ok(())
+        }
+        .await;
+        let _ = operator.kill();
+        let _ = operator.wait();
+        let _ = cp.kubectl([
+            "delete",
+            "validatingadmissionpolicybinding",
+            MATERIAL_POLICY,
+            "--ignore-not-found",
+        ]);
+        let _ = cp.kubectl([
+            "delete",
+            "validatingadmissionpolicy",
+            MATERIAL_POLICY,
+            "--ignore-not-found",
+        ]);
+        let logged = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let result = result.and_then(|()| {
+            ensure!(
+                !logged.to_ascii_lowercase().contains("forbidden"),
+                "the operator's ServiceAccount was refused something:\n{logged}"
+            );
+            Ok(())
+        });
+        if result.is_ok() {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            eprintln!("operator files in {}", dir.display());
+        }
+        result
+    })
+    .await
+}
+
+/// The operator's two clients (operator/src/clients.rs): a quiet watch must not break on
+/// the call client's read timeout. Two watches of nothing (a label no object has), one
+/// through each client, the call timeout cut to 1 s: the call client's watch fails (the
+/// evidence that the quiet period outlasted the read timeout), the watch client's does not.
+#[tokio::test]
+async fn a_quiet_watch_outlasts_the_call_read_timeout() -> Result<()> {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    use kube::runtime::watcher;
+    let cp = ControlPlane::shared()?;
+    in_namespace(cp, "quietwatch", move |_client, ns| async move {
+        let config = kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&cp.kubeconfig)?,
+            &KubeConfigOptions::default(),
+        )
+        .await?;
+        let clients = kubekms_operator::clients::clients(config, Duration::from_secs(1))?;
+        let quiet = watcher::Config::default().labels("e2e.kubekms.io/quiet=yes");
+        let failures = |client: Client| {
+            watcher::watcher(Api::<ConfigMap>::namespaced(client, &ns), quiet.clone())
+                .filter_map(|event| async move { event.err().map(|e| e.to_string()) })
+                .boxed()
+        };
+        let mut through_calls = failures(clients.calls.clone());
+        let mut through_watches = failures(clients.watches.clone());
+        let started = Instant::now();
+        let call_failure = tokio::select! {
+            failure = through_calls.next() => failure.context("the watch ended")?,
+            failure = through_watches.next() => {
+                bail!("the watch client's quiet watch failed after {:?}: {failure:?}", started.elapsed())
+            }
+            () = tokio::time::sleep(WAIT) => bail!("the call client's watch never failed within {WAIT:?}"),
+        };
+        let quiet_for = started.elapsed();
+        // The watch client's watch has been as quiet for as long: it must not have failed.
+        let pending = futures::poll!(through_watches.next());
+        ensure!(
+            pending.is_pending(),
+            "the watch client's quiet watch failed too: {pending:?}"
+        );
+        eprintln!(
+            "quiet watch: the call client's watch failed after {quiet_for:?} ({call_failure}); the watch client's kept going"
+        );
+        Ok(())
+    })
+    .await
 }

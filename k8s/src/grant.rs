@@ -108,12 +108,13 @@ pub struct GrantConstraintsSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KmsGrantStatus {
-    /// The grant id (64 hex digits, derived from the object's uid: the same for the
-    /// object's whole life, rebuilt identically if the status is lost).
+    /// The grant id (64 hex digits, an HMAC of the object's uid under a key derived from
+    /// the root key: the same for the object's whole life, rebuilt identically if the status
+    /// is lost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
     /// A token that lets the grantee use the grant before it is visible everywhere (64 hex
-    /// digits, derived from the uid like the id; not a secret, as in AWS).
+    /// digits, derived like the id under another label: the uid alone does not give it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_token: Option<String>,
     /// The key's id.

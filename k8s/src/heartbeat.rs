@@ -41,7 +41,8 @@ pub struct Heartbeat {
     pub served_key_id: Option<String>,
     /// The key_id of kube-apiserver's latest DEK seed, and when.
     pub seeded: Option<(String, OffsetDateTime)>,
-    /// The last renewal.
+    /// The last renewal, by the plugin's wall clock: for people only, never compared
+    /// with another clock (see [`Heartbeat::is_live`]).
     pub renewed: Option<OffsetDateTime>,
     /// Seconds the Lease stays live without renewal.
     pub duration_seconds: i32,
@@ -81,12 +82,13 @@ impl Heartbeat {
         format!("{LEASE_PREFIX}{}", self.plugin)
     }
 
-    /// Whether the heartbeat was renewed within its duration at `now`.
+    /// Whether the heartbeat is live, given how long ago the reader last saw its Lease
+    /// change, measured on the reader's own monotonic clock. `renewed` is the plugin's wall
+    /// clock and is never compared with the reader's: with either clock off, a live plugin
+    /// would look dead (or a dead one live). A Lease first seen counts as just changed.
     #[must_use]
-    pub fn is_live(&self, now: OffsetDateTime) -> bool {
-        self.renewed.is_some_and(|renewed| {
-            now - renewed <= time::Duration::seconds(i64::from(self.duration_seconds))
-        })
+    pub fn is_live(&self, since_change: std::time::Duration) -> bool {
+        since_change.as_secs_f64() <= f64::from(self.duration_seconds.max(0))
     }
 
     /// The Lease to apply (server-side) in `namespace`, renewed at `now`.
@@ -180,8 +182,9 @@ mod tests {
             Some("kubekms-plugin-node-a.example")
         );
         assert_eq!(Heartbeat::from_lease(&lease), Some(beat.clone()));
-        assert!(beat.is_live(at(70)));
-        assert!(!beat.is_live(at(71)));
+        let seconds = std::time::Duration::from_secs;
+        assert!(beat.is_live(seconds(60)));
+        assert!(!beat.is_live(seconds(61)));
     }
 
     #[test]

@@ -229,7 +229,9 @@ impl Grant {
 
     /// Whether the grant permits `operation` with the request's encryption context.
     /// Constraints apply to operations that take a context; CreateGrant additionally needs
-    /// the new grant's constraints to be at least as strict (`child`).
+    /// the new grant's constraints (`child`) to be at least as strict. A CreateGrant whose
+    /// child constraints are unknown (`None`) is permitted only by a grant without
+    /// constraints: otherwise a constrained grantee could hand out an unconstrained grant.
     #[must_use]
     pub fn permits(
         &self,
@@ -241,7 +243,10 @@ impl Grant {
             return false;
         }
         if operation == GrantOperation::CreateGrant {
-            return child.is_none_or(|c| self.constraints.is_implied_by(c));
+            return match child {
+                Some(child) => self.constraints.is_implied_by(child),
+                None => self.constraints.is_empty(),
+            };
         }
         !operation.takes_encryption_context() || self.constraints.permits(context)
     }
@@ -448,6 +453,18 @@ mod tests {
         };
         assert!(subset.permits(CreateGrant, &ctx(&[]), Some(&stricter)));
         assert!(!subset.permits(CreateGrant, &ctx(&[]), Some(&GrantConstraints::default())));
+        assert!(
+            !subset.permits(CreateGrant, &ctx(&[]), None),
+            "a constrained grant allows no CreateGrant whose child constraints are unknown"
+        );
+        let unconstrained = Grant::new(
+            KeySpec::SymmetricDefault,
+            KeyUsage::EncryptDecrypt,
+            [CreateGrant],
+            GrantConstraints::default(),
+        )
+        .expect("grant");
+        assert!(unconstrained.permits(CreateGrant, &ctx(&[]), None));
 
         let equals = Grant::new(
             KeySpec::SymmetricDefault,

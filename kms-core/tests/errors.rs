@@ -151,6 +151,24 @@ fn every_exception_is_reachable_with_its_exact_name() {
         "AccessDeniedException",
         name(grant.authorize(GrantOperation::Encrypt, &ctx, None)),
     );
+    // A constrained grant allows CreateGrant only for a child whose constraints are known
+    // and at least as strict: unknown (None) is refused.
+    let constrained = Grant::new(
+        KeySpec::SymmetricDefault,
+        KeyUsage::EncryptDecrypt,
+        [GrantOperation::CreateGrant],
+        GrantConstraints {
+            encryption_context_subset: Some(
+                EncryptionContext::from_pairs([("team", "billing")]).expect("context"),
+            ),
+            ..GrantConstraints::default()
+        },
+    )
+    .expect("constrained grant");
+    expect(
+        "AccessDeniedException",
+        name(constrained.authorize(GrantOperation::CreateGrant, &ctx, None)),
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root.key");

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 
 use kms_core::grants::{Grant, GrantConstraints, GrantOperation};
+use kms_core::keystore::{DerivedKeyPurpose, RootKeyStore};
+use kms_core::primitives::HmacKey;
 use kms_core::{EncryptionContext, KeySpec};
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
@@ -36,16 +38,30 @@ pub fn error_policy(grant: Arc<KmsGrant>, error: &Error, _ctx: Arc<Context>) -> 
     Action::requeue(std::time::Duration::from_secs(5))
 }
 
-/// 64 hex digits derived from the object's UID: the grant id and token stay the same for
-/// the object's whole life and come out the same if its status is lost (status must be
-/// reconstructible); a new object under the same name gets new ones. Neither is a secret,
-/// as in AWS: a grant token only lets the grantee use the grant before it is visible.
-fn derived_hex(label: &str, uid: &str) -> String {
-    let digest = kms_core::primitives::hash(
-        kms_core::spec::HashAlgorithm::Sha256,
-        format!("kubekms.io/{label}\0{uid}").as_bytes(),
-    );
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// 64 hex digits derived from the object's UID under a key derived from the root key
+/// (HMAC-SHA-256 keyed with [`DerivedKeyPurpose::GrantToken`]): the grant id and token stay
+/// the same for the object's whole life and come out the same if its status is lost (status
+/// must be reconstructible); a new object under the same name gets new ones. Knowing the
+/// uid (anyone who reads the KmsGrant or its Events does) is not enough to compute them:
+/// that takes the root key.
+fn derived_hex(key: &HmacKey, label: &str, uid: &str) -> String {
+    hex::encode(key.sign(format!("kubekms.io/{label}\0{uid}").as_bytes()))
+}
+
+/// The grant id and token of the KmsGrant with `uid`.
+///
+/// # Errors
+/// When the root key store cannot derive the key.
+pub fn grant_id_and_token(
+    root_keys: &dyn RootKeyStore,
+    uid: &str,
+) -> Result<(String, String), kms_core::KmsError> {
+    let derived = root_keys.derive_key(DerivedKeyPurpose::GrantToken)?;
+    let key = HmacKey::sha256_prf(derived.expose());
+    Ok((
+        derived_hex(&key, "grant-id", uid),
+        derived_hex(&key, "grant-token", uid),
+    ))
 }
 
 fn context(
@@ -132,8 +148,9 @@ async fn reconcile_grant(grant: &KmsGrant, ctx: &Context) -> Result<Action, Erro
                         .uid
                         .as_deref()
                         .ok_or(Error::MissingField("metadata.uid"))?;
-                    status.grant_id = Some(derived_hex("grant-id", uid));
-                    status.grant_token = Some(derived_hex("grant-token", uid));
+                    let (grant_id, grant_token) = grant_id_and_token(ctx.root_keys.as_ref(), uid)?;
+                    status.grant_id = Some(grant_id);
+                    status.grant_token = Some(grant_token);
                     let pending = key.meta().deletion_timestamp.is_some()
                         || key.status.as_ref().and_then(|s| s.key_state)
                             == Some(KeyStateName::PendingDeletion);

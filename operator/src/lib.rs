@@ -17,11 +17,13 @@ use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::Writer;
 
 pub mod alias;
+pub mod clients;
 pub mod clock;
 pub mod events;
 pub mod grant;
 pub mod key;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod protection;
 pub mod reencrypt;
@@ -69,8 +71,11 @@ where
 
 /// What every reconciler needs.
 pub struct Context {
-    /// The Kubernetes client.
+    /// The Kubernetes client of calls (reads and writes).
     pub client: Client,
+    /// The Kubernetes client of watches (see [`clients`]: a read timeout longer than a
+    /// quiet watch lasts). The same as `client` unless [`Context::with_watch_client`] sets it.
+    pub watch_client: Client,
     /// The root key that wraps all material.
     pub root_keys: Arc<dyn RootKeyStore>,
     /// Partition and region of the ARNs.
@@ -84,6 +89,9 @@ pub struct Context {
     /// The plugins' heartbeat Leases (see [`kubekms_k8s::heartbeat`]), kept by the
     /// reflector that [`run::run_controllers`] starts.
     pub plugin_leases: Store<Lease>,
+    /// When this process last saw each heartbeat Lease change (liveness on this process's
+    /// monotonic clock, never the plugins' `renewTime`).
+    pub lease_observer: Arc<liveness::LeaseObserver>,
     /// The writer of [`Self::plugin_leases`], taken once by whoever runs the reflector.
     lease_writer: std::sync::Mutex<Option<Writer<Lease>>>,
     /// How fast Secrets are re-encrypted after a rotation.
@@ -110,6 +118,7 @@ impl Context {
         );
         let writer = Writer::default();
         Self {
+            watch_client: client.clone(),
             client,
             root_keys,
             scope,
@@ -117,9 +126,17 @@ impl Context {
             metrics,
             recorder,
             plugin_leases: writer.as_reader(),
+            lease_observer: Arc::new(liveness::LeaseObserver::new()),
             lease_writer: std::sync::Mutex::new(Some(writer)),
             reencryption: reencrypt::ReencryptConfig::default(),
         }
+    }
+
+    /// This context, watching through `client` (see [`clients`]).
+    #[must_use]
+    pub fn with_watch_client(mut self, client: Client) -> Self {
+        self.watch_client = client;
+        self
     }
 
     /// The writer that fills [`Self::plugin_leases`]; `None` after the first call.
@@ -146,6 +163,17 @@ pub enum Error {
     /// The finalizer helper failed (adding or removing the finalizer, or the cleanup).
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The KmsKeyMaterial record holds another key than the one the KmsKey recorded.
+    #[error("the KmsKeyMaterial record holds key {found}, the KmsKey is key {recorded}")]
+    RecordMismatch {
+        /// The key id the KmsKey's status recorded.
+        recorded: String,
+        /// The key id in the record.
+        found: String,
+    },
+    /// Generating or wrapping material on a blocking thread did not finish (it panicked).
+    #[error("material generation: {0}")]
+    Generation(#[from] tokio::task::JoinError),
     /// The object lacks a field the API server always sets.
     #[error("object has no {0}")]
     MissingField(&'static str),

@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use kms_core::ArnScope;
 use kms_core::keystore::{FileKeyStore, RootKeyStore};
+use kubekms_operator::clients::{Clients, clients};
 use kubekms_operator::clock::ALLOW_TEST_CLOCK_ENV;
 use kubekms_operator::leader::{LeaderElector, LeaseConfig};
 use kubekms_operator::reencrypt::ReencryptConfig;
@@ -49,6 +50,14 @@ struct Args {
     /// Seconds between renewals.
     #[arg(long, default_value_t = 5)]
     lease_renew_seconds: u64,
+    /// Seconds the leader keeps reconciling without a successful renewal before it stops
+    /// (and exits, to restart as a standby); shorter than the Lease duration (default: two
+    /// thirds of it).
+    #[arg(long)]
+    lease_renew_deadline_seconds: Option<f64>,
+    /// Seconds an API call (not a watch) may wait for its answer.
+    #[arg(long, default_value_t = 30)]
+    api_read_timeout_seconds: u64,
     /// ARN partition.
     #[arg(long, default_value = "kubekms")]
     partition: String,
@@ -139,9 +148,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Arc::new(FileKeyStore::open(&args.root_key).context("opening the root key")?)
     };
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API server")?;
+        .context("reading the Kubernetes client configuration")?;
+    let Clients {
+        calls: client,
+        watches: watch_client,
+    } = clients(config, Duration::from_secs(args.api_read_timeout_seconds))
+        .context("building the Kubernetes clients")?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
 
@@ -160,29 +174,37 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     let identity = identity(&args);
-    let elector = LeaderElector::new(
-        client.clone(),
-        LeaseConfig {
-            namespace: args.lease_namespace.clone(),
-            name: args.lease_name.clone(),
-            identity: identity.clone(),
-            lease_duration: Duration::from_secs(args.lease_duration_seconds),
-            renew_every: Duration::from_secs(args.lease_renew_seconds),
+    let lease_duration = Duration::from_secs(args.lease_duration_seconds);
+    let lease_config = LeaseConfig {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration,
+        renew_deadline: match args.lease_renew_deadline_seconds {
+            Some(seconds) => {
+                Duration::try_from_secs_f64(seconds).context("--lease-renew-deadline-seconds")?
+            }
+            None => LeaseConfig::default_renew_deadline(lease_duration),
         },
-    );
+        renew_every: Duration::from_secs(args.lease_renew_seconds),
+    };
+    if let Err(problem) = lease_config.validate() {
+        bail!("leader election settings: {problem}");
+    }
+    let elector = LeaderElector::new(client.clone(), lease_config);
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         identity,
         root_key = root_keys.root_key_id(),
         "waiting for the leader Lease"
     );
-    tokio::select! {
-        () = elector.acquire() => {}
+    let acquired = tokio::select! {
+        acquired = elector.acquire() => acquired,
         () = until_shutdown(shutdown.clone()) => {
             tracing::info!("stopped before becoming leader");
             return Ok(());
         }
-    }
+    };
     health.leader.store(true, Ordering::Relaxed);
 
     let mut ctx = Context::new(
@@ -195,7 +217,8 @@ async fn main() -> anyhow::Result<()> {
         clock,
         metrics,
         Some(identity),
-    );
+    )
+    .with_watch_client(watch_client);
     ctx.reencryption = ReencryptConfig {
         page_size: args.reencrypt_page_size,
         secrets_per_second: args.reencrypt_secrets_per_second,
@@ -205,10 +228,13 @@ async fn main() -> anyhow::Result<()> {
         () = run_controllers(ctx, args.namespace.clone(), shutdown.clone()) => {
             elector.release().await;
         }
-        () = elector.hold() => {
-            // Another replica may lead now: stop at once rather than reconcile beside it.
+        end = elector.hold(acquired) => {
+            // Another replica may lead soon: stop at once rather than reconcile beside it.
+            // Exiting drops every reconciliation in flight; the process restarts as a
+            // standby.
             health.leader.store(false, Ordering::Relaxed);
-            bail!("lost the leader Lease; exiting so this replica restarts as a standby");
+            tracing::error!(?end, "no longer the leader; exiting so this replica restarts as a standby");
+            std::process::exit(1);
         }
     }
     match server.await {

@@ -8,27 +8,31 @@ use kube::ResourceExt as _;
 use kube::runtime::reflector::Store;
 use kubekms_k8s::heartbeat::Heartbeat;
 use kubekms_k8s::{Condition, ServedBy};
-use time::OffsetDateTime;
+
+use crate::liveness::LeaseObserver;
 
 /// The condition type that reports protection.
 pub const CONDITION: &str = "Protected";
 
-/// The plugins serving KmsKey `namespace/name`, by plugin name.
+/// The plugins serving KmsKey `namespace/name`, by plugin name. A plugin is live while
+/// this process has seen its Lease change within the Lease's duration ([`LeaseObserver`],
+/// this process's monotonic clock); the plugin's own `renewTime` is never compared with
+/// this machine's clock.
 #[must_use]
 pub fn served_by(
     leases: &Store<Lease>,
+    observer: &LeaseObserver,
     namespace: &str,
     name: &str,
-    now: OffsetDateTime,
 ) -> Vec<ServedBy> {
     let mut served: Vec<ServedBy> = leases
         .state()
         .iter()
         .filter(|lease| lease.namespace().as_deref() == Some(namespace))
-        .filter_map(|lease| Heartbeat::from_lease(lease))
-        .filter(|beat| beat.key_name == name)
-        .map(|beat| ServedBy {
-            live: beat.is_live(now),
+        .filter_map(|lease| Some((Heartbeat::from_lease(lease)?, lease)))
+        .filter(|(beat, _)| beat.key_name == name)
+        .map(|(beat, lease)| ServedBy {
+            live: beat.is_live(observer.observe(lease).elapsed()),
             plugin: beat.plugin,
             served_key_id: beat.served_key_id,
             seeded_key_id: beat.seeded.map(|(id, _)| id),
@@ -96,9 +100,9 @@ mod tests {
 
     use super::*;
 
-    fn at(seconds: i64) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp(1_800_000_000 + seconds)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    fn at(seconds: i64) -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp(1_800_000_000 + seconds)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     }
 
     fn lease(namespace: &str, plugin: &str, key: &str, renewed: i64) -> Lease {
@@ -113,9 +117,10 @@ mod tests {
         .to_lease(namespace, at(renewed))
     }
 
-    #[test]
-    fn only_heartbeats_naming_the_key_in_its_namespace_count() {
+    #[tokio::test(start_paused = true)]
+    async fn only_heartbeats_naming_the_key_in_its_namespace_count() {
         let mut writer = Writer::<Lease>::default();
+        let observer = LeaseObserver::new();
         for l in [
             lease("ns", "b", "key", 0),
             lease("ns", "a", "key", 100),
@@ -124,7 +129,18 @@ mod tests {
         ] {
             writer.apply_watcher_event(&Event::Apply(l));
         }
-        let served = served_by(&writer.as_reader(), "ns", "key", at(100));
+        let reader = writer.as_reader();
+        // b was last renewed 100 s before a by the plugins' clocks: both first seen now,
+        // so both are live, whatever those clocks say.
+        let served = served_by(&reader, &observer, "ns", "key");
+        let summary: Vec<(&str, bool)> =
+            served.iter().map(|p| (p.plugin.as_str(), p.live)).collect();
+        assert_eq!(summary, [("a", true), ("b", true)]);
+        // a renews, b does not: after b's duration only a is live.
+        tokio::time::advance(std::time::Duration::from_secs(40)).await;
+        writer.apply_watcher_event(&Event::Apply(lease("ns", "a", "key", 140)));
+        tokio::time::advance(std::time::Duration::from_secs(21)).await;
+        let served = served_by(&reader, &observer, "ns", "key");
         let summary: Vec<(&str, bool)> =
             served.iter().map(|p| (p.plugin.as_str(), p.live)).collect();
         assert_eq!(summary, [("a", true), ("b", false)]);

@@ -80,10 +80,12 @@ fn new_key(name: &str, spec: serde_json::Value) -> KmsKey {
 
 impl Harness {
     async fn reconcile(&self, name: &str) -> Action {
+        self.try_reconcile(name).await.expect("reconcile")
+    }
+
+    async fn try_reconcile(&self, name: &str) -> Result<Action, kubekms_operator::Error> {
         let key = self.fake.key(name).expect("key exists");
-        key::reconcile(Arc::new(key), self.ctx.clone())
-            .await
-            .expect("reconcile")
+        key::reconcile(Arc::new(key), self.ctx.clone()).await
     }
 
     /// Creates the key and runs the two passes that add the finalizer and the record.
@@ -789,6 +791,27 @@ async fn grants_are_validated_against_their_key_and_keep_their_id() {
     // A lost status is rebuilt with the same id and token.
     let token = again.grant_token.clone().expect("grant token");
     assert_ne!(token, grant_id);
+    // Item 7 of issue 13: whoever reads the KmsGrant (or its Events) knows the uid, but the
+    // uid alone no longer gives the token: it is an HMAC under a key derived from the root
+    // key, not a plain hash.
+    let uid = "uid-grant-sym";
+    let hashed = |label: &str| {
+        hex::encode(kms_core::primitives::hash(
+            kms_core::spec::HashAlgorithm::Sha256,
+            format!("kubekms.io/{label}\0{uid}").as_bytes(),
+        ))
+    };
+    assert_ne!(token, hashed("grant-token"), "the old formula");
+    assert_ne!(grant_id, hashed("grant-id"), "the old formula");
+    let derived = h
+        .root
+        .derive_key(kms_core::keystore::DerivedKeyPurpose::GrantToken)
+        .expect("derived key");
+    let mac = kms_core::primitives::HmacKey::sha256_prf(derived.expose());
+    assert_eq!(
+        token,
+        hex::encode(mac.sign(format!("kubekms.io/grant-token\0{uid}").as_bytes()))
+    );
     let mut wiped = h.fake.grant("grant-sym").expect("grant");
     wiped.status = None;
     h.fake.put_grant(&wiped);
@@ -977,4 +1000,373 @@ async fn nothing_is_done_before_the_heartbeats_are_listed() {
         .apply_watcher_event(&Event::InitDone);
     assert_eq!(h.reconcile("k1").await, Action::await_change());
     assert_eq!(h.fake.take_log(), vec!["PATCH kmskeys/k1"]);
+}
+
+fn ready_of(h: &Harness, name: &str) -> Option<(String, String)> {
+    h.fake
+        .key(name)
+        .and_then(|k| k.status)
+        .and_then(|s| ready_reason(&s.conditions))
+}
+
+/// Item 14 of issue 13: a record replaced concurrently (another writer between this pass's
+/// read and its write) makes the write conflict (409); the retry starts from a fresh read,
+/// so the other writer's change is kept and a rotation it already made is not made again.
+#[tokio::test]
+async fn a_record_replaced_concurrently_conflicts_and_the_retry_loses_nothing() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+
+    // Another writer labels the record just before this pass writes its rotation.
+    h.edit_spec("k1", |s| {
+        s.rotation = Some(serde_json::from_value(json!({"onDemandToken": "one"})).expect("r"));
+    });
+    h.fake.before_next_put("kmskeymaterials", "k1", |record| {
+        record["metadata"]["labels"] = json!({"backup": "2026-01-01"});
+    });
+    let error = h
+        .try_reconcile("k1")
+        .await
+        .expect_err("a stale write conflicts");
+    assert!(format!("{error:?}").contains("409"), "{error:?}");
+    assert_eq!(
+        h.fake.take_log(),
+        vec!["GET kmskeymaterials/k1", "PUT kmskeymaterials/k1 409"],
+        "nothing else is written by a pass whose record write failed"
+    );
+    assert_eq!(h.versions("k1"), vec![(1, None)]);
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PUT kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT Rotated"
+        ]
+    );
+    let record = h.fake.record("k1").expect("record");
+    assert_eq!(
+        record.labels().get("backup").map(String::as_str),
+        Some("2026-01-01"),
+        "the other writer's change is kept"
+    );
+    assert_eq!(
+        h.versions("k1"),
+        vec![(1, None), (2, Some(RotationTypeName::OnDemand))]
+    );
+
+    // Another writer makes the very same rotation first: the retry does not make it again.
+    h.edit_spec("k1", |s| {
+        s.rotation.as_mut().expect("rotation").on_demand_token = Some("two".to_owned());
+    });
+    h.fake.before_next_put("kmskeymaterials", "k1", |record| {
+        let mut third = record["spec"]["versions"][1].clone();
+        third["version"] = json!(3);
+        record["spec"]["versions"]
+            .as_array_mut()
+            .expect("versions")
+            .push(third);
+        record["spec"]["lastOnDemandToken"] = json!("two");
+        record["spec"]["onDemandRotations"] = json!(2);
+    });
+    assert!(h.try_reconcile("k1").await.is_err(), "conflict");
+    assert_eq!(
+        h.fake.take_log(),
+        vec!["GET kmskeymaterials/k1", "PUT kmskeymaterials/k1 409"]
+    );
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec!["GET kmskeymaterials/k1", "PATCH kmskeys/k1/status"],
+        "the token is acted on already: no second rotation, no record write"
+    );
+    assert_eq!(h.versions("k1").len(), 3, "one version per token, not two");
+    let status = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    assert_eq!(status.current_version, Some(3));
+}
+
+/// The finalizer helper's JSON patch tests the finalizers it read: another controller's
+/// finalizer added meanwhile makes it fail (422) and the retry keeps both.
+#[tokio::test]
+async fn a_finalizer_added_concurrently_fails_the_patch_test_and_is_kept() {
+    let h = harness();
+    h.fake.put_key(&new_key("k1", json!({})));
+    let stale = h.fake.key("k1").expect("key");
+    {
+        let mut state = h.fake.state.lock().expect("state");
+        state.keys.get_mut("k1").expect("key")["metadata"]["finalizers"] =
+            json!(["example.com/backup"]);
+    }
+    let result = key::reconcile(Arc::new(stale), h.ctx.clone()).await;
+    assert!(result.is_err(), "the patch test fails on the stale object");
+    assert_eq!(h.fake.take_log(), vec!["PATCH kmskeys/k1 422"]);
+    assert_eq!(h.reconcile("k1").await, Action::await_change());
+    assert_eq!(h.fake.take_log(), vec!["PATCH kmskeys/k1"]);
+    assert_eq!(
+        h.fake.key("k1").expect("key").finalizers(),
+        ["example.com/backup".to_owned(), FINALIZER.to_owned()]
+    );
+}
+
+/// Item 3 of issue 13: a record deleted and re-created with another key's id (and its
+/// wrapped versions) is refused: no status rebuilt from it, no rotation or deletion date
+/// written into it, nothing destroyed; Ready False RecordMismatch and one Warning Event.
+#[tokio::test]
+async fn a_record_replaced_by_another_keys_record_is_refused() {
+    let h = harness();
+    let own = h.create("k1", json!({})).await;
+    h.create("k2", json!({})).await;
+    let own_id = own.status.clone().and_then(|s| s.key_id).expect("k1 id");
+    let foreign = h.fake.record("k2").expect("k2 record");
+    h.fake.state.lock().expect("state").records.remove("k1");
+    let mut replaced = foreign.clone();
+    replaced.metadata.name = Some("k1".to_owned());
+    h.fake.put_record(&replaced);
+
+    h.reconcile("k1").await;
+    assert_eq!(h.fake.take_log(), status_and_event("k1", "RecordMismatch"));
+    let status = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    assert_eq!(
+        status.key_id.as_deref(),
+        Some(own_id.as_str()),
+        "not rebuilt"
+    );
+    assert_eq!(status.arn, own.status.as_ref().and_then(|s| s.arn.clone()));
+    assert_eq!(
+        ready_of(&h, "k1"),
+        Some(("False".to_owned(), "RecordMismatch".to_owned()))
+    );
+    let ready_message = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        ready_message.contains(&foreign.spec.key_id) && ready_message.contains(&own_id),
+        "{ready_message}"
+    );
+
+    // An on-demand rotation is not written into the foreign record; reported once.
+    h.edit_spec("k1", |s| {
+        s.rotation = Some(serde_json::from_value(json!({"onDemandToken": "x"})).expect("r"));
+    });
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec!["GET kmskeymaterials/k1", "PATCH kmskeys/k1/status"],
+        "observedGeneration moves, nothing else"
+    );
+    assert_eq!(h.fake.record("k1").expect("record").spec, foreign.spec);
+
+    // kubectl delete: no deletion date written into it, never destroyed.
+    mark_deleted(&h, "k1");
+    h.reconcile("k1").await;
+    h.days(60);
+    h.reconcile("k1").await;
+    let log = h.fake.take_log();
+    assert!(
+        log.iter()
+            .all(|r| r == "GET kmskeymaterials/k1" || r == "PATCH kmskeys/k1/status"),
+        "{log:?}"
+    );
+    assert_eq!(h.fake.record("k1").expect("record").spec, foreign.spec);
+    assert!(h.fake.key("k1").is_some(), "still held");
+    assert_eq!(
+        h.fake.record("k2").expect("k2 record").spec,
+        foreign.spec,
+        "the other key is untouched"
+    );
+}
+
+/// Item 9 of issue 13: a record with a date at the end of the range of dates does not
+/// panic the operator (date arithmetic is checked): the key reports Invalid.
+#[tokio::test]
+async fn a_record_with_an_extreme_date_makes_the_key_invalid_not_a_panic() {
+    let h = harness();
+    h.create(
+        "k1",
+        json!({"rotation": {"automatic": true, "periodInDays": 90}}),
+    )
+    .await;
+    {
+        let mut state = h.fake.state.lock().expect("state");
+        let record = state.records.get_mut("k1").expect("record");
+        record["spec"]["versions"][0]["created"] = json!("9999-12-31T23:59:59Z");
+    }
+    // A changed period counts from the last rotation: 9999-12-31 plus 100 days.
+    h.edit_spec("k1", |s| {
+        s.rotation.as_mut().expect("rotation").period_in_days = 100;
+    });
+    let action = h.reconcile("k1").await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(h.fake.take_log(), status_and_event("k1", "Invalid"));
+    let status = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Invalid")
+    );
+    assert!(
+        ready.message.contains("out of the range"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(h.versions("k1").len(), 1, "nothing written");
+
+    // A rotation period out of range (bypassing the CRD's validation) is refused too.
+    h.edit_spec("k1", |s| {
+        s.rotation.as_mut().expect("rotation").period_in_days = u32::MAX;
+    });
+    h.reconcile("k1").await;
+    assert_eq!(
+        ready_of(&h, "k1"),
+        Some(("False".to_owned(), "Invalid".to_owned()))
+    );
+}
+
+/// A heartbeat Lease of plugin `plugin` for `key`, seeded under `seeded`, whose renewTime
+/// (the plugin's clock) is `renewed`.
+fn heartbeat(plugin: &str, key: &str, seeded: &str, renewed: OffsetDateTime) -> Lease {
+    Heartbeat {
+        plugin: plugin.to_owned(),
+        key_name: key.to_owned(),
+        served_key_id: Some(seeded.to_owned()),
+        seeded: Some((seeded.to_owned(), renewed)),
+        renewed: None,
+        duration_seconds: 60,
+    }
+    .to_lease(NAMESPACE, renewed)
+}
+
+impl Harness {
+    fn beat(&self, lease: Lease) {
+        self.leases
+            .lock()
+            .expect("leases")
+            .apply_watcher_event(&Event::Apply(lease));
+    }
+
+    fn reencryption_phase(&self, name: &str) -> Option<String> {
+        self.fake
+            .key(name)
+            .and_then(|k| k.status)
+            .and_then(|s| s.reencryption)
+            .map(|r| r.phase)
+    }
+}
+
+/// Item 2 of issue 13: a plugin whose node clock is 2 minutes behind, but which renews its
+/// heartbeat, is live: the re-encryption waits for its API server to seed the new key_id.
+/// Judged by when the operator saw the Lease change (its own monotonic clock), it turns
+/// dead only 60 s after its last renewal, and then no longer holds the pass back.
+#[tokio::test(start_paused = true)]
+async fn a_renewing_plugin_with_a_clock_behind_holds_the_reencryption() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+    let id = h.fake.record("k1").expect("record").spec.key_id;
+    let (v1, v2) = (format!("{id}/v1"), format!("{id}/v2"));
+    let behind = h.clock_now() - Duration::minutes(2);
+    h.beat(heartbeat("cp-1", "k1", &v1, h.clock_now()));
+    h.beat(heartbeat("cp-2", "k1", &v1, behind));
+    h.reconcile("k1").await;
+    h.edit_spec("k1", |s| {
+        s.rotation = Some(serde_json::from_value(json!({"onDemandToken": "r"})).expect("r"));
+    });
+    h.reconcile("k1").await;
+    h.beat(heartbeat("cp-1", "k1", &v2, h.clock_now()));
+    h.fake.take_log();
+
+    let mut renewed = behind;
+    for round in 0..4 {
+        h.reconcile("k1").await;
+        assert!(
+            !h.fake.take_log().contains(&"GET secrets".to_owned()),
+            "round {round}: rewriting while cp-2 (renewing) has not seeded v2"
+        );
+        assert_eq!(
+            h.reencryption_phase("k1").as_deref(),
+            Some("WaitingForPlugins"),
+            "round {round}"
+        );
+        tokio::time::advance(std::time::Duration::from_secs(45)).await;
+        renewed += Duration::seconds(45);
+        h.beat(heartbeat("cp-2", "k1", &v1, renewed));
+        h.beat(heartbeat("cp-1", "k1", &v2, renewed + Duration::minutes(2)));
+    }
+    let status = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    assert!(
+        status.served_by.iter().all(|p| p.live),
+        "{:?}",
+        status.served_by
+    );
+
+    // cp-2 stops renewing: live for 60 s more, then it no longer holds the pass.
+    h.reconcile("k1").await;
+    tokio::time::advance(std::time::Duration::from_secs(59)).await;
+    h.beat(heartbeat(
+        "cp-1",
+        "k1",
+        &v2,
+        h.clock_now() + Duration::seconds(59),
+    ));
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.reencryption_phase("k1").as_deref(),
+        Some("WaitingForPlugins")
+    );
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    h.fake.take_log();
+    h.reconcile("k1").await;
+    assert!(h.fake.take_log().contains(&"GET secrets".to_owned()));
+    assert_eq!(h.reencryption_phase("k1").as_deref(), Some("Done"));
+}
+
+/// The other way round: a plugin whose clock is 10 minutes ahead and which has stopped
+/// renewing is dead 60 s after the operator last saw its Lease change, not 11 minutes.
+#[tokio::test(start_paused = true)]
+async fn a_silent_plugin_with_a_clock_ahead_stops_holding_the_reencryption() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+    let id = h.fake.record("k1").expect("record").spec.key_id;
+    let (v1, v2) = (format!("{id}/v1"), format!("{id}/v2"));
+    h.beat(heartbeat("cp-1", "k1", &v1, h.clock_now()));
+    h.beat(heartbeat(
+        "cp-2",
+        "k1",
+        &v1,
+        h.clock_now() + Duration::minutes(10),
+    ));
+    h.edit_spec("k1", |s| {
+        s.rotation = Some(serde_json::from_value(json!({"onDemandToken": "r"})).expect("r"));
+    });
+    h.reconcile("k1").await;
+    h.beat(heartbeat("cp-1", "k1", &v2, h.clock_now()));
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.reencryption_phase("k1").as_deref(),
+        Some("WaitingForPlugins")
+    );
+    for _ in 0..4 {
+        // cp-1 keeps renewing; cp-2 is silent. The operator's wall clock does not move.
+        tokio::time::advance(std::time::Duration::from_secs(20)).await;
+        h.beat(heartbeat(
+            "cp-1",
+            "k1",
+            &v2,
+            h.clock_now() + Duration::seconds(1),
+        ));
+    }
+    h.fake.take_log();
+    h.reconcile("k1").await;
+    assert!(
+        h.fake.take_log().contains(&"GET secrets".to_owned()),
+        "cp-2 has been silent for 80 s: it does not hold the pass"
+    );
+    assert_eq!(h.reencryption_phase("k1").as_deref(), Some("Done"));
 }

@@ -1,10 +1,22 @@
 //! A fake API server behind a `tower_test` mock service (the controller-rs pattern): it
-//! keeps one namespace's KmsKeys, KmsKeyMaterial records and KmsGrants in memory, answers
-//! the requests the reconcilers make, and logs each as "METHOD resource[/name[/sub]]" (Events
-//! as "EVENT Reason") so tests assert the exact sequence of requests.
+//! keeps one namespace's KmsKeys, KmsKeyMaterial records, KmsGrants, KmsAliases and Leases
+//! in memory, answers the requests the reconcilers and the leader elector make, and logs
+//! each as "METHOD resource[/name[/sub]]" (Events as "EVENT Reason"; a refused write gets
+//! its status code appended) so tests assert the exact sequence of requests.
+//!
+//! Like kube-apiserver it enforces optimistic concurrency: a PUT must carry the stored
+//! resourceVersion (409 Conflict when stale, 422 when missing) and a JSON patch whose
+//! `test` operation fails is refused (422). A test can slip a concurrent write in just
+//! before the next PUT of an object ([`FakeApi::before_next_put`]) and can make the server
+//! stop answering altogether ([`FakeApi::stall`]).
+
+// Each test binary uses a part of the fake.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::coordination::v1::Lease;
 
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
@@ -14,13 +26,20 @@ use serde_json::{Value, json};
 
 pub const NAMESPACE: &str = "team-a";
 
+type ConcurrentWrite = Box<dyn FnOnce(&mut Value) + Send>;
+
 #[derive(Default)]
 pub struct State {
     pub keys: BTreeMap<String, Value>,
     pub records: BTreeMap<String, Value>,
     pub grants: BTreeMap<String, Value>,
     pub aliases: BTreeMap<String, Value>,
+    pub leases: BTreeMap<String, Value>,
     pub log: Vec<String>,
+    /// Requests are held without an answer (a hung API server).
+    pub stalled: bool,
+    /// A concurrent write to apply to `resource/name` just before its next PUT.
+    before_put: Option<(String, ConcurrentWrite)>,
     /// Notes of the Events, to check that no material leaks into them.
     pub event_notes: Vec<String>,
     resource_version: u64,
@@ -30,6 +49,24 @@ impl State {
     fn next_version(&mut self) -> String {
         self.resource_version += 1;
         self.resource_version.to_string()
+    }
+
+    fn store(&mut self, resource: &str) -> &mut BTreeMap<String, Value> {
+        match resource {
+            "kmskeys" => &mut self.keys,
+            "kmskeymaterials" => &mut self.records,
+            "kmsgrants" => &mut self.grants,
+            "kmsaliases" => &mut self.aliases,
+            "leases" => &mut self.leases,
+            other => panic!("unexpected resource {other}"),
+        }
+    }
+
+    /// Stores `object` under `resource/name` with a new resourceVersion.
+    fn put(&mut self, resource: &str, name: &str, mut object: Value) {
+        let rv = self.next_version();
+        object["metadata"]["resourceVersion"] = json!(rv);
+        self.store(resource).insert(name.to_owned(), object);
     }
 }
 
@@ -47,7 +84,13 @@ impl FakeApi {
         };
         let server = fake.clone();
         tokio::spawn(async move {
+            let mut unanswered = Vec::new();
             while let Some((request, respond)) = handle.next_request().await {
+                if server.lock().stalled {
+                    // Never answered, never dropped: the caller waits forever.
+                    unanswered.push(respond);
+                    continue;
+                }
                 let (status, body) = server.handle(request).await;
                 let response = Response::builder()
                     .status(status)
@@ -64,27 +107,52 @@ impl FakeApi {
         self.state.lock().expect("fake API state")
     }
 
+    fn put(&self, resource: &str, name: &str, object: &impl serde::Serialize) {
+        let value = serde_json::to_value(object).expect("object");
+        self.lock().put(resource, name, value);
+    }
+
     pub fn put_key(&self, key: &KmsKey) {
-        let mut value = serde_json::to_value(key).expect("key");
-        let mut state = self.lock();
-        let rv = state.next_version();
-        value["metadata"]["resourceVersion"] = json!(rv);
-        state.keys.insert(key.name_any(), value);
+        self.put("kmskeys", &key.name_any(), key);
     }
 
     pub fn put_record(&self, record: &KmsKeyMaterial) {
-        let value = serde_json::to_value(record).expect("record");
-        self.lock().records.insert(record.name_any(), value);
+        self.put("kmskeymaterials", &record.name_any(), record);
     }
 
     pub fn put_grant(&self, grant: &KmsGrant) {
-        let value = serde_json::to_value(grant).expect("grant");
-        self.lock().grants.insert(grant.name_any(), value);
+        self.put("kmsgrants", &grant.name_any(), grant);
     }
 
     pub fn put_alias(&self, alias: &KmsAlias) {
-        let value = serde_json::to_value(alias).expect("alias");
-        self.lock().aliases.insert(alias.name_any(), value);
+        self.put("kmsaliases", &alias.name_any(), alias);
+    }
+
+    pub fn put_lease(&self, lease: &Lease) {
+        self.put("leases", &lease.name_any(), lease);
+    }
+
+    pub fn lease(&self, name: &str) -> Option<Lease> {
+        self.lock()
+            .leases
+            .get(name)
+            .map(|v| serde_json::from_value(v.clone()).expect("stored lease"))
+    }
+
+    /// From now on, no request is answered.
+    pub fn stall(&self) {
+        self.lock().stalled = true;
+    }
+
+    /// Just before the next PUT of `resource/name` is handled, `write` changes the stored
+    /// object (and its resourceVersion), as another writer would: that PUT then conflicts.
+    pub fn before_next_put(
+        &self,
+        resource: &str,
+        name: &str,
+        write: impl FnOnce(&mut Value) + Send + 'static,
+    ) {
+        self.lock().before_put = Some((format!("{resource}/{name}"), Box::new(write)));
     }
 
     pub fn alias(&self, name: &str) -> Option<KmsAlias> {
@@ -150,24 +218,59 @@ impl FakeApi {
                 .push(body["note"].as_str().unwrap_or_default().to_owned());
             return (StatusCode::CREATED, body);
         }
-        let prefix = format!("/apis/kubekms.io/v1alpha1/namespaces/{NAMESPACE}/");
-        let rest = path
-            .strip_prefix(&prefix)
-            .unwrap_or_else(|| panic!("unexpected path {path}"));
+        if path == "/api/v1/secrets" && method == "GET" {
+            state.log.push("GET secrets".to_owned());
+            return (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": []}),
+            );
+        }
+        let rest = [
+            format!("/apis/kubekms.io/v1alpha1/namespaces/{NAMESPACE}/"),
+            format!("/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/"),
+        ]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("unexpected path {path}"))
+        .to_owned();
         let parts: Vec<&str> = rest.split('/').collect();
-        state.log.push(format!("{method} {rest}"));
         let resource = parts[0];
         let name = parts.get(1).copied();
         let sub = parts.get(2).copied();
-        let rv = state.next_version();
-        let store = match resource {
-            "kmskeys" => &mut state.keys,
-            "kmskeymaterials" => &mut state.records,
-            "kmsgrants" => &mut state.grants,
-            "kmsaliases" => &mut state.aliases,
-            other => panic!("unexpected resource {other}"),
+        let (status, response) = Self::answer(&mut state, &method, resource, name, sub, body);
+        // A GET of a missing object is an ordinary answer; other refusals show their code.
+        let line = if status.is_success() || (status == StatusCode::NOT_FOUND && method == "GET") {
+            format!("{method} {rest}")
+        } else {
+            format!("{method} {rest} {}", status.as_u16())
         };
-        match (method.as_str(), name, sub) {
+        state.log.push(line);
+        (status, response)
+    }
+
+    fn answer(
+        state: &mut State,
+        method: &str,
+        resource: &str,
+        name: Option<&str>,
+        sub: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        if method == "PUT"
+            && let Some(name) = name
+        {
+            let target = format!("{resource}/{name}");
+            if state.before_put.as_ref().is_some_and(|(t, _)| *t == target)
+                && let Some((_, write)) = state.before_put.take()
+                && let Some(mut object) = state.store(resource).get(name).cloned()
+            {
+                write(&mut object);
+                state.put(resource, name, object);
+            }
+        }
+        let rv = state.next_version();
+        let store = state.store(resource);
+        match (method, name, sub) {
             ("GET", None, _) => {
                 let items: Vec<Value> = store.values().cloned().collect();
                 (
@@ -186,10 +289,7 @@ impl FakeApi {
                     .expect("created object has a name")
                     .to_owned();
                 if store.contains_key(&name) {
-                    return (
-                        StatusCode::CONFLICT,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "exists"}),
-                    );
+                    return failure(StatusCode::CONFLICT, "AlreadyExists", "exists");
                 }
                 object["metadata"]["resourceVersion"] = json!(rv);
                 object["metadata"]["uid"] = json!(format!("uid-{name}"));
@@ -197,7 +297,27 @@ impl FakeApi {
                 (StatusCode::CREATED, object)
             }
             ("PUT", Some(name), None) => {
+                let Some(stored) = store.get(name) else {
+                    return not_found(name);
+                };
                 let mut object = body;
+                match object["metadata"]["resourceVersion"].as_str() {
+                    None => {
+                        return failure(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "Invalid",
+                            "metadata.resourceVersion: must be specified for an update",
+                        );
+                    }
+                    Some(sent) if Some(sent) != stored["metadata"]["resourceVersion"].as_str() => {
+                        return failure(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            "the object has been modified; please apply your changes to the latest version and try again",
+                        );
+                    }
+                    Some(_) => {}
+                }
                 object["metadata"]["resourceVersion"] = json!(rv);
                 store.insert(name.to_owned(), object.clone());
                 (StatusCode::OK, object)
@@ -214,7 +334,9 @@ impl FakeApi {
                 let Some(object) = store.get_mut(name) else {
                     return not_found(name);
                 };
-                patch(object, &body);
+                if let Err(failed) = patch(object, &body) {
+                    return failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &failed);
+                }
                 object["metadata"]["resourceVersion"] = json!(rv);
                 let result = object.clone();
                 let gone = result["metadata"]["deletionTimestamp"].is_string()
@@ -241,52 +363,75 @@ impl FakeApi {
                     (StatusCode::OK, object)
                 }
             }
-            other => panic!("unexpected request {other:?} {path}"),
+            other => panic!("unexpected request {method} {other:?}"),
         }
     }
 }
 
-fn not_found(name: &str) -> (StatusCode, Value) {
+fn failure(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Value) {
     (
-        StatusCode::NOT_FOUND,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{name} not found")}),
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code.as_u16(), "message": message}),
     )
 }
 
-/// Applies the patches the reconcilers send: the finalizer helper's JSON patches (add or
-/// remove a finalizer) and JSON merge patches of the spec.
-fn patch(object: &mut Value, body: &Value) {
-    if let Some(operations) = body.as_array() {
-        for operation in operations {
-            let path = operation["path"].as_str().unwrap_or_default();
-            match operation["op"].as_str().unwrap_or_default() {
-                "test" => {}
-                "add" if path == "/metadata/finalizers" => {
-                    object["metadata"]["finalizers"] = operation["value"].clone();
-                }
-                "add" if path == "/metadata/finalizers/-" => {
-                    let finalizers = object["metadata"]["finalizers"]
-                        .as_array_mut()
-                        .expect("finalizers");
-                    finalizers.push(operation["value"].clone());
-                }
-                "remove" => {
-                    let index: usize = path
-                        .rsplit('/')
-                        .next()
-                        .and_then(|i| i.parse().ok())
-                        .expect("finalizer index");
-                    let finalizers = object["metadata"]["finalizers"]
-                        .as_array_mut()
-                        .expect("finalizers");
-                    finalizers.remove(index);
-                }
-                other => panic!("unexpected JSON patch operation {other} {path}"),
-            }
-        }
-    } else {
+fn not_found(name: &str) -> (StatusCode, Value) {
+    failure(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{name} not found"),
+    )
+}
+
+/// Applies the patches the reconcilers send: the finalizer helper's JSON patches (`test`,
+/// then add or remove a finalizer; all or nothing) and JSON merge patches of the spec.
+fn patch(object: &mut Value, body: &Value) -> Result<(), String> {
+    let Some(operations) = body.as_array() else {
         merge(object, body);
+        return Ok(());
+    };
+    let mut patched = object.clone();
+    for operation in operations {
+        let path = operation["path"].as_str().unwrap_or_default();
+        match operation["op"].as_str().unwrap_or_default() {
+            "test" => {
+                // As kube-apiserver's json-patch: a missing path tests equal to null.
+                let found = patched.pointer(path).cloned().unwrap_or(Value::Null);
+                if found != operation["value"] {
+                    return Err(format!(
+                        "the json patch test at {path} failed: {found} is not {}",
+                        operation["value"]
+                    ));
+                }
+            }
+            "add" if path == "/metadata/finalizers" => {
+                patched["metadata"]["finalizers"] = operation["value"].clone();
+            }
+            "add" if path == "/metadata/finalizers/-" => {
+                let finalizers = patched["metadata"]["finalizers"]
+                    .as_array_mut()
+                    .expect("finalizers");
+                finalizers.push(operation["value"].clone());
+            }
+            "remove" => {
+                let index: usize = path
+                    .rsplit('/')
+                    .next()
+                    .and_then(|i| i.parse().ok())
+                    .expect("finalizer index");
+                let finalizers = patched["metadata"]["finalizers"]
+                    .as_array_mut()
+                    .expect("finalizers");
+                if index >= finalizers.len() {
+                    return Err(format!("no finalizer at {path}"));
+                }
+                finalizers.remove(index);
+            }
+            other => panic!("unexpected JSON patch operation {other} {path}"),
+        }
     }
+    *object = patched;
+    Ok(())
 }
 
 fn merge(target: &mut Value, patch: &Value) {
