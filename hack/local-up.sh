@@ -193,10 +193,8 @@ else
   root_key_args=(--root-key "${root_key}" --init-root-key)
 fi
 
-if [[ -f deploy/admission/kmskey-protection.yaml ]]; then
-  log "admission policy (deploy/admission/kmskey-protection.yaml)"
-  kubectl apply --server-side --force-conflicts -f deploy/admission/kmskey-protection.yaml >/dev/null
-fi
+log "admission policies (deploy/admission/: served keys protected, only the operator writes KmsKeyMaterial)"
+kubectl apply --server-side --force-conflicts -f deploy/admission/ >/dev/null
 
 operator_pid_file="${state}/pids/kubekms-operator.pid"
 if hack/control-plane.sh status --state-dir "${state}" | grep -q '^kubekms-operator: running'; then

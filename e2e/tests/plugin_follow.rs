@@ -46,6 +46,8 @@ struct Plane {
     socket: PathBuf,
     base: PathBuf,
     operator: Option<Child>,
+    /// Where the running operator serves /metrics.
+    operator_metrics: Option<u16>,
     /// A second plugin following the same KmsKey, as on a second control-plane node.
     second_plugin: Option<Child>,
 }
@@ -75,6 +77,7 @@ impl Plane {
             socket,
             base,
             operator: None,
+            operator_metrics: None,
             second_plugin: None,
         })
     }
@@ -204,6 +207,9 @@ impl Plane {
             .create(true)
             .append(true)
             .open(self.cp.log_path("kubekms-operator"))?;
+        let port = free_port()?;
+        let metrics_addr = format!("127.0.0.1:{port}");
+        self.operator_metrics = Some(port);
         self.operator = Some(
             Command::new(&operator_bin)
                 .env("KUBECONFIG", &self.cp.kubeconfig)
@@ -213,7 +219,7 @@ impl Plane {
                     "--namespace",
                     ns,
                     "--metrics-addr",
-                    "127.0.0.1:0",
+                    &metrics_addr,
                     "--lease-namespace",
                     ns,
                     "--identity",
@@ -298,6 +304,44 @@ impl Plane {
             .cp
             .kubectl(["get", "kmskey", name, "-n", ns, "-o", "json"])?;
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Reconciliations the running operator has run so far (its /metrics).
+    fn operator_reconciles(&self) -> Result<u64> {
+        let port = self
+            .operator_metrics
+            .ok_or_else(|| anyhow!("no operator running"))?;
+        let text = http_get(port, "/metrics")?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("kubekms_operator_reconciles_total"))
+            .filter_map(|l| {
+                l.rsplit_once(' ')
+                    .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+            })
+            .map(|v| v as u64)
+            .sum())
+    }
+
+    /// Waits until the operator has run `more` reconciliations after this call: evidence
+    /// that it looked at the keys again (it rechecks a waiting re-encryption when a
+    /// heartbeat Lease is renewed, every 15 s, and on its requeue).
+    async fn wait_reconciles(&self, more: u64, what: &str) -> Result<()> {
+        let mut start = None;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match (self.operator_reconciles(), start) {
+                (Ok(n), None) => start = Some(n),
+                (Ok(n), Some(s)) if n >= s + more => return Ok(()),
+                _ => {}
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{what}: the operator ran fewer than {more} reconciliations in 120 s (from {start:?}); log {}",
+                self.cp.log_path("kubekms-operator").display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     fn local_record(&self, key: &str) -> Result<serde_json::Value> {
@@ -548,7 +592,11 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
             },
         )
         .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Not a fixed sleep: two more reconciliations (so at least one began after the phase
+    // was seen) must run and still hold the rewrite.
+    plane
+        .wait_reconciles(2, "the operator rechecking the held re-encryption")
+        .await?;
     let still = plane.kmskey_json(&ns, name)?["status"]["reencryption"]["phase"].clone();
     ensure!(
         still == "WaitingForPlugins",
@@ -659,6 +707,29 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
 
     kill_mid_reencryption_and_resume(&mut plane, &ns, name, &key_uuid, t0).await?;
     Ok(())
+}
+
+/// A free loopback port (bound then released).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// GET `path` on `127.0.0.1:port` over plain HTTP/1.0; the body.
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP response: {text:?}"))?;
+    ensure!(head.contains(" 200 "), "GET {path}: {head}");
+    Ok(body.to_owned())
 }
 
 /// Refuses updates of Secrets labelled `e2e.kubekms.io/frozen` (reason Invalid: 422).

@@ -8,6 +8,9 @@
 //! - [`KmsAlias`]: a friendly name for a key.
 //! - [`KmsGrant`]: a grant of operations on a key to a Kubernetes identity.
 //!
+//! [`unwrap`] turns a KmsKey and its record into a usable `kms_core::KmsKey` under the
+//! root key.
+//!
 //! Every field carries a doc comment (it becomes `kubectl explain`), and AWS's ranges and
 //! patterns are CEL or OpenAPI rules enforced by kube-apiserver itself.
 
@@ -22,6 +25,7 @@ pub mod heartbeat;
 pub mod key;
 pub mod material;
 pub mod names;
+pub mod unwrap;
 
 pub use alias::{KmsAlias, KmsAliasSpec, KmsAliasStatus};
 pub use condition::Condition;

@@ -2,6 +2,7 @@
 //! rotation schedules and material versions. Time is always an argument.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
@@ -360,12 +361,15 @@ impl KeyMetadata {
     }
 }
 
-/// A key with its usable material versions.
-#[derive(Debug)]
+/// A key with its usable material versions. The material is shared (`Arc`): a key whose
+/// metadata changes (a state change, a new description) is rebuilt around the same parsed
+/// material with [`KmsKey::with_metadata`], so nothing is unwrapped or parsed again, and
+/// cloning a key is cheap.
+#[derive(Debug, Clone)]
 pub struct KmsKey {
     /// Metadata and lifecycle.
     pub metadata: KeyMetadata,
-    materials: BTreeMap<u32, KeyMaterial>,
+    materials: BTreeMap<u32, Arc<KeyMaterial>>,
 }
 
 impl KmsKey {
@@ -376,6 +380,23 @@ impl KmsKey {
     /// # Errors
     /// `KMSInternalException` when material and metadata disagree.
     pub fn new(metadata: KeyMetadata, materials: BTreeMap<u32, KeyMaterial>) -> KmsResult<Self> {
+        Self::from_shared(
+            metadata,
+            materials
+                .into_iter()
+                .map(|(version, material)| (version, Arc::new(material)))
+                .collect(),
+        )
+    }
+
+    /// As [`KmsKey::new`], with material that other keys may share.
+    ///
+    /// # Errors
+    /// `KMSInternalException` when material and metadata disagree.
+    pub fn from_shared(
+        metadata: KeyMetadata,
+        materials: BTreeMap<u32, Arc<KeyMaterial>>,
+    ) -> KmsResult<Self> {
         let listed = |v: &u32| metadata.versions.iter().any(|m| m.version == *v);
         if let Some(bad) = materials.keys().find(|v| !listed(v)) {
             return Err(KmsError::Internal(format!(
@@ -421,6 +442,21 @@ impl KmsKey {
         Self::new(metadata, BTreeMap::from([(1, material)]))
     }
 
+    /// The same material under other metadata (a new state, description, version list
+    /// of the same key), checked as [`KmsKey::new`] checks.
+    ///
+    /// # Errors
+    /// `KMSInternalException` when the material does not fit the metadata.
+    pub fn with_metadata(&self, metadata: KeyMetadata) -> KmsResult<Self> {
+        Self::from_shared(metadata, self.materials.clone())
+    }
+
+    /// Every retained version's material, shared.
+    #[must_use]
+    pub fn shared_materials(&self) -> &BTreeMap<u32, Arc<KeyMaterial>> {
+        &self.materials
+    }
+
     /// The key id.
     #[must_use]
     pub fn key_id(&self) -> KeyId {
@@ -435,7 +471,7 @@ impl KmsKey {
         self.materials
             .iter()
             .next_back()
-            .map(|(v, m)| (*v, m))
+            .map(|(v, m)| (*v, m.as_ref()))
             .ok_or_else(|| {
                 KmsError::InvalidState(format!("{} has no key material", self.metadata.key_id))
             })
@@ -444,7 +480,7 @@ impl KmsKey {
     /// The material of one version.
     #[must_use]
     pub fn material(&self, version: u32) -> Option<&KeyMaterial> {
-        self.materials.get(&version)
+        self.materials.get(&version).map(AsRef::as_ref)
     }
 
     /// Retained material versions.
@@ -461,7 +497,7 @@ impl KmsKey {
         let mut metadata = self.metadata.clone();
         let version = metadata.record_rotation(now, rotation_type)?;
         self.metadata = metadata;
-        self.materials.insert(version, material);
+        self.materials.insert(version, Arc::new(material));
         Ok(version)
     }
 
@@ -478,7 +514,7 @@ impl KmsKey {
                 self.metadata.key_id
             )));
         }
-        self.materials.insert(version, material);
+        self.materials.insert(version, Arc::new(material));
         Ok(())
     }
 
@@ -504,7 +540,7 @@ impl KmsKey {
             )));
         }
         self.metadata.import_material(now)?;
-        self.materials.insert(1, material);
+        self.materials.insert(1, Arc::new(material));
         Ok(())
     }
 }
@@ -663,6 +699,34 @@ mod tests {
                 .import_material(T0)
                 .map_err(|e| e.aws_exception_name()),
             Err("UnsupportedOperationException")
+        );
+    }
+
+    #[test]
+    fn new_metadata_shares_the_material_and_is_checked() {
+        let mut key = KmsKey::generate(
+            KeyId::single_from_random([6; 16]),
+            KeySpec::SymmetricDefault,
+            KeyUsage::EncryptDecrypt,
+            T0,
+        )
+        .expect("key");
+        key.rotate(T0, RotationType::OnDemand).expect("rotate");
+        let mut metadata = key.metadata.clone();
+        metadata.state = KeyState::Disabled;
+        let disabled = key.with_metadata(metadata).expect("same versions");
+        assert_eq!(disabled.metadata.state, KeyState::Disabled);
+        for version in [1, 2] {
+            assert!(Arc::ptr_eq(
+                &key.shared_materials()[&version],
+                &disabled.shared_materials()[&version]
+            ));
+        }
+        let mut shorter = key.metadata.clone();
+        shorter.versions.pop();
+        assert!(
+            key.with_metadata(shorter).is_err(),
+            "version 2 is not listed in the new metadata"
         );
     }
 }

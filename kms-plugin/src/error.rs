@@ -48,12 +48,44 @@ pub enum PluginError {
     /// `init` would overwrite something.
     #[error("{0} already exists; refusing to overwrite a state folder (keys would be lost)")]
     AlreadyInitialized(PathBuf),
-    /// A state file is unreadable or malformed.
+    /// The state folder is unreadable, malformed, or open to others.
     #[error("state folder: {0}")]
-    State(String),
-    /// The socket path is taken by something that must not be deleted.
+    StateFolder(String),
+    /// The followed KmsKey and its record cannot be adopted (not a symmetric encryption
+    /// key, no material, damaged, would drop a version this plugin holds, ...).
+    #[error("KmsKey {target}: {reason}")]
+    FollowedKey {
+        /// The KmsKey, `namespace/name`.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// The followed KmsKey's record names another key than the one this plugin adopted
+    /// from it (docs/plugin.md: the key-switch rule).
+    #[error(
+        "KmsKey {target}: its KmsKeyMaterial now holds key {offered}, but this plugin serves \
+         key {pinned}, adopted from that KmsKey; refusing to switch keys (a replaced record \
+         must not move kube-apiserver to a key nothing protects). If the switch is intended, \
+         restart the plugin with --allow-key-switch"
+    )]
+    KeySwitch {
+        /// The KmsKey, `namespace/name`.
+        target: String,
+        /// The key adopted earlier.
+        pinned: KeyId,
+        /// The key the record holds now.
+        offered: KeyId,
+    },
+    /// The Unix socket path is taken by something that must not be deleted, or cannot be
+    /// bound or served.
     #[error("socket {0}")]
     Socket(String),
+    /// The HTTP listener (/healthz, /readyz, /metrics) cannot be bound.
+    #[error("HTTP listener: {0}")]
+    Http(String),
+    /// The signal handlers cannot be installed.
+    #[error("signal handlers: {0}")]
+    Signal(String),
     /// An error of kms-core.
     #[error(transparent)]
     Core(KmsError),
@@ -71,9 +103,13 @@ impl PluginError {
             | Self::BadAnnotation(_)
             | Self::PlaintextSize(_) => Code::InvalidArgument,
             Self::UnknownKey(_) | Self::UnknownVersion { .. } => Code::NotFound,
-            Self::NoKey(_) | Self::NotInitialized(_) | Self::State(_) => Code::FailedPrecondition,
+            Self::NoKey(_)
+            | Self::NotInitialized(_)
+            | Self::StateFolder(_)
+            | Self::FollowedKey { .. }
+            | Self::KeySwitch { .. } => Code::FailedPrecondition,
             Self::AlreadyInitialized(_) => Code::AlreadyExists,
-            Self::Socket(_) => Code::Internal,
+            Self::Socket(_) | Self::Http(_) | Self::Signal(_) => Code::Internal,
             Self::Core(e) => match e.class() {
                 ErrorClass::NotFound => Code::NotFound,
                 ErrorClass::InvalidArgument => Code::InvalidArgument,

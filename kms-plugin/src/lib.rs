@@ -4,11 +4,12 @@
 //!   compiled from `proto/kms_v2.proto` at build time.
 //! - [`state`]: the local state folder (root key + wrapped material), so the plugin starts
 //!   and answers with no API server (cold start, bootstrap of a brand-new cluster).
-//! - [`service`]: the keyring in memory and the handlers.
-//! - [`server`]: the Unix-socket gRPC server (mode 0600), HTTP health and metrics,
-//!   reload of the state folder, graceful shutdown.
-//! - [`follow`]: follow mode: watch a KmsKey and its KmsKeyMaterial and write them into
-//!   the state folder; `export` of the bootstrap key for the operator.
+//! - [`service`]: the keys in memory, the plugin that keeps them fresh, the handlers.
+//! - [`server`]: the Unix-socket gRPC server (mode 0600), HTTP health and metrics, the
+//!   reloader of the state folder, graceful shutdown.
+//! - [`follow`]: follow mode: a KmsKey and its KmsKeyMaterial through the keyring
+//!   (`kubekms-keyring`), into memory and the state folder; the heartbeat Lease; `export`
+//!   of the bootstrap key for the operator.
 //! - [`client`]: a client over the Unix socket (tests, benchmarks, `status` subcommand).
 //!
 //! See docs/plugin.md.
@@ -28,5 +29,5 @@ pub mod pb {
 }
 
 pub use error::PluginError;
-pub use service::{Keyring, Plugin, format_key_id, parse_key_id};
+pub use service::{Plugin, ServingKeys, format_key_id, parse_key_id};
 pub use state::StateDir;

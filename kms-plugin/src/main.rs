@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use kms_plugin::follow::{FollowTarget, export, follow};
+use kms_plugin::follow::{FollowConfig, FollowTarget, HeartbeatConfig, export, follow};
 use kms_plugin::metrics::Metrics;
 use kms_plugin::server::{ServeConfig, serve, shutdown_signal};
 use kms_plugin::{Plugin, StateDir, format_key_id};
@@ -80,6 +80,13 @@ enum Command {
         /// live. One per kube-apiserver: default the node name, else the host name.
         #[arg(long, env = "NODE_NAME", requires = "follow")]
         instance: Option<String>,
+        /// With --follow: accept a KmsKeyMaterial of the followed KmsKey that names another
+        /// key than the one this plugin adopted from it. Without it such a record is
+        /// refused (and reported in health): a replaced record must not move kube-apiserver
+        /// to a key that nothing protects. Moving away from the local bootstrap key needs
+        /// no flag.
+        #[arg(long, requires = "follow")]
+        allow_key_switch: bool,
     },
     /// Print the active key as a KmsKeyMaterial record and a KmsKey (YAML for `kubectl
     /// apply --server-side -f -`) with the same key id and wrapped versions, so the
@@ -140,7 +147,7 @@ fn main() -> Result<()> {
             let current = record.versions.last().map(|v| v.version);
             println!(
                 "key {} ({}, {})",
-                record.key_id, record.key_spec, record.key_state
+                record.key_id, record.key_spec, record.served_state
             );
             println!(
                 "{:<8} {:<26} {:<12} {:<8} KEY_ID",
@@ -170,6 +177,7 @@ fn main() -> Result<()> {
             follow: target,
             kubeconfig,
             instance,
+            allow_key_switch,
         } => {
             let instance = kubekms_k8s::heartbeat::instance_name(&instance.unwrap_or_else(|| {
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -185,9 +193,13 @@ fn main() -> Result<()> {
                 let follower = target.map(|target| {
                     tokio::spawn(follow(
                         plugin.clone(),
-                        target,
-                        instance,
-                        kubeconfig,
+                        FollowConfig {
+                            target,
+                            instance,
+                            kubeconfig,
+                            allow_key_switch,
+                            heartbeat: HeartbeatConfig::default(),
+                        },
                         stop_rx,
                     ))
                 });

@@ -40,6 +40,16 @@ pub struct Metrics {
     pub reloads: Counter,
     /// Failed reloads of the state folder.
     pub reload_failures: Counter,
+    /// Reloads asked for by a Decrypt of a key or version not in memory.
+    pub reload_requests: Counter,
+    /// Records of the state folder that cannot be used (skipped).
+    unusable_records: Gauge,
+    /// Heartbeat Lease writes that succeeded.
+    pub heartbeat_renewals: Counter,
+    /// Heartbeat Lease writes that failed or timed out.
+    pub heartbeat_failures: Counter,
+    /// The keyring of follow mode (`kubekms_plugin_keyring_*`).
+    pub keyring: std::sync::Arc<kubekms_keyring::KeyringMetrics>,
 }
 
 impl Default for Metrics {
@@ -60,6 +70,32 @@ impl Metrics {
         let healthy = Gauge::default();
         let reloads = Counter::default();
         let reload_failures = Counter::default();
+        let reload_requests = Counter::default();
+        let unusable_records = Gauge::default();
+        let heartbeat_renewals = Counter::default();
+        let heartbeat_failures = Counter::default();
+        let keyring = std::sync::Arc::new(kubekms_keyring::KeyringMetrics::new());
+        registry.register(
+            "state_reload_requests",
+            "Reloads of the state folder asked for by a Decrypt of a key or version not in memory",
+            reload_requests.clone(),
+        );
+        registry.register(
+            "state_unusable_records",
+            "Records of the state folder that cannot be used (skipped; health reports them)",
+            unusable_records.clone(),
+        );
+        registry.register(
+            "heartbeat_renewals",
+            "Heartbeat Lease writes that succeeded (follow mode)",
+            heartbeat_renewals.clone(),
+        );
+        registry.register(
+            "heartbeat_failures",
+            "Heartbeat Lease writes that failed or timed out (follow mode)",
+            heartbeat_failures.clone(),
+        );
+        keyring.register(registry.sub_registry_with_prefix("keyring"));
         registry.register(
             "grpc_requests",
             "KMS v2 gRPC calls by method and status code",
@@ -104,6 +140,11 @@ impl Metrics {
             healthy,
             reloads,
             reload_failures,
+            reload_requests,
+            unusable_records,
+            heartbeat_renewals,
+            heartbeat_failures,
+            keyring,
         }
     }
 
@@ -120,6 +161,12 @@ impl Metrics {
         self.latency
             .get_or_create(&MethodLabels { method })
             .observe(seconds);
+    }
+
+    /// Sets the number of unusable records.
+    pub fn set_unusable_records(&self, count: usize) {
+        self.unusable_records
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Sets the current key version.

@@ -1,5 +1,6 @@
 //! The servers: KMS v2 gRPC on a Unix socket (mode 0600) and HTTP for /healthz, /readyz
-//! and /metrics; periodic reload of the state folder; graceful shutdown.
+//! and /metrics; the reloader of the state folder (periodic, and at once when a Decrypt
+//! met a key or version not in memory); graceful shutdown.
 
 use std::future::Future;
 use std::io::ErrorKind;
@@ -8,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -86,7 +87,8 @@ pub struct ServeConfig {
     pub socket: PathBuf,
     /// Where /healthz, /readyz and /metrics listen (loopback recommended), if anywhere.
     pub http_addr: Option<SocketAddr>,
-    /// How often the state folder is checked for changes.
+    /// How often the state folder is checked for changes (also soon after a Decrypt of a
+    /// key or version not in memory).
     pub reload_interval: Duration,
 }
 
@@ -159,7 +161,7 @@ pub async fn serve(
         Some(addr) => {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| PluginError::Socket(format!("binding HTTP {addr}: {e}")))?;
+                .map_err(|e| PluginError::Http(format!("binding {addr}: {e}")))?;
             tracing::info!(addr = %tcp.local_addr().map_or(addr, |a| a), "HTTP /healthz /readyz /metrics");
             let router = http_router(HttpState {
                 plugin: plugin.clone(),
@@ -178,21 +180,11 @@ pub async fn serve(
         None => None,
     };
 
-    let reloader = {
-        let plugin = plugin.clone();
-        let mut rx = stop_rx.clone();
-        let interval = config.reload_interval;
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = rx.wait_for(|s| *s) => break,
-                }
-                let p = plugin.clone();
-                let _ = tokio::task::spawn_blocking(move || p.refresh()).await;
-            }
-        })
-    };
+    let reloader = tokio::spawn(reload_loop(
+        plugin.clone(),
+        config.reload_interval,
+        stop_rx.clone(),
+    ));
 
     tracing::info!(
         socket = %config.socket.display(),
@@ -218,6 +210,37 @@ pub async fn serve(
     result.map_err(|e| PluginError::Socket(format!("serving {}: {e}", config.socket.display())))
 }
 
+/// The shortest time between two reloads that Decrypts asked for: a flood of ciphertexts
+/// of unknown keys must not turn into a flood of folder reads.
+pub const RELOAD_REQUEST_MIN_GAP: Duration = Duration::from_millis(250);
+
+/// Reloads the state folder every `interval`, and soon after a Decrypt asked for it, until
+/// `stop`. Reloads run on the blocking pool (they read files and unwrap changed records).
+async fn reload_loop(
+    plugin: Plugin,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = Instant::now();
+    loop {
+        let requested = tokio::select! {
+            () = tokio::time::sleep(interval) => false,
+            () = plugin.reload_requested() => true,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let since = last.elapsed();
+        if requested && since < RELOAD_REQUEST_MIN_GAP {
+            tokio::select! {
+                () = tokio::time::sleep(RELOAD_REQUEST_MIN_GAP - since) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        let p = plugin.clone();
+        let _ = tokio::task::spawn_blocking(move || p.refresh()).await;
+        last = Instant::now();
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 ///
 /// # Errors
@@ -225,9 +248,9 @@ pub async fn serve(
 pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, PluginError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())
-        .map_err(|e| PluginError::Socket(format!("installing a SIGTERM handler: {e}")))?;
+        .map_err(|e| PluginError::Signal(format!("installing a SIGTERM handler: {e}")))?;
     let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| PluginError::Socket(format!("installing a SIGINT handler: {e}")))?;
+        .map_err(|e| PluginError::Signal(format!("installing a SIGINT handler: {e}")))?;
     Ok(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM"),

@@ -1,6 +1,7 @@
 //! The KMS v2 server over a real Unix socket, called by a real tonic client, exactly as
 //! kube-apiserver calls it: Status/Encrypt/Decrypt, every kind of bad input, socket
-//! handling, rotation without restart, and two instances on one state folder.
+//! handling, rotation without restart (the periodic reload, and the reload a Decrypt asks
+//! for), and two instances on one state folder.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
@@ -22,6 +23,7 @@ struct Running {
     socket: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), PluginError>>,
+    plugin: Plugin,
 }
 
 impl Running {
@@ -53,13 +55,14 @@ fn start(state: &Path, socket: &Path, reload: Duration) -> Running {
         http_addr: None,
         reload_interval: reload,
     };
-    let handle = tokio::spawn(serve(plugin, config, async move {
+    let handle = tokio::spawn(serve(plugin.clone(), config, async move {
         let _ = rx.await;
     }));
     Running {
         socket: socket.to_path_buf(),
         stop: Some(tx),
         handle,
+        plugin,
     }
 }
 
@@ -380,37 +383,42 @@ async fn socket_is_private_stale_sockets_are_replaced_and_files_are_never_delete
     assert_eq!(std::fs::read(&file).expect("read"), b"precious");
 }
 
+/// Polls Encrypt (which never reloads anything) until its key_id is not `before`.
+async fn encrypt_until_key_id_changes(c: &mut Client, before: &str) -> String {
+    for _ in 0..300 {
+        let key_id = encrypt(c, b"probe").await.key_id;
+        if key_id != before {
+            return key_id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("Encrypt still answers {before} 15 s after a rotation of the folder");
+}
+
 #[tokio::test]
-async fn a_rotation_in_the_state_folder_becomes_the_new_key_id_without_restart() {
+async fn the_periodic_reload_picks_up_a_rotation_with_no_status_call() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
     init(&state);
     let server = start(
         &state,
         &tmp.path().join("kms.sock"),
-        Duration::from_millis(200),
+        Duration::from_millis(100),
     );
     let mut c = server.client().await;
-    let before = status(&mut c).await.key_id;
     let old = encrypt(&mut c, b"seed-under-version-one-----------").await;
-
+    assert!(old.key_id.ends_with("/v1"), "{}", old.key_id);
+    let reloads = server.plugin.metrics().reloads.get();
+    // What `kubekms-plugin rotate` does.
     let (_, version) = StateDir::new(&state)
         .rotate(OffsetDateTime::now_utc())
         .expect("rotate");
     assert_eq!(version, 2);
-    // Picked up by the periodic reload (and by Status itself).
-    let mut after = before.clone();
-    for _ in 0..100 {
-        after = status(&mut c).await.key_id;
-        if after != before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_ne!(after, before, "key_id did not change after rotation");
+    // No Status call: only the reloader can bring the new version.
+    let after = encrypt_until_key_id_changes(&mut c, &old.key_id).await;
     assert!(after.ends_with("/v2"), "{after}");
-    let new = encrypt(&mut c, b"seed-under-version-two-----------").await;
-    assert_eq!(new.key_id, after);
+    assert!(server.plugin.metrics().reloads.get() > reloads);
+    assert_eq!(status(&mut c).await.key_id, after);
     // Every retained version still decrypts.
     let back = decrypt(
         &mut c,
@@ -421,16 +429,61 @@ async fn a_rotation_in_the_state_folder_becomes_the_new_key_id_without_restart()
     .await
     .expect("old decrypts");
     assert_eq!(back, b"seed-under-version-one-----------");
-    let back = decrypt(
-        &mut c,
-        &new.ciphertext,
-        &new.key_id,
-        new.annotations.clone(),
-    )
-    .await
-    .expect("new decrypts");
-    assert_eq!(back, b"seed-under-version-two-----------");
     server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn status_reads_no_folder_and_decrypt_of_an_unknown_version_only_asks_for_a_reload() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    init(&state);
+    // A timer that never fires during the test: only a request can bring a reload.
+    let a = start(
+        &state,
+        &tmp.path().join("a.sock"),
+        Duration::from_secs(3600),
+    );
+    let mut ca = a.client().await;
+    let v1 = status(&mut ca).await.key_id;
+    StateDir::new(&state)
+        .rotate(OffsetDateTime::now_utc())
+        .expect("rotate");
+    assert_eq!(status(&mut ca).await.key_id, v1, "Status does not reload");
+    // A v2 ciphertext made by a fresh plugin on the same folder (another node).
+    let b = start(
+        &state,
+        &tmp.path().join("b.sock"),
+        Duration::from_secs(3600),
+    );
+    let mut cb = b.client().await;
+    let e2 = encrypt(&mut cb, b"from-b-v2").await;
+    assert!(e2.key_id.ends_with("/v2"));
+    let reloads = a.plugin.metrics().reloads.get();
+    let err = decrypt(&mut ca, &e2.ciphertext, &e2.key_id, e2.annotations.clone())
+        .await
+        .expect_err("v2 is not in A's memory yet");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    assert_eq!(
+        a.plugin.metrics().reloads.get(),
+        reloads,
+        "the Decrypt answered without reloading the folder itself"
+    );
+    assert_eq!(a.plugin.metrics().reload_requests.get(), 1);
+    // The reloader, woken by the request, loads v2: kube-apiserver's retry succeeds.
+    let mut back = None;
+    for _ in 0..200 {
+        if let Ok(plaintext) =
+            decrypt(&mut ca, &e2.ciphertext, &e2.key_id, e2.annotations.clone()).await
+        {
+            back = Some(plaintext);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(back.as_deref(), Some(&b"from-b-v2"[..]));
+    assert_eq!(status(&mut ca).await.key_id, e2.key_id);
+    a.stop().await.expect("stop a");
+    b.stop().await.expect("stop b");
 }
 
 #[tokio::test]
@@ -438,16 +491,15 @@ async fn two_instances_on_one_state_folder_agree_and_decrypt_each_other() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
     init(&state);
-    // Long reload interval: agreement must not depend on the timer.
     let a = start(
         &state,
         &tmp.path().join("a.sock"),
-        Duration::from_secs(3600),
+        Duration::from_millis(200),
     );
     let b = start(
         &state,
         &tmp.path().join("b.sock"),
-        Duration::from_secs(3600),
+        Duration::from_millis(200),
     );
     let mut ca = a.client().await;
     let mut cb = b.client().await;
@@ -466,14 +518,13 @@ async fn two_instances_on_one_state_folder_agree_and_decrypt_each_other() {
             .expect("a decrypts b"),
         b"from-b"
     );
-
-    // Rotate; A learns it through Status; B has not polled yet, but decrypts A's new
-    // ciphertext (an unknown version triggers a reload), then agrees on Status.
+    // Rotate: both pick it up and agree, and each decrypts the other's v2.
     StateDir::new(&state)
         .rotate(OffsetDateTime::now_utc())
         .expect("rotate");
-    let ka = status(&mut ca).await.key_id;
-    assert!(ka.ends_with("/v2"), "{ka}");
+    let ka = encrypt_until_key_id_changes(&mut ca, &ea.key_id).await;
+    let kb = encrypt_until_key_id_changes(&mut cb, &eb.key_id).await;
+    assert_eq!(ka, kb);
     let ea2 = encrypt(&mut ca, b"from-a-v2").await;
     assert_eq!(
         decrypt(
@@ -486,7 +537,7 @@ async fn two_instances_on_one_state_folder_agree_and_decrypt_each_other() {
         .expect("b decrypts a's v2"),
         b"from-a-v2"
     );
-    assert_eq!(status(&mut cb).await.key_id, ka);
+    assert_eq!(status(&mut ca).await.key_id, status(&mut cb).await.key_id);
     a.stop().await.expect("stop a");
     b.stop().await.expect("stop b");
 }
