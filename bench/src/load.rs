@@ -412,7 +412,19 @@ async fn drive_connection(
     }
 }
 
-fn transport_kind(e: &hyper::Error) -> &'static str {
+/// A short, stable name of a transport failure (error counts are keyed by it).
+fn transport_kind(e: &hyper::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
+                std::io::ErrorKind::BrokenPipe => "broken pipe".to_owned(),
+                kind => format!("I/O error ({kind})"),
+            };
+        }
+        source = cause.source();
+    }
     if e.is_closed() || e.is_incomplete_message() {
         "connection closed"
     } else if e.is_parse() {
@@ -420,6 +432,7 @@ fn transport_kind(e: &hyper::Error) -> &'static str {
     } else if e.is_timeout() {
         "timeout"
     } else {
-        "I/O error"
+        "HTTP error"
     }
+    .to_owned()
 }
