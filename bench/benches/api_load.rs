@@ -14,19 +14,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use clap::Parser;
 use kubekms_bench::cpu::loadavg;
-use kubekms_bench::kms::Operation;
+use kubekms_bench::kms::{KmsEndpoint, Operation, StaticCredentials};
 use kubekms_bench::load::{LoadConfig, run_load};
 use kubekms_bench::report::{
     Run, aggregate, ratio_result_line, ratio_table, ratios, result_line, table,
 };
 use kubekms_bench::targets::{
-    HttpFloor, KubekmsServer, LocalKms, RunningTarget, StartContext, StartError, Target,
+    ExternalServer, HttpFloor, KubekmsServer, LocalKms, RunningTarget, StartContext, StartError,
+    Target,
 };
 
 /// The targets, in the order they are measured in each round. A new target is one more
 /// entry here and an implementation of `Target::start` in bench/src/targets.rs.
-fn all_targets() -> Vec<Box<dyn Target>> {
-    vec![
+fn all_targets(args: &Args) -> Result<Vec<Box<dyn Target>>> {
+    Ok(vec![
         Box::new(HttpFloor {
             bin: PathBuf::from(env!("CARGO_BIN_EXE_kubekms-http-floor")),
         }),
@@ -39,8 +40,53 @@ fn all_targets() -> Vec<Box<dyn Target>> {
                     .with_file_name("kubekms-server");
                 beside.is_file().then_some(beside)
             }),
+            external: external_kubekms_server(args)?,
         }),
-    ]
+    ])
+}
+
+/// The running kubekms-server named by `--kubekms-server-endpoint` and its companions,
+/// signed for with the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN of
+/// the environment.
+fn external_kubekms_server(args: &Args) -> Result<Option<ExternalServer>> {
+    let Some(endpoint) = &args.kubekms_server_endpoint else {
+        return Ok(None);
+    };
+    let bare = endpoint
+        .strip_prefix("http://")
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
+    let addr: std::net::SocketAddr = bare.parse().with_context(|| {
+        format!("--kubekms-server-endpoint {endpoint:?}: expected http://IP:PORT")
+    })?;
+    ensure!(
+        addr.ip().is_loopback(),
+        "--kubekms-server-endpoint {addr}: only loopback addresses are allowed"
+    );
+    let key_id = args
+        .kubekms_server_key_id
+        .clone()
+        .context("--kubekms-server-endpoint needs --kubekms-server-key-id")?;
+    let pid = args
+        .kubekms_server_pid
+        .context("--kubekms-server-endpoint needs --kubekms-server-pid (its CPU is measured)")?;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let credentials = StaticCredentials {
+        access_key_id: var("AWS_ACCESS_KEY_ID")
+            .context("--kubekms-server-endpoint needs AWS_ACCESS_KEY_ID in the environment")?,
+        secret_access_key: var("AWS_SECRET_ACCESS_KEY")
+            .context("--kubekms-server-endpoint needs AWS_SECRET_ACCESS_KEY in the environment")?,
+        session_token: var("AWS_SESSION_TOKEN"),
+    };
+    Ok(Some(ExternalServer {
+        endpoint: KmsEndpoint {
+            addr,
+            region: args.region.clone(),
+            credentials,
+        },
+        key_id,
+        pid,
+    }))
 }
 
 /// The AWS KMS API benchmark (cargo bench -p kubekms-bench --bench api_load -- [options]).
@@ -83,6 +129,16 @@ struct Args {
     /// The region requests are signed for.
     #[arg(long, default_value = "us-east-1")]
     region: String,
+    /// Measure a kubekms-server that runs already at this endpoint (http://127.0.0.1:PORT),
+    /// signing with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN).
+    #[arg(long)]
+    kubekms_server_endpoint: Option<String>,
+    /// The key the running kubekms-server is measured with (id, ARN or alias).
+    #[arg(long)]
+    kubekms_server_key_id: Option<String>,
+    /// The pid of the running kubekms-server (its CPU time is measured).
+    #[arg(long)]
+    kubekms_server_pid: Option<u32>,
     /// Keep the scratch folder (targets' logs and data) after the run.
     #[arg(long)]
     keep_logs: bool,
@@ -162,7 +218,7 @@ fn run(args: &Args) -> Result<()> {
     let mut failures: Vec<String> = Vec::new();
     let mut unavailable: Vec<String> = Vec::new();
     let mut running: Vec<RunningTarget> = Vec::new();
-    let known = all_targets();
+    let known = all_targets(args)?;
     for name in &args.targets {
         ensure!(
             known.iter().any(|t| t.name() == name),
@@ -225,11 +281,15 @@ fn run(args: &Args) -> Result<()> {
                     if broken.contains(&target.name) {
                         continue;
                     }
-                    if !target.process.is_running() {
+                    if !target.is_running() {
                         failures.push(format!(
-                            "{} exited during the benchmark (log {})",
+                            "{} exited during the benchmark{}",
                             target.name,
-                            target.process.log().display()
+                            target
+                                .log
+                                .as_ref()
+                                .map(|l| format!(" (log {})", l.display()))
+                                .unwrap_or_default()
                         ));
                         broken.push(target.name);
                         continue;

@@ -52,14 +52,50 @@ pub struct RunningTarget {
     /// What a reader of the figures should know (e.g. "checks no signature").
     pub notes: &'static str,
     /// Its process, whose CPU time is measured.
-    pub process: ServerProcess,
+    pub pid: u32,
+    /// The process when this benchmark started it (stopped on drop); `None` for a server
+    /// started by someone else.
+    pub process: Option<ServerProcess>,
+    /// Where its output goes, when known.
+    pub log: Option<PathBuf>,
 }
 
 impl RunningTarget {
+    /// A target whose process this benchmark started (and stops when dropped).
+    #[must_use]
+    pub fn started(
+        name: &'static str,
+        endpoint: KmsEndpoint,
+        key_id: String,
+        notes: &'static str,
+        process: ServerProcess,
+    ) -> Self {
+        Self {
+            name,
+            endpoint,
+            key_id,
+            notes,
+            pid: process.pid(),
+            log: Some(process.log().to_owned()),
+            process: Some(process),
+        }
+    }
+
     /// The pid of its process.
     #[must_use]
     pub fn pid(&self) -> u32 {
-        self.process.pid()
+        self.pid
+    }
+
+    /// Whether its process still runs.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.process {
+            Some(process) => process.is_running(),
+            None => std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, a)| !a.starts_with('Z')))
+                .unwrap_or(false),
+        }
     }
 }
 
@@ -96,17 +132,17 @@ impl Target for HttpFloor {
                 .parse()
                 .ok()
         })?;
-        Ok(RunningTarget {
-            name: self.name(),
-            endpoint: KmsEndpoint {
+        Ok(RunningTarget::started(
+            self.name(),
+            KmsEndpoint {
                 addr,
                 region: context.region.clone(),
                 credentials: StaticCredentials::unchecked(),
             },
-            key_id: FLOOR_KEY_ARN.to_owned(),
-            notes: "fixed reply, no signature check, no JSON, no cryptography",
+            FLOOR_KEY_ARN.to_owned(),
+            "fixed reply, no signature check, no JSON, no cryptography",
             process,
-        })
+        ))
     }
 }
 
@@ -193,31 +229,47 @@ impl Target for LocalKms {
                 .parse()
                 .ok()
         })?;
-        Ok(RunningTarget {
-            name: self.name(),
-            endpoint: KmsEndpoint {
+        Ok(RunningTarget::started(
+            self.name(),
+            KmsEndpoint {
                 addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
                 region: context.region.clone(),
                 credentials: StaticCredentials::unchecked(),
             },
             key_id,
-            notes: "checks no signature; logs one line per request to a file",
+            "checks no signature; logs one line per request to a file",
             process,
-        })
+        ))
     }
+}
+
+/// A server that runs already (started by hand or by a test harness): measured where it
+/// listens, with the credentials and key given.
+#[derive(Debug, Clone)]
+pub struct ExternalServer {
+    /// Where it listens (loopback) and how to sign for it.
+    pub endpoint: KmsEndpoint,
+    /// The symmetric key that Encrypt and GenerateDataKey name.
+    pub key_id: String,
+    /// Its process, for its CPU time.
+    pub pid: u32,
 }
 
 /// kubekms-server, the AWS KMS API of KubeKMS.
 ///
-/// Not in the workspace yet. Its `start` is where it is wired in: build or find the
-/// binary, start a control plane (`kubekms_e2e`), apply a `SYMMETRIC_DEFAULT` KmsKey and
-/// wait for `Enabled`, write a static-credentials file that maps an access key to a
-/// ServiceAccount allowed `encrypt`, `decrypt` and `generatedatakey` on that key, start
-/// the server with plain HTTP on `127.0.0.1:0`, wait for its listening line, and return
-/// its address, those credentials and the key's ARN.
+/// Measured when it runs already ([`ExternalServer`], from the bench's
+/// `--kubekms-server-*` options). Starting it here is not wired yet: the crate is not in
+/// the workspace. Its start goes in `start` below: build or find the binary, start a
+/// control plane (`kubekms_e2e`), apply a `SYMMETRIC_DEFAULT` KmsKey and wait for
+/// `Enabled`, write a static-credentials file that maps an access key to a ServiceAccount
+/// allowed `encrypt`, `decrypt` and `generatedatakey` on that key, start the server with
+/// plain HTTP on `127.0.0.1:0`, wait for its listening line, and return
+/// [`RunningTarget::started`] with its address, those credentials and the key's ARN.
 pub struct KubekmsServer {
     /// Its binary, when one was found (`KUBEKMS_SERVER_BIN`, or beside this bench).
     pub bin: Option<PathBuf>,
+    /// A server that runs already, measured instead of starting one.
+    pub external: Option<ExternalServer>,
 }
 
 impl Target for KubekmsServer {
@@ -226,12 +278,24 @@ impl Target for KubekmsServer {
     }
 
     fn start(&self, _context: &StartContext) -> Result<RunningTarget, StartError> {
+        if let Some(external) = &self.external {
+            return Ok(RunningTarget {
+                name: self.name(),
+                endpoint: external.endpoint.clone(),
+                key_id: external.key_id.clone(),
+                notes: "started outside the benchmark; SigV4 verified by the server",
+                pid: external.pid,
+                process: None,
+                log: None,
+            });
+        }
         Err(StartError::Unavailable(match &self.bin {
             None => {
                 "kubekms-server is not built (no kms-server crate in this workspace yet)".to_owned()
             }
             Some(bin) => format!(
-                "{} exists, but its start is not wired into bench/src/targets.rs yet",
+                "{} exists, but its start is not wired into bench/src/targets.rs yet \
+                 (measure a running one with --kubekms-server-endpoint)",
                 bin.display()
             ),
         }))

@@ -8,7 +8,8 @@ use std::time::Duration;
 use kubekms_bench::kms::Operation;
 use kubekms_bench::load::{LoadConfig, run_load};
 use kubekms_bench::targets::{
-    HttpFloor, KubekmsServer, LocalKms, RunningTarget, StartContext, StartError, Target,
+    ExternalServer, HttpFloor, KubekmsServer, LocalKms, RunningTarget, StartContext, StartError,
+    Target,
 };
 
 fn context(scratch: &Path) -> StartContext {
@@ -69,10 +70,40 @@ async fn local_kms_answers_every_operation_with_its_seeded_key() {
 #[test]
 fn kubekms_server_says_why_it_is_not_measured() {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let server = KubekmsServer { bin: None };
+    let server = KubekmsServer {
+        bin: None,
+        external: None,
+    };
     match server.start(&context(scratch.path())) {
         Err(StartError::Unavailable(why)) => assert!(why.contains("not built"), "{why}"),
         Err(e) => panic!("expected Unavailable, got {e}"),
         Ok(_) => panic!("expected Unavailable, got a running server"),
     }
+}
+
+/// A server started outside the benchmark is measured where it listens, with its pid's CPU
+/// (here the floor process stands in for a running kubekms-server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_is_measured_as_kubekms_server() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let floor = HttpFloor {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_kubekms-http-floor")),
+    }
+    .start(&context(scratch.path()))
+    .expect("floor");
+    let server = KubekmsServer {
+        bin: None,
+        external: Some(ExternalServer {
+            endpoint: floor.endpoint.clone(),
+            key_id: floor.key_id.clone(),
+            pid: floor.pid(),
+        }),
+    };
+    let mut target = server.start(&context(scratch.path())).expect("external");
+    assert_eq!(target.name, "kubekms-server");
+    assert!(target.is_running());
+    answers_every_operation(&target).await;
+    drop(floor);
+    // The floor process is gone (stopped by its own guard): the external target sees it.
+    assert!(!target.is_running());
 }
