@@ -267,12 +267,13 @@ mod tests {
 
     #[test]
     fn the_watchdog_stops_the_server_when_the_parent_dies() {
-        let mut parent = Command::new("sleep").arg("600").spawn().expect("parent");
-        let mut child = Command::new("sleep").arg("600").spawn().expect("child");
-        let mut watchdog = spawn_watchdog(parent.id(), child.id()).expect("watchdog");
+        let mut parent = KillOnDrop(sleeper());
+        let mut child = KillOnDrop(sleeper());
+        let mut watchdog =
+            KillOnDrop(spawn_watchdog(parent.0.id(), child.0.id()).expect("watchdog"));
         // Evidence that the watchdog checked the living parent: it sleeps in its loop.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !sleeps_in_loop(watchdog.id()) {
+        while !sleeps_in_loop(watchdog.0.id()) {
             assert!(
                 Instant::now() < deadline,
                 "the watchdog never reached its loop"
@@ -280,14 +281,14 @@ mod tests {
             std::thread::sleep(POLL);
         }
         assert!(
-            matches!(child.try_wait(), Ok(None)),
+            matches!(child.0.try_wait(), Ok(None)),
             "stopped while the parent lived"
         );
-        parent.kill().expect("kill parent");
-        parent.wait().expect("reap parent");
+        parent.0.kill().expect("kill parent");
+        parent.0.wait().expect("reap parent");
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
+            if let Some(status) = child.0.try_wait().expect("try_wait") {
                 break status;
             }
             assert!(
@@ -297,6 +298,27 @@ mod tests {
             std::thread::sleep(POLL);
         };
         assert!(!status.success(), "{status:?}");
-        watchdog.wait().expect("watchdog exits");
+        watchdog.0.wait().expect("watchdog exits");
+    }
+
+    /// A process of the test, killed however the test ends (its output is not the test's,
+    /// so a leftover cannot hold the test runner's pipe open).
+    struct KillOnDrop(Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sleeper() -> Child {
+        Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sleep")
     }
 }
