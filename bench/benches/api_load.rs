@@ -363,6 +363,7 @@ fn run(args: &Args) -> Result<()> {
     for line in &unavailable {
         println!("not measured: {line}");
     }
+    print_goals(&aggregates, &ratios);
     let busiest = aggregates.iter().map(|a| a.other_cores).fold(0.0, f64::max);
     if busiest > 0.25 {
         println!(
@@ -403,6 +404,41 @@ fn run(args: &Args) -> Result<()> {
     }
     log(started, "done");
     Ok(())
+}
+
+/// The goals of issue 9 for Encrypt of 4 KiB, as measured (never asserted: a busy
+/// machine moves every figure).
+fn print_goals(
+    aggregates: &[kubekms_bench::report::Aggregate],
+    ratios: &[kubekms_bench::report::Ratio],
+) {
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    for a in aggregates
+        .iter()
+        .filter(|a| a.target == "kubekms-server" && a.operation == Operation::Encrypt4k)
+    {
+        println!(
+            "goal kubekms-server encrypt-4k x{}: >= 20000 req/s: {:.0} ({})",
+            a.connections,
+            a.rps(),
+            verdict(a.rps() >= 20_000.0)
+        );
+        if let Some(r) = ratios.iter().find(|r| {
+            r.target == a.target && r.operation == a.operation && r.connections == a.connections
+        }) {
+            if let Some(x) = r.throughput_vs_peer {
+                println!("goal: >= 2x local-kms: {x:.2}x ({})", verdict(x >= 2.0));
+            }
+            if let Some(x) = r.cost_vs_floor {
+                println!(
+                    "goal: cost per request <= 1.5x the floor's: {x:.2}x wall, {} CPU ({})",
+                    r.cpu_vs_floor
+                        .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}x")),
+                    verdict(x <= 1.5)
+                );
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -97,6 +97,17 @@ impl Aggregate {
             .map(|cores| cores * 1e6 / rps)
     }
 
+    /// CPU time of the client and the server together per successful request, in
+    /// microseconds: the whole cost of a request on this machine, which the load of other
+    /// processes changes much less than the wall-clock throughput.
+    #[must_use]
+    pub fn cpu_us_per_request(&self) -> Option<f64> {
+        let rps = self.rps();
+        self.server_cores
+            .filter(|_| rps > 0.0)
+            .map(|server| (server + self.client_cores) * 1e6 / rps)
+    }
+
     /// Client CPU time per successful request, in microseconds.
     #[must_use]
     pub fn client_cpu_us_per_request(&self) -> Option<f64> {
@@ -220,7 +231,7 @@ pub fn table(aggregates: &[Aggregate]) -> String {
 pub fn result_line(a: &Aggregate) -> String {
     let opt = |v: Option<f64>| v.map_or_else(|| "na".to_owned(), |v| format!("{v:.2}"));
     format!(
-        "RESULT api_load target={} op={} connections={} rounds={} rps={:.1} rps_min={:.1} rps_max={:.1} p50_us={:.0} p99_us={:.0} max_us={:.0} errors={} client_cores={:.2} server_cores={} other_cores={:.2} server_cpu_us_per_req={} client_cpu_us_per_req={}",
+        "RESULT api_load target={} op={} connections={} rounds={} rps={:.1} rps_min={:.1} rps_max={:.1} p50_us={:.0} p99_us={:.0} max_us={:.0} errors={} client_cores={:.2} server_cores={} other_cores={:.2} cpu_us_per_req={} server_cpu_us_per_req={} client_cpu_us_per_req={}",
         a.target,
         a.operation.label(),
         a.connections,
@@ -235,6 +246,7 @@ pub fn result_line(a: &Aggregate) -> String {
         a.client_cores,
         opt(a.server_cores),
         a.other_cores,
+        opt(a.cpu_us_per_request()),
         opt(a.server_cpu_us_per_request()),
         opt(a.client_cpu_us_per_request()),
     )
@@ -253,10 +265,15 @@ pub struct Ratio {
     /// Wall time per request relative to the floor's (the floor's req/s over the
     /// target's): 1.0 is as cheap as the floor.
     pub cost_vs_floor: Option<f64>,
+    /// Client + server CPU per request relative to the floor's.
+    pub cpu_vs_floor: Option<f64>,
     /// Server CPU per request relative to the floor server's.
     pub server_cpu_vs_floor: Option<f64>,
     /// Throughput relative to local-kms's: 2.0 is twice as many requests per second.
     pub throughput_vs_peer: Option<f64>,
+    /// Requests per CPU second (client + server) relative to local-kms's: the throughput
+    /// ratio the two would have on cores of their own.
+    pub cpu_throughput_vs_peer: Option<f64>,
 }
 
 /// The ratios of every target other than the floor.
@@ -279,6 +296,8 @@ pub fn ratios(aggregates: &[Aggregate]) -> Vec<Ratio> {
                 operation: a.operation,
                 connections: a.connections,
                 cost_vs_floor: floor.and_then(|f| div(f.rps(), a.rps())),
+                cpu_vs_floor: floor
+                    .and_then(|f| div(a.cpu_us_per_request()?, f.cpu_us_per_request()?)),
                 server_cpu_vs_floor: floor.and_then(|f| {
                     div(
                         a.server_cpu_us_per_request()?,
@@ -286,6 +305,8 @@ pub fn ratios(aggregates: &[Aggregate]) -> Vec<Ratio> {
                     )
                 }),
                 throughput_vs_peer: peer.and_then(|p| div(a.rps(), p.rps())),
+                cpu_throughput_vs_peer: peer
+                    .and_then(|p| div(p.cpu_us_per_request()?, a.cpu_us_per_request()?)),
             }
         })
         .collect()
@@ -298,24 +319,33 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:<18} {:>5} {:>22} {:>22} {:>20}",
+        "{:<15} {:<18} {:>5} | {:>27} {:>13} {:>13} | {:>20} {:>13}",
+        "", "", "", "cost per request vs floor:", "", "", "req/s vs local-kms:", ""
+    );
+    let _ = writeln!(
+        out,
+        "{:<15} {:<18} {:>5} | {:>27} {:>13} {:>13} | {:>20} {:>13}",
         "target",
         "operation",
         "conns",
-        "cost/request vs floor",
-        "server CPU/req vs floor",
-        "req/s vs local-kms"
+        "wall (floor req/s / req/s)",
+        "CPU cl+srv",
+        "server CPU",
+        "wall",
+        "per CPU s"
     );
     for r in ratios {
         let _ = writeln!(
             out,
-            "{:<15} {:<18} {:>5} {:>22} {:>22} {:>20}",
+            "{:<15} {:<18} {:>5} | {:>27} {:>13} {:>13} | {:>20} {:>13}",
             r.target,
             r.operation.label(),
             r.connections,
             opt(r.cost_vs_floor),
+            opt(r.cpu_vs_floor),
             opt(r.server_cpu_vs_floor),
             opt(r.throughput_vs_peer),
+            opt(r.cpu_throughput_vs_peer),
         );
     }
     out
@@ -326,13 +356,15 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
 pub fn ratio_result_line(r: &Ratio) -> String {
     let opt = |v: Option<f64>| v.map_or_else(|| "na".to_owned(), |v| format!("{v:.3}"));
     format!(
-        "RESULT api_load_ratio target={} op={} connections={} cost_vs_floor={} server_cpu_vs_floor={} throughput_vs_local_kms={}",
+        "RESULT api_load_ratio target={} op={} connections={} cost_vs_floor={} cpu_vs_floor={} server_cpu_vs_floor={} throughput_vs_local_kms={} cpu_throughput_vs_local_kms={}",
         r.target,
         r.operation.label(),
         r.connections,
         opt(r.cost_vs_floor),
+        opt(r.cpu_vs_floor),
         opt(r.server_cpu_vs_floor),
         opt(r.throughput_vs_peer),
+        opt(r.cpu_throughput_vs_peer),
     )
 }
 
@@ -413,6 +445,12 @@ mod tests {
         // Server CPU per request: 1.2 cores / 10k rps vs 1.0 core / 15k rps.
         let cpu = kubekms.server_cpu_vs_floor.expect("cpu");
         assert!((cpu - (120.0 / (1e6 / 15_000.0))).abs() < 1e-9, "{cpu}");
+        // Client + server: (0.5 + 1.2) / 10k vs (0.5 + 1.0) / 15k.
+        let total = kubekms.cpu_vs_floor.expect("cpu");
+        assert!((total - (170.0 / 100.0)).abs() < 1e-9, "{total}");
+        // Per CPU second against local-kms: (0.5 + 1.5) / 5k = 400 us vs 170 us.
+        let per_cpu = kubekms.cpu_throughput_vs_peer.expect("per cpu");
+        assert!((per_cpu - 400.0 / 170.0).abs() < 1e-9, "{per_cpu}");
 
         let line = result_line(&aggregates[2]);
         assert!(line.starts_with("RESULT api_load target=kubekms-server op=encrypt-4k connections=8 rounds=1 rps=10000.0"), "{line}");
