@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds local-kms, the Go emulator of AWS KMS that the API benchmark measures as a peer
 # (cargo bench -p kubekms-bench --bench api_load), from its pinned Go module
-# (hack/tools/local-kms/go.mod; no prebuilt binary is downloaded).
+# (hack/tools/local-kms/module/go.mod; no prebuilt binary is downloaded). The module sits one
+# folder down so that hack/tools/build.sh, which hashes every hack/tools/*/go.mod into the
+# cache key of the Kubernetes tools, does not rebuild kube-apiserver when this pin changes.
 #
 # The binary lands in ${KUBEKMS_TOOLS_CACHE:-$HOME/.cache/kubekms/tools}/<key>/bin/local-kms,
 # where <key> is a hash of the pins (go.mod, go.sum), this script and the Go version: it is
@@ -21,8 +23,8 @@
 set -euo pipefail
 
 TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-MODULE_DIR="${TOOLS_DIR}/local-kms"
-# Keep in step with hack/tools/local-kms/go.mod.
+MODULE_DIR="${TOOLS_DIR}/local-kms/module"
+# Keep in step with hack/tools/local-kms/module/go.mod.
 LOCAL_KMS_MODULE="github.com/nsmithuk/local-kms"
 LOCAL_KMS_VERSION="v0.0.0-20260228092603-2a5e92d09ab6"
 
@@ -30,7 +32,7 @@ print_dir=false
 for arg in "$@"; do
   case "${arg}" in
     --print-dir) print_dir=true ;;
-    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "local-kms.sh: unknown argument: ${arg}" >&2; exit 2 ;;
   esac
 done
@@ -89,7 +91,7 @@ export CGO_ENABLED=0
 # -mod=readonly: the build uses exactly the pins of go.mod/go.sum, or fails.
 export GOFLAGS="-mod=readonly -buildvcs=false"
 start=${SECONDS}
-log "building local-kms ${LOCAL_KMS_VERSION} (hack/tools/local-kms) into ${dest}"
+log "building local-kms ${LOCAL_KMS_VERSION} (hack/tools/local-kms/module) into ${dest}"
 (
   cd "${MODULE_DIR}"
   go build -trimpath \

@@ -1,4 +1,4 @@
-module kubekms.local/hack/tools/local-kms
+module kubekms.local/hack/tools/local-kms/module
 
 go 1.25.0
 
