@@ -37,8 +37,8 @@ pub struct LoadConfig {
     pub operation: Operation,
     /// Keep-alive connections, each with one request in flight.
     pub connections: usize,
-    /// Load before the timed phase, not measured (connections, caches, JIT-less warm-up of
-    /// the server's allocator and CPU frequency).
+    /// Load before the timed phase, not measured (connections opened, the server's caches,
+    /// allocator and thread pools warm).
     pub warmup: Duration,
     /// The timed phase.
     pub duration: Duration,
@@ -115,10 +115,12 @@ pub struct LoadReport {
     /// Failed requests completed within the timed phase, by AWS error type (or
     /// `timeout`, `transport: ...`).
     pub errors: BTreeMap<String, u64>,
-    /// Replies 200 during the warm-up.
-    pub warmup_ok: u64,
-    /// Failed requests during the warm-up.
-    pub warmup_errors: BTreeMap<String, u64>,
+    /// Replies 200 outside the timed phase: in the warm-up, and the replies to requests
+    /// still in flight when it ended.
+    pub untimed_ok: u64,
+    /// Failed requests outside the timed phase (never dropped: a warm-up full of errors
+    /// invalidates the run as much as a timed phase).
+    pub untimed_errors: BTreeMap<String, u64>,
     /// Latency of the successful requests of the timed phase, in nanoseconds, from the
     /// signed request handed to hyper to the last byte of the reply.
     pub latency: Histogram<u64>,
@@ -156,10 +158,10 @@ impl LoadReport {
         self.errors.values().sum()
     }
 
-    /// Failed requests in the warm-up and the timed phase.
+    /// Failed requests in and outside the timed phase.
     #[must_use]
     pub fn all_errors(&self) -> BTreeMap<String, u64> {
-        let mut all = self.warmup_errors.clone();
+        let mut all = self.untimed_errors.clone();
         for (k, v) in &self.errors {
             *all.entry(k.clone()).or_default() += v;
         }
@@ -220,8 +222,8 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, LoadError> {
         duration: config.duration,
         ok: total.ok,
         errors: total.errors,
-        warmup_ok: total.warmup_ok,
-        warmup_errors: total.warmup_errors,
+        untimed_ok: total.untimed_ok,
+        untimed_errors: total.untimed_errors,
         latency: total.latency,
         cpu: cpu_start.usage_until(&cpu_end),
     })
@@ -240,8 +242,8 @@ struct Shared {
 struct ConnectionStats {
     ok: u64,
     errors: BTreeMap<String, u64>,
-    warmup_ok: u64,
-    warmup_errors: BTreeMap<String, u64>,
+    untimed_ok: u64,
+    untimed_errors: BTreeMap<String, u64>,
     latency: Histogram<u64>,
 }
 
@@ -251,8 +253,8 @@ impl ConnectionStats {
         Self {
             ok: 0,
             errors: BTreeMap::new(),
-            warmup_ok: 0,
-            warmup_errors: BTreeMap::new(),
+            untimed_ok: 0,
+            untimed_errors: BTreeMap::new(),
             latency: Histogram::new_with_bounds(1, max, 3)
                 .expect("constant bounds: 3 significant digits from 1 ns to a minute"),
         }
@@ -260,12 +262,12 @@ impl ConnectionStats {
 
     fn merge(&mut self, other: Self) {
         self.ok += other.ok;
-        self.warmup_ok += other.warmup_ok;
+        self.untimed_ok += other.untimed_ok;
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
         }
-        for (k, v) in other.warmup_errors {
-            *self.warmup_errors.entry(k).or_default() += v;
+        for (k, v) in other.untimed_errors {
+            *self.untimed_errors.entry(k).or_default() += v;
         }
         // Same bounds on both sides: adding cannot fail.
         let _ = self.latency.add(&other.latency);
@@ -279,8 +281,8 @@ impl ConnectionStats {
                     .saturating_record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
             }
             (true, Err(kind)) => *self.errors.entry(kind).or_default() += 1,
-            (false, Ok(_)) => self.warmup_ok += 1,
-            (false, Err(kind)) => *self.warmup_errors.entry(kind).or_default() += 1,
+            (false, Ok(_)) => self.untimed_ok += 1,
+            (false, Err(kind)) => *self.untimed_errors.entry(kind).or_default() += 1,
         }
     }
 }

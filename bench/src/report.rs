@@ -48,7 +48,7 @@ pub struct Aggregate {
     pub rps_max: f64,
     /// Latencies of all rounds.
     pub latency: Histogram<u64>,
-    /// Failed requests of all rounds, warm-ups included, by type.
+    /// Failed requests of all rounds, in and outside the timed phases, by type.
     pub errors: BTreeMap<String, u64>,
     /// Mean CPU of the client, the server and the rest of the machine, in cores.
     pub client_cores: f64,
@@ -82,7 +82,7 @@ impl Aggregate {
         self.latency.max() as f64 / 1e3
     }
 
-    /// Failed requests, warm-ups included.
+    /// Failed requests, in and outside the timed phases.
     #[must_use]
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
@@ -384,8 +384,8 @@ mod tests {
             duration: Duration::from_secs(2),
             ok,
             errors: BTreeMap::new(),
-            warmup_ok: 0,
-            warmup_errors: BTreeMap::from([("400 NotFoundException".to_owned(), 1)]),
+            untimed_ok: 0,
+            untimed_errors: BTreeMap::from([("400 NotFoundException".to_owned(), 1)]),
             latency,
             cpu: CpuUsage {
                 client: 0.5,
@@ -430,7 +430,7 @@ mod tests {
         assert!((floor.rps_min - 10_000.0).abs() < 1e-9);
         assert!((floor.rps_max - 20_000.0).abs() < 1e-9);
         assert_eq!(floor.latency.len(), 3);
-        // Warm-up errors are never dropped: one per round.
+        // Errors outside the timed phase are never dropped: one per round.
         assert_eq!(floor.error_count(), 2);
 
         let ratios = ratios(&aggregates);

@@ -49,9 +49,9 @@ fn config(addr: std::net::SocketAddr, operation: Operation) -> LoadConfig {
 
 fn total(report: &LoadReport) -> u64 {
     report.ok
-        + report.warmup_ok
+        + report.untimed_ok
         + report.errors.values().sum::<u64>()
-        + report.warmup_errors.values().sum::<u64>()
+        + report.untimed_errors.values().sum::<u64>()
 }
 
 fn signed(headers: &HeaderMap) -> bool {
@@ -225,7 +225,7 @@ async fn connections_closed_without_reply_are_transport_errors() {
         .await
         .expect("run");
     let all = report.all_errors();
-    assert_eq!(report.ok + report.warmup_ok, 0, "{report:?}");
+    assert_eq!(report.ok + report.untimed_ok, 0, "{report:?}");
     // Closed before or after the request was written: reset or closed, nothing else.
     assert!(
         all.keys()
