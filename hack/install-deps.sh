@@ -51,6 +51,10 @@ if ! command -v go >/dev/null 2>&1; then
   log "error: Go is not installed (need 1.25 or newer on PATH; it builds kube-apiserver, kubectl and etcd)"
   status=1
 fi
+if ! python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then
+  log "error: Python 3.10 or newer with the venv module is needed (hack/tools/python.sh makes the AWS CLI / boto3 venv of the server's e2e tests); on Debian: apt-get install python3 python3-venv"
+  status=1
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   log "error: Rust is not installed (install it with rustup; the workspace needs rust 1.90 or newer)"
   status=1
