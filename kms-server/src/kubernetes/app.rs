@@ -248,7 +248,7 @@ pub async fn run(
         Ok(server) => {
             tracing::info!(
                 listen = %server.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
-                health = ?server.health_addr(),
+                health = %server.health_addr().map_or_else(|| "none".to_owned(), |a| a.to_string()),
                 root_key = root.root_key_id(),
                 region = settings.scope.region,
                 partition = settings.scope.partition,
