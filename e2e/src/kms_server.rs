@@ -253,8 +253,7 @@ impl ServingCert {
     pub fn issue(cp: &ControlPlane, dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let pki = cp.state_dir.join("pki");
-        let (ca_cert, ca_key) = if pki.join("ca.key").is_file() && pki.join("ca.crt").is_file()
-        {
+        let (ca_cert, ca_key) = if pki.join("ca.key").is_file() && pki.join("ca.crt").is_file() {
             (pki.join("ca.crt"), pki.join("ca.key"))
         } else {
             let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
@@ -410,6 +409,45 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// The API and health addresses of a server, from its JSON log line
+/// `"message":"kubekms-server serving"` (fields `listen` and `health`).
+fn serving_addresses(process: &Supervised) -> Result<(SocketAddr, SocketAddr)> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        for line in process.log().lines() {
+            let Ok(line) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if line.pointer("/fields/message").and_then(|m| m.as_str())
+                == Some("kubekms-server serving")
+            {
+                let field = |name: &str| -> Result<SocketAddr> {
+                    line.pointer(&format!("/fields/{name}"))
+                        .and_then(|v| v.as_str())
+                        .ok_or_else(|| anyhow!("no {name} in {line}"))?
+                        .parse()
+                        .with_context(|| format!("{name} in {line}"))
+                };
+                return Ok((field("listen")?, field("health")?));
+            }
+        }
+        ensure!(
+            process.is_running(),
+            "{} exited before serving; its log:\n{}",
+            process.name(),
+            process.log_tail(60)
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "{} logged no serving line in {}s; its log:\n{}",
+            process.name(),
+            READY_TIMEOUT.as_secs(),
+            process.log_tail(60)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Settings of one kubekms-server process.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -453,19 +491,20 @@ impl KmsServer {
         let kubeconfig = options.dir.join(format!("{name}.kubeconfig"));
         cp.write_service_account_kubeconfig(SYSTEM_NAMESPACE, SERVER_SERVICE_ACCOUNT, &kubeconfig)?;
         let audit_log = options.dir.join(format!("{name}-audit.log"));
-        let port = free_port()?;
-        let health: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut args: Vec<OsString> = vec![
             "--root-key".into(),
             options.root_key.clone().into(),
+            "--kubeconfig".into(),
+            kubeconfig.into(),
+            // Port 0: the bound addresses are in the "kubekms-server serving" log line.
             "--listen".into(),
-            format!("127.0.0.1:{port}").into(),
+            "127.0.0.1:0".into(),
             "--tls-cert".into(),
             options.cert.cert.clone().into(),
             "--tls-key".into(),
             options.cert.key.clone().into(),
             "--health-addr".into(),
-            health.to_string().into(),
+            "127.0.0.1:0".into(),
             "--region".into(),
             REGION.into(),
             "--sts-audience".into(),
@@ -484,16 +523,14 @@ impl KmsServer {
         let process = Supervised::start(
             cp,
             name,
-            &[
-                ("KUBECONFIG", kubeconfig.into()),
-                ("RUST_LOG", options.rust_log.clone().into()),
-            ],
+            &[("RUST_LOG", options.rust_log.clone().into())],
             &bin,
             &args,
         )?;
+        let (listen, health) = serving_addresses(&process)?;
         let server = Self {
             process,
-            endpoint: format!("https://127.0.0.1:{port}"),
+            endpoint: format!("https://{listen}"),
             health,
             audit_log,
         };
@@ -702,7 +739,10 @@ pub fn aws_env(
         // botocore reads only AWS_DEFAULT_REGION.
         ("AWS_DEFAULT_REGION".into(), REGION.into()),
         ("AWS_CA_BUNDLE".into(), ca_bundle.into()),
-        ("AWS_CONFIG_FILE".into(), scratch.join("no-aws-config").into()),
+        (
+            "AWS_CONFIG_FILE".into(),
+            scratch.join("no-aws-config").into(),
+        ),
         (
             "AWS_SHARED_CREDENTIALS_FILE".into(),
             scratch.join("no-aws-credentials").into(),
@@ -781,10 +821,7 @@ pub fn run_python(
         out.status,
         started.elapsed().as_secs_f64()
     );
-    eprintln!(
-        "[e2e] {script}: {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("[e2e] {script}: {:.1}s", started.elapsed().as_secs_f64());
     serde_json::from_str(stdout.trim()).with_context(|| {
         format!("{script} printed no JSON:\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
     })
@@ -832,7 +869,10 @@ impl StaticCredential {
     /// A new random credential for `user` in `namespace`.
     #[must_use]
     pub fn new(user: &str, namespace: &str) -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string().to_ascii_uppercase();
+        let id = uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .to_ascii_uppercase();
         Self {
             access_key_id: format!("AKIAE2E{}", &id[..16]),
             secret_access_key: format!(
@@ -930,7 +970,13 @@ impl ServerWorld {
         cp.apply_crds()?;
         let rbac = repo_root().join("deploy/rbac");
         cp.kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
-        let dir = std::env::temp_dir().join(unique_name("kubekms-e2e-server"));
+        // Inside the state folder of a control plane this process started (one folder to
+        // look at, or remove, after a run); beside a shared one otherwise.
+        let dir = if std::env::var_os(crate::ENV_STATE).is_some_and(|v| !v.is_empty()) {
+            std::env::temp_dir().join(unique_name("kubekms-e2e-server"))
+        } else {
+            cp.state_dir.join(unique_name("kubekms-server-e2e"))
+        };
         std::fs::create_dir_all(&dir)?;
         set_mode(&dir, 0o700)?;
         let namespace = unique_name("e2e-srv");
@@ -1005,9 +1051,9 @@ impl ServerWorld {
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": service_account, "namespace": namespace},
         }))?;
-        let token = self
-            .cp
-            .service_account_token(namespace, service_account, STS_AUDIENCE, 3600)?;
+        let token =
+            self.cp
+                .service_account_token(namespace, service_account, STS_AUDIENCE, 3600)?;
         let token_file = self
             .dir
             .join(format!("token-{namespace}-{service_account}"));
@@ -1355,4 +1401,145 @@ impl ServerWorld {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+/// The outcomes a script under `e2e/tests/server/` prints: `{"results": {step: outcome}}`
+/// where an outcome is `{"ok": reply, "status", "requestId"}` or `{"error": code,
+/// "message", "status", "requestId"}`; blobs are `{"b64": ...}`.
+#[derive(Debug, Clone)]
+pub struct Outcomes {
+    /// Everything the script printed.
+    pub json: serde_json::Value,
+}
+
+impl Outcomes {
+    /// Wraps a script's output.
+    #[must_use]
+    pub fn new(json: serde_json::Value) -> Self {
+        Self { json }
+    }
+
+    /// One step's outcome.
+    ///
+    /// # Errors
+    /// When there is no such step.
+    pub fn step(&self, name: &str) -> Result<&serde_json::Value> {
+        self.json
+            .pointer("/results")
+            .and_then(|r| r.get(name))
+            .ok_or_else(|| anyhow!("no step {name:?} in the script's results"))
+    }
+
+    /// The reply of a step that must have succeeded.
+    ///
+    /// # Errors
+    /// When it failed (the error code and message are in the error).
+    pub fn ok(&self, name: &str) -> Result<&serde_json::Value> {
+        let step = self.step(name)?;
+        step.get("ok").ok_or_else(|| {
+            anyhow!(
+                "{name}: expected success, got {} ({}): {}",
+                step.get("error").unwrap_or(&serde_json::Value::Null),
+                step.get("status").unwrap_or(&serde_json::Value::Null),
+                step.get("message").unwrap_or(&serde_json::Value::Null)
+            )
+        })
+    }
+
+    /// The message of a step that must have failed with `code`.
+    ///
+    /// # Errors
+    /// When it succeeded or failed otherwise.
+    pub fn error(&self, name: &str, code: &str) -> Result<String> {
+        let step = self.step(name)?;
+        let got = step.get("error").and_then(|c| c.as_str());
+        ensure!(
+            got == Some(code),
+            "{name}: expected {code}, got {}",
+            match got {
+                Some(other) => format!(
+                    "{other} ({}): {}",
+                    step.get("status").unwrap_or(&serde_json::Value::Null),
+                    step.get("message").unwrap_or(&serde_json::Value::Null)
+                ),
+                None => format!("success: {}", step.get("ok").unwrap_or(step)),
+            }
+        );
+        Ok(step
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// The HTTP status of a step.
+    ///
+    /// # Errors
+    /// When there is no such step.
+    pub fn status(&self, name: &str) -> Result<u64> {
+        Ok(self
+            .step(name)?
+            .get("status")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_default())
+    }
+
+    /// A text field of a successful step's reply.
+    ///
+    /// # Errors
+    /// When the step failed or the field is missing.
+    pub fn text(&self, name: &str, field: &str) -> Result<String> {
+        let reply = self.ok(name)?;
+        reply
+            .pointer(field)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("{name}: no text at {field} in {reply}"))
+    }
+
+    /// A blob field (`{"b64": ...}`) of a successful step's reply.
+    ///
+    /// # Errors
+    /// When the step failed or the field is missing.
+    pub fn blob(&self, name: &str, field: &str) -> Result<Vec<u8>> {
+        let reply = self.ok(name)?;
+        let value = reply
+            .pointer(field)
+            .ok_or_else(|| anyhow!("{name}: no {field} in {reply}"))?;
+        blob(value).with_context(|| format!("{name}: {field}"))
+    }
+
+    /// Every request id the server answered (successes and AWS errors).
+    #[must_use]
+    pub fn request_ids(&self) -> Vec<String> {
+        self.json
+            .pointer("/results")
+            .and_then(|r| r.as_object())
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, o)| o.get("requestId").and_then(|v| v.as_str()))
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The bytes of a `{"b64": ...}` value.
+///
+/// # Errors
+/// When it is not one.
+pub fn blob(value: &serde_json::Value) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let text = value
+        .get("b64")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| anyhow!("not a blob: {value}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.decode(text)?)
+}
+
+/// `{"b64": ...}` of `bytes`, as the scripts take blobs.
+#[must_use]
+pub fn b64(bytes: &[u8]) -> serde_json::Value {
+    use base64::Engine as _;
+    serde_json::json!({ "b64": base64::engine::general_purpose::STANDARD.encode(bytes) })
 }

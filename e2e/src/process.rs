@@ -40,7 +40,8 @@ pub fn is_zombie(pid: i32) -> bool {
 /// The packages whose binaries the e2e tests run, built together by
 /// [`build_workspace_bins`] (one `cargo build`, so one feature resolution, the same as
 /// `hack/test.sh` and `hack/local-up.sh` use).
-pub const WORKSPACE_BIN_PACKAGES: &[&str] = &["kubekms-plugin", "kubekms-operator", "kubekms-server"];
+pub const WORKSPACE_BIN_PACKAGES: &[&str] =
+    &["kubekms-plugin", "kubekms-operator", "kubekms-server"];
 
 /// Where cargo put this test binary: `<target>[/<triple>]/<profile>/deps/<exe>`.
 struct BuildLayout {

@@ -13,7 +13,8 @@ CLIENT is one of
                                                     AssumeRoleWithWebIdentity at sts_endpoint
 Arguments: {"b64": ...} bytes, {"text": ...} UTF-8 bytes, {"ref": "<step>", "field": F} a field
 of an earlier reply. "until" repeats the call until it fails with that error code (or
-succeeds, for null) or the timeout passes.
+succeeds, for null, and its reply holds the text "contains" when given) or the timeout
+passes.
 
 Output: {"results": {"<step>": {"ok": reply} | {"error": code, "message", "status"}, ...},
          "credentials": {"<client>": {...}}}
@@ -67,7 +68,8 @@ def main():
         method = getattr(kms, step["op"])
         args = decode_args(step.get("args", {}), calls.results)
         if "until" in step:
-            calls.until(step["name"], method, step["until"].get("error"), step["until"]["timeout"], **args)
+            until = step["until"]
+            calls.until(step["name"], method, until.get("error"), until["timeout"], until.get("contains"), **args)
         else:
             calls.run(step["name"], method, **args)
 

@@ -149,9 +149,10 @@ class Calls:
         }
         return reply
 
-    def until(self, name, call, want_error, timeout, **kwargs):
+    def until(self, name, call, want_error, timeout, contains=None, **kwargs):
         """Repeats `call` until it fails with `want_error` (or succeeds, when want_error is
-        None) or `timeout` seconds pass; records the last outcome and the attempts."""
+        None, with `contains` in its JSON reply when given) or `timeout` seconds pass;
+        records the last outcome and the attempts."""
         deadline = time.monotonic() + timeout
         attempts = 0
         while True:
@@ -159,7 +160,10 @@ class Calls:
             scratch = Calls()
             scratch.run(name, call, **kwargs)
             outcome = scratch.results[name]
-            if outcome.get("error") == want_error or time.monotonic() > deadline:
+            done = outcome.get("error") == want_error
+            if done and contains is not None:
+                done = contains in json.dumps(outcome.get("ok"), default=_jsonable)
+            if done or time.monotonic() > deadline:
                 outcome["attempts"] = attempts
                 self.results[name] = outcome
                 return outcome
