@@ -593,6 +593,29 @@ impl KmsServer {
             .collect()
     }
 
+    /// Waits until the audit log holds a record that satisfies `wanted`; returns it.
+    ///
+    /// # Errors
+    /// When there is none after a timeout.
+    pub fn wait_record(
+        &self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(found) = self.audit_records()?.into_iter().find(&wanted) {
+                return Ok(found);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no audit record of {what} in {} after 30 s",
+                self.audit_log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the audit log holds a record of every request id of `ids` (records are
     /// written by a thread of their own), and returns those records.
     ///
@@ -970,13 +993,9 @@ impl ServerWorld {
         cp.apply_crds()?;
         let rbac = repo_root().join("deploy/rbac");
         cp.kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
-        // Inside the state folder of a control plane this process started (one folder to
-        // look at, or remove, after a run); beside a shared one otherwise.
-        let dir = if std::env::var_os(crate::ENV_STATE).is_some_and(|v| !v.is_empty()) {
-            std::env::temp_dir().join(unique_name("kubekms-e2e-server"))
-        } else {
-            cp.state_dir.join(unique_name("kubekms-server-e2e"))
-        };
+        // Inside the control plane's state folder: kept with its logs for a look after a
+        // failure, and removed with it (hack/test.sh removes it after a passing run).
+        let dir = cp.state_dir.join(unique_name("kubekms-server-e2e"));
         std::fs::create_dir_all(&dir)?;
         set_mode(&dir, 0o700)?;
         let namespace = unique_name("e2e-srv");
