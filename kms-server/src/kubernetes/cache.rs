@@ -35,9 +35,11 @@ pub enum Lookup {
 type Asking = Shared<BoxFuture<'static, Result<Decision, String>>>;
 
 enum Entry {
+    /// `order` breaks ties of `expires` (answers of one instant): the older goes first.
     Ready {
         decision: Decision,
         expires: Instant,
+        order: u64,
     },
     Pending(Asking),
 }
@@ -47,6 +49,7 @@ pub struct DecisionCache<K> {
     ttl: Duration,
     capacity: usize,
     entries: Mutex<HashMap<K, Entry>>,
+    answers: std::sync::atomic::AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone> std::fmt::Debug for DecisionCache<K> {
@@ -68,6 +71,7 @@ impl<K: Hash + Eq + Clone> DecisionCache<K> {
             ttl,
             capacity: capacity.max(1),
             entries: Mutex::new(HashMap::new()),
+            answers: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -103,10 +107,10 @@ impl<K: Hash + Eq + Clone> DecisionCache<K> {
             let oldest = entries
                 .iter()
                 .filter_map(|(key, entry)| match entry {
-                    Entry::Ready { expires, .. } => Some((*expires, key)),
+                    Entry::Ready { expires, order, .. } => Some(((*expires, *order), key)),
                     Entry::Pending(_) => None,
                 })
-                .min_by_key(|(expires, _)| *expires)
+                .min_by_key(|(age, _)| *age)
                 .map(|(_, key)| key.clone());
             match oldest {
                 Some(key) => {
@@ -132,7 +136,9 @@ impl<K: Hash + Eq + Clone> DecisionCache<K> {
         let (asking, lookup) = {
             let mut entries = self.lock();
             match entries.get(&key) {
-                Some(Entry::Ready { decision, expires }) if *expires > now => {
+                Some(Entry::Ready {
+                    decision, expires, ..
+                }) if *expires > now => {
                     return (Ok(decision.clone()), Lookup::Hit);
                 }
                 Some(Entry::Pending(asking)) => (asking.clone(), Lookup::Coalesced),
@@ -157,6 +163,9 @@ impl<K: Hash + Eq + Clone> DecisionCache<K> {
                         Entry::Ready {
                             decision: decision.clone(),
                             expires: Instant::now() + self.ttl,
+                            order: self
+                                .answers
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                         },
                     );
                 }
