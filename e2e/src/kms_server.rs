@@ -772,6 +772,9 @@ pub fn aws_env(
         ),
         ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
         ("AWS_PAGER".into(), "".into()),
+        // The AWS CLI caches web-identity sessions in ~/.aws/cli/cache: never the home of
+        // the person running the tests.
+        ("HOME".into(), scratch.join("home").into()),
     ];
     match identity {
         Identity::WebIdentity {
@@ -780,7 +783,16 @@ pub fn aws_env(
         } => {
             env.push(("AWS_WEB_IDENTITY_TOKEN_FILE".into(), token_file.into()));
             env.push(("AWS_ROLE_ARN".into(), ROLE_ARN.into()));
-            env.push(("AWS_ROLE_SESSION_NAME".into(), "e2e".into()));
+            // One session name per identity: the CLI's session cache is keyed by it.
+            let session_name: String = token_file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "=,.@-_".contains(*c))
+                .take(64)
+                .collect();
+            env.push(("AWS_ROLE_SESSION_NAME".into(), session_name.into()));
             env.push(("AWS_ENDPOINT_URL_STS".into(), sts_endpoint.into()));
         }
         Identity::Static {
