@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -199,14 +199,6 @@ impl Drop for Supervised {
             let _ = self.stop();
         }
     }
-}
-
-/// A loopback port nobody listens on now.
-///
-/// # Errors
-/// When no port can be bound.
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn run(cmd: &mut Command) -> Result<std::process::Output> {
@@ -1573,4 +1565,92 @@ pub fn blob(value: &serde_json::Value) -> Result<Vec<u8>> {
 pub fn b64(bytes: &[u8]) -> serde_json::Value {
     use base64::Engine as _;
     serde_json::json!({ "b64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_tell_success_from_each_error() -> Result<()> {
+        let out = Outcomes::new(serde_json::json!({"results": {
+            "encrypt": {"ok": {"KeyId": "arn:k", "CiphertextBlob": {"b64": "AQID"}},
+                        "status": 200, "requestId": "r1"},
+            "denied": {"error": "AccessDeniedException", "message": "User: u is not authorized",
+                       "status": 400, "requestId": "r2"},
+        }}));
+        assert_eq!(out.text("encrypt", "/KeyId")?, "arn:k");
+        assert_eq!(out.blob("encrypt", "/CiphertextBlob")?, vec![1, 2, 3]);
+        assert!(
+            out.ok("denied")
+                .is_err_and(|e| e.to_string().contains("AccessDenied"))
+        );
+        assert_eq!(
+            out.error("denied", "AccessDeniedException")?,
+            "User: u is not authorized"
+        );
+        assert!(out.error("denied", "NotFoundException").is_err());
+        assert!(out.error("encrypt", "AccessDeniedException").is_err());
+        assert!(out.step("absent").is_err());
+        assert_eq!(out.status("denied")?, 400);
+        let mut ids = out.request_ids();
+        ids.sort();
+        assert_eq!(ids, ["r1", "r2"]);
+        assert_eq!(blob(&b64(b"\x00\xffxyz"))?, b"\x00\xffxyz");
+        assert!(blob(&serde_json::json!("AQID")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_pods_environment_and_nothing_of_the_developers() {
+        let identity = Identity::WebIdentity {
+            token_file: PathBuf::from(format!("/x/token-ns-{}", "a".repeat(80))),
+            sts_endpoint: "https://127.0.0.1:1".to_owned(),
+        };
+        let env: BTreeMap<String, String> = aws_env(
+            "https://127.0.0.1:2",
+            &identity,
+            Path::new("/ca.pem"),
+            Path::new("/scratch"),
+        )
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
+        .collect();
+        assert_eq!(env["AWS_ENDPOINT_URL_STS"], "https://127.0.0.1:1");
+        assert_eq!(env["AWS_ENDPOINT_URL_KMS"], "https://127.0.0.1:2");
+        assert_eq!(env["AWS_REGION"], REGION);
+        assert_eq!(env["AWS_DEFAULT_REGION"], REGION);
+        assert_eq!(env["HOME"], "/scratch/home");
+        assert_eq!(env["AWS_CONFIG_FILE"], "/scratch/no-aws-config");
+        let session = &env["AWS_ROLE_SESSION_NAME"];
+        assert!(
+            session.len() <= 64 && session.starts_with("token-ns-"),
+            "{session}"
+        );
+        assert!(!env.contains_key("AWS_ACCESS_KEY_ID"));
+        let static_env: BTreeMap<String, OsString> = aws_env(
+            "https://e",
+            &StaticCredential::new("u", "ns").identity(),
+            Path::new("/ca.pem"),
+            Path::new("/s"),
+        )
+        .into_iter()
+        .collect();
+        assert!(static_env.contains_key("AWS_SECRET_ACCESS_KEY"));
+        assert!(!static_env.contains_key("AWS_WEB_IDENTITY_TOKEN_FILE"));
+    }
+
+    #[test]
+    fn static_credentials_have_the_shape_the_server_accepts() {
+        let c = StaticCredential::new("alice", "team-a");
+        assert!(
+            c.access_key_id.len() >= 16
+                && c.access_key_id.chars().all(|ch| ch.is_ascii_alphanumeric())
+        );
+        assert!(c.secret_access_key.len() >= 40);
+        assert_ne!(
+            c.secret_access_key,
+            StaticCredential::new("alice", "team-a").secret_access_key
+        );
+    }
 }
