@@ -507,6 +507,29 @@ mod tests {
     }
 
     #[test]
+    fn a_root_key_of_another_user_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("root.key");
+        FileKeyStore::init(&path).expect("init");
+        let other = rustix::process::geteuid().as_raw() + 1;
+        match std::os::unix::fs::chown(&path, Some(other), None) {
+            Ok(()) => {}
+            // Only root can give a file away; elsewhere this check cannot be set up.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                eprintln!("not run: chown needs root ({e})");
+                return;
+            }
+            Err(e) => panic!("chown: {e}"),
+        }
+        let err = FileKeyStore::open(&path).expect_err("owned by another uid");
+        assert_eq!(err.aws_exception_name(), "KeyUnavailableException");
+        assert!(
+            err.to_string().contains(&format!("owned by uid {other}")),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn wrapping_binds_key_version_usage_origin_owner_and_root() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FileKeyStore::init(&dir.path().join("a.key")).expect("init");
