@@ -30,13 +30,18 @@ pub const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// The default read timeout of the call client.
 pub const DEFAULT_CALL_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A client for calls and one for watches.
+/// A client for calls, one for watches, and one for the Secret rewrites of re-encryption.
 #[derive(Clone)]
 pub struct Clients {
     /// Gets, lists and writes: short read timeout.
     pub calls: Client,
     /// Watches (reflectors and controllers): read timeout above the watch idle timeout.
     pub watches: Client,
+    /// The Secret rewrites of a re-encryption pass: as `calls`, but without kube-client's
+    /// default retries of 429, 503 and 504 (up to 15, following Retry-After), so that
+    /// API Priority and Fairness's refusals reach [`crate::reencrypt::AdaptiveLimit`]
+    /// instead of blocking a rewrite unseen.
+    pub rewrites: Client,
 }
 
 /// The two configurations [`clients`] builds its clients from.
@@ -57,9 +62,12 @@ pub fn configs(config: Config, call_read_timeout: Duration) -> (Config, Config) 
 /// When a client cannot be built from the configuration (TLS set-up, auth plugin).
 pub fn clients(config: Config, call_read_timeout: Duration) -> Result<Clients, kube::Error> {
     let (calls, watches) = configs(config, call_read_timeout);
+    let mut rewrites = calls.clone();
+    rewrites.default_retry = false;
     Ok(Clients {
         calls: Client::try_from(calls)?,
         watches: Client::try_from(watches)?,
+        rewrites: Client::try_from(rewrites)?,
     })
 }
 
