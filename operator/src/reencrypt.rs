@@ -424,6 +424,9 @@ pub async fn rewrite_page(
         })
         .collect();
     let spacing = Duration::from_secs_f64(1.0 / f64::from(config.secrets_per_second.max(1)));
+    let page_started = Instant::now();
+    let mut latencies: Vec<Duration> = Vec::with_capacity(queue.len());
+    let mut overloads = 0u32;
     let mut next_start = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut rewritten = 0;
@@ -472,6 +475,7 @@ pub async fn rewrite_page(
             continue;
         };
         let (answer, latency) = answer?;
+        latencies.push(latency);
         match answer {
             Answer::Written | Answer::Gone => {
                 lock(limit).on_answer(latency, Instant::now());
@@ -487,6 +491,7 @@ pub async fn rewrite_page(
                 }
             }
             Answer::Overloaded(retry_after) => {
+                overloads += 1;
                 lock(limit).on_overload(retry_after, Instant::now());
                 secret.overloads += 1;
                 if secret.overloads > MAX_OVERLOAD_RETRIES {
@@ -502,6 +507,27 @@ pub async fn rewrite_page(
             }
         }
     }
+    latencies.sort();
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len().saturating_sub(1)) as f64 * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    let (in_flight_limit, baseline) = {
+        let l = lock(limit);
+        (l.allowed(), l.baseline().unwrap_or_default())
+    };
+    tracing::info!(
+        secrets = page.items.len(),
+        seconds = page_started.elapsed().as_secs_f64(),
+        latency_p50_ms = quantile(0.5).as_secs_f64() * 1000.0,
+        latency_p99_ms = quantile(0.99).as_secs_f64() * 1000.0,
+        baseline_ms = baseline.as_secs_f64() * 1000.0,
+        in_flight_limit,
+        overloads,
+        "re-encryption page rewritten"
+    );
     status.secrets_rewritten += rewritten;
     status.secrets_failed += failed;
     status.continue_token = page.metadata.continue_.filter(|t| !t.is_empty());

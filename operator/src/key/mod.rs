@@ -385,6 +385,8 @@ async fn execute(
         .await?;
         ctx.metrics.secrets_reencrypted(rewritten);
         if progress.phase == reencrypt::PHASE_DONE {
+            // `finished` is when the last page ended, not when it began.
+            progress.finished = Some(kubekms_k8s::convert::format_time(ctx.clock.now()));
             notes.push(reencryption_done(progress, &record.spec));
         } else {
             // The next page at once: the pace is the adaptive limit's.
