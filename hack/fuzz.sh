@@ -10,6 +10,7 @@
 #   --build   build the targets only
 #   TARGET... only these targets (default: every target of fuzz/Cargo.toml)
 #
+# A target with a dictionary (fuzz/dicts/TARGET.dict) runs with it.
 # Every run is under AddressSanitizer with LeakSanitizer (libFuzzer's defaults), with a
 # 10 s limit per input and 2 GiB of memory. New inputs found go to a temporary folder,
 # not to fuzz/corpus (which holds the small committed seeds); a crash, leak or timeout
@@ -98,11 +99,15 @@ for target in "${targets[@]}"; do
     continue
   fi
   mkdir -p "${work}/${target}" "fuzz/artifacts/${target}"
-  log "${target}: ${limits[*]}"
+  extra=()
+  if [[ -f "fuzz/dicts/${target}.dict" ]]; then
+    extra+=(-dict="fuzz/dicts/${target}.dict")
+  fi
+  log "${target}: ${limits[*]} ${extra[*]}"
   began=${SECONDS}
   rc=0
   "${cargo_cmd[@]}" fuzz run "${target}" "${work}/${target}" "${seeds}" -- \
-    "${limits[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    "${limits[@]}" "${extra[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     >"${work}/${target}.log" 2>&1 || rc=$?
   seconds=$((SECONDS - began))
   stat() { sed -n "s/^stat::$1: *//p" "${work}/${target}.log" | tail -1; }
