@@ -269,3 +269,79 @@ async fn the_ceiling_on_secrets_per_second_holds() {
         started.elapsed()
     );
 }
+
+/// A kube-apiserver that answers the list and then never answers a rewrite: the rewrite
+/// client's read timeout (the calls' timeout, see `clients::rewrites_client`) ends the
+/// wait, the page fails and nothing is counted. A real TCP server, since the timeout is
+/// in the client's connector.
+#[tokio::test]
+async fn a_rewrite_that_is_never_answered_times_out_and_fails_the_page() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let patches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen_patches = patches.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            if head.starts_with(b"GET ") {
+                let body = serde_json::to_vec(&json!({
+                    "apiVersion": "meta.k8s.io/v1",
+                    "kind": "PartialObjectMetadataList",
+                    "metadata": {"resourceVersion": "9"},
+                    "items": [secret_meta("team-a", "s1")],
+                }))
+                .expect("json");
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&body).await;
+            } else {
+                // A rewrite: read, never answered, connection kept open.
+                seen_patches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(conn);
+            }
+        }
+    });
+    let mut config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().expect("url"));
+    config.read_timeout = Some(Duration::from_secs(1));
+    let client = kubekms_operator::clients::rewrites_client(config).expect("client");
+    let limit = Mutex::new(AdaptiveLimit::new(4));
+    let mut status = rewriting();
+    let before = status.clone();
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        rewrite_page(
+            &client,
+            &limit,
+            &mut status,
+            ReencryptConfig::default(),
+            "t1",
+        ),
+    )
+    .await
+    .expect("the page gives up on its own, within the read timeout");
+    assert!(result.is_err(), "a hung rewrite fails the page");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(patches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        status, before,
+        "nothing counted; the page is retried from its token"
+    );
+}
