@@ -8,12 +8,18 @@
 #      (`serve --follow kubekms-system/apiserver-key`) as its KMS v2 provider;
 #   3. the CRDs, then the bootstrap key handed over as KmsKey kubekms-system/apiserver-key
 #      (`kubekms-plugin export | kubectl apply --server-side -f -`, only if it is missing);
-#   4. the operator (kubekms-operator, same root key file as the plugin), started with
-#      `hack/control-plane.sh start-process` so that `down` and the watchdog stop it;
+#   4. the operator (kubekms-operator, same root key file as the plugin) as its
+#      ServiceAccount kubekms-system/kubekms-operator (deploy/rbac/operator.yaml), started
+#      with `hack/control-plane.sh start-process` so that `down` and the watchdog stop it;
 #   5. the admission policy deploy/admission/ and the samples deploy/samples/ (KmsKey
-#      app-key, KmsAlias alias/app, KmsGrant for a ServiceAccount in kubekms-demo), waiting
-#      until the keys are Enabled and the alias and grant Ready;
-#   6. a demo Secret, what etcd stores for it, and how to use it all.
+#      app-key, KmsAlias alias/app, a KmsGrant and a Role for the ServiceAccount
+#      kubekms-demo/app), waiting until the keys are Enabled and the alias and grant Ready;
+#   6. kubekms-server (the AWS KMS API) as its ServiceAccount kubekms-system/kubekms-server
+#      (deploy/rbac/server.yaml), on https://127.0.0.1:<port> with a certificate signed by
+#      the control plane's CA, waiting for /readyz;
+#   7. a demo Secret, what etcd stores for it; one `aws kms encrypt` and one `aws kms
+#      decrypt` run as the ServiceAccount kubekms-demo/app (a TokenRequest token exchanged
+#      by the AWS CLI's web-identity flow at the server's STS), and how to use it all.
 #
 # Run it again while it runs and it reuses that control plane (and starts the operator
 # again if it stopped). Stop everything with: hack/control-plane.sh down
@@ -24,7 +30,7 @@
 #                            plane's own state folder is made inside it too (nothing is
 #                            written to the clone's .state) and `down` needs
 #                            --state-dir (printed at the end).
-#   KUBEKMS_PLUGIN_BIN, KUBEKMS_OPERATOR_BIN
+#   KUBEKMS_PLUGIN_BIN, KUBEKMS_OPERATOR_BIN, KUBEKMS_SERVER_BIN
 #                            use these binaries instead of `cargo build`.
 #   KUBEKMS_KMS_SOCKET / KUBEKMS_PLUGIN_CMD
 #                            another KMS plugin instead (see hack/control-plane.sh --help):
@@ -70,17 +76,22 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "${target_dir}" == /* ]] || target_dir="${REPO_ROOT}/${target_dir}"
 plugin_bin="${KUBEKMS_PLUGIN_BIN:-${target_dir}/debug/kubekms-plugin}"
 operator_bin="${KUBEKMS_OPERATOR_BIN:-${target_dir}/debug/kubekms-operator}"
-# Both packages in one build, as hack/test.sh and the e2e harness build them (one feature
-# resolution, so the three never rebuild each other's binaries).
+server_bin="${KUBEKMS_SERVER_BIN:-${target_dir}/debug/kubekms-server}"
+# The packages in one build, as hack/test.sh and the e2e harness build them (one feature
+# resolution, so they never rebuild each other's binaries).
 build=()
 [[ -n "${KUBEKMS_PLUGIN_BIN:-}" ]] || build+=(-p kubekms-plugin)
 [[ -n "${KUBEKMS_OPERATOR_BIN:-}" ]] || build+=(-p kubekms-operator)
+[[ -n "${KUBEKMS_SERVER_BIN:-}" ]] || build+=(-p kubekms-server)
 if ((${#build[@]})); then
-  log "building the kubekms plugin and operator (cargo build ${build[*]})"
+  log "building the kubekms plugin, operator and server (cargo build ${build[*]})"
   cargo build --quiet "${build[@]}"
 fi
 [[ -x "${plugin_bin}" ]] || die "${plugin_bin} is not an executable"
 [[ -x "${operator_bin}" ]] || die "${operator_bin} is not an executable"
+[[ -x "${server_bin}" ]] || die "${server_bin} is not an executable"
+# The AWS CLI of the demo (a cached venv with the pinned AWS CLI and boto3).
+aws_bin="$(hack/tools/python.sh --print-dir)/aws"
 
 # ---------------------------------------------------------------- the control plane
 
@@ -196,27 +207,91 @@ fi
 log "admission policies (deploy/admission/: served keys protected, only the operator writes KmsKeyMaterial)"
 kubectl apply --server-side --force-conflicts -f deploy/admission/ >/dev/null
 
-operator_pid_file="${state}/pids/kubekms-operator.pid"
-if hack/control-plane.sh status --state-dir "${state}" | grep -q '^kubekms-operator: running'; then
-  log "the operator is running already (pid $(cut -d' ' -f1 "${operator_pid_file}"))"
-else
-  metrics_port=""
+log "RBAC of the operator and the server (deploy/rbac/operator.yaml, deploy/rbac/server.yaml)"
+kubectl apply --server-side --force-conflicts -f deploy/rbac/operator.yaml -f deploy/rbac/server.yaml >/dev/null
+
+# free_port : a loopback port nothing listens on.
+free_port() {
+  local i p
   for ((i = 0; i < 200; i++)); do
     p=$((20000 + RANDOM % 12000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/${p}") 2>/dev/null; then
-      metrics_port="${p}"
-      break
+      echo "${p}"
+      return 0
     fi
   done
-  [[ -n "${metrics_port}" ]] || die "found no free loopback port for the operator's /metrics"
-  hack/control-plane.sh start-process kubekms-operator --state-dir "${state}" -- "${operator_bin}" "${root_key_args[@]}" \
-    --lease-namespace "${KEY_NS}" --metrics-addr "127.0.0.1:${metrics_port}" --log-format text
+  die "found no free loopback port"
+}
+
+# sa_kubeconfig NAMESPACE NAME FILE : a kubeconfig for this API server that authenticates
+# as that ServiceAccount (a TokenRequest token valid for a year), so a process runs with
+# exactly its RBAC.
+sa_kubeconfig() {
+  local token server ca
+  token="$(kubectl create token "$2" -n "$1" --duration=8760h)"
+  server="$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')"
+  ca="$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')"
+  (
+    umask 077
+    cat >"$3" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: kubekms-local
+  cluster:
+    server: ${server}
+    certificate-authority-data: ${ca}
+users:
+- name: $1/$2
+  user:
+    token: ${token}
+contexts:
+- name: $1/$2
+  context: {cluster: kubekms-local, user: $1/$2}
+current-context: $1/$2
+YAML
+  )
+}
+
+# http_status HOST:PORT PATH : the status code of a plain HTTP GET (empty if none).
+http_status() {
+  local line
+  line="$(
+    exec 3<>"/dev/tcp/${1%:*}/${1##*:}" 2>/dev/null || exit 0
+    printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$2" "$1" >&3
+    timeout 5 head -n 1 <&3
+  )" || true
+  awk '{ print $2 }' <<<"${line}"
+}
+
+# proc_running NAME : that process of the control plane runs. (The status is read whole
+# first: `grep -q` on the pipe would close it early, and pipefail turn SIGPIPE into "no".)
+proc_running() {
+  local status
+  status="$(hack/control-plane.sh status --state-dir "${state}" 2>/dev/null || true)"
+  grep -q "^$1: running" <<<"${status}"
+}
+
+# proc_flag NAME FLAG : the value of FLAG in the command line of a running process.
+proc_flag() {
+  tr '\0' '\n' <"/proc/$(cut -d' ' -f1 "${state}/pids/$1.pid")/cmdline" 2>/dev/null | sed -n "/^$2\$/{n;p;q}"
+}
+
+operator_pid_file="${state}/pids/kubekms-operator.pid"
+if proc_running kubekms-operator; then
+  log "the operator is running already (pid $(cut -d' ' -f1 "${operator_pid_file}"))"
+else
+  operator_kubeconfig="${state}/kubekms-operator.kubeconfig"
+  sa_kubeconfig "${KEY_NS}" kubekms-operator "${operator_kubeconfig}"
+  # `env` sets the ServiceAccount's kubeconfig over the admin one start-process gives.
+  hack/control-plane.sh start-process kubekms-operator --state-dir "${state}" -- \
+    env KUBECONFIG="${operator_kubeconfig}" "${operator_bin}" "${root_key_args[@]}" \
+    --lease-namespace "${KEY_NS}" --metrics-addr "127.0.0.1:$(free_port)" --log-format text
 fi
 # The address of /metrics, from the running operator's command line.
-operator_metrics="$(tr '\0' '\n' <"/proc/$(cut -d' ' -f1 "${operator_pid_file}")/cmdline" 2>/dev/null |
-  sed -n '/^--metrics-addr$/{n;p;q}')" || true
+operator_metrics="$(proc_flag kubekms-operator --metrics-addr)" || true
 
-log "samples (deploy/samples/): KmsKey app-key, KmsAlias alias/app, KmsGrant app in ${DEMO_NS}"
+log "samples (deploy/samples/): KmsKey app-key, KmsAlias alias/app, KmsGrant app and Role app-key-user in ${DEMO_NS}"
 kubectl apply --server-side -f deploy/samples/ >/dev/null
 
 log "waiting for the operator (at most ${WAIT_TIMEOUT}s each)"
@@ -225,6 +300,90 @@ if ${handover}; then
 fi
 wait_obj 'jsonpath={.status.keyState}=Enabled' "${DEMO_NS}" kmskey/app-key
 wait_obj condition=Ready "${DEMO_NS}" kmsalias/app kmsgrant/app
+
+# ---------------------------------------------------------------- kubekms-server
+
+server_dir="${state}/kubekms-server"
+server_log="${state}/logs/kubekms-server.log"
+mkdir -p "${server_dir}"
+if [[ ! -s "${server_dir}/tls.crt" ]]; then
+  log "a serving certificate for kubekms-server (IP 127.0.0.1, DNS localhost) signed by ${state}/pki/ca.crt"
+  (
+    cd "${server_dir}"
+    umask 077
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >tls.ext
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -keyout tls.key -out tls.csr -subj "/CN=kubekms-server" 2>/dev/null
+    openssl x509 -req -in tls.csr -CA "${state}/pki/ca.crt" -CAkey "${state}/pki/ca.key" \
+      -CAcreateserial -out tls.crt -days 365 -extfile tls.ext 2>/dev/null
+    rm -f tls.csr tls.ext
+  ) || die "making the certificate of kubekms-server with openssl failed in ${server_dir}"
+fi
+if proc_running kubekms-server; then
+  log "kubekms-server is running already (pid $(cut -d' ' -f1 "${state}/pids/kubekms-server.pid"))"
+else
+  sa_kubeconfig "${KEY_NS}" kubekms-server "${server_dir}/kubeconfig"
+  hack/control-plane.sh start-process kubekms-server --state-dir "${state}" -- "${server_bin}" \
+    --root-key "${root_key}" --kubeconfig "${server_dir}/kubeconfig" \
+    --listen "127.0.0.1:$(free_port)" --health-addr "127.0.0.1:$(free_port)" \
+    --tls-cert "${server_dir}/tls.crt" --tls-key "${server_dir}/tls.key" \
+    --audit-log "${server_dir}/audit.log" --log-format text
+fi
+server_listen="$(proc_flag kubekms-server --listen)"
+server_health="$(proc_flag kubekms-server --health-addr)"
+[[ -n "${server_listen}" && -n "${server_health}" ]] || die "kubekms-server does not run; see ${server_log}"
+for ((i = 0; ; i++)); do
+  if [[ "$(http_status "${server_health}" /readyz)" == 200 ]]; then
+    break
+  fi
+  if ((i > WAIT_TIMEOUT * 5)); then
+    tail -n 40 "${server_log}" >&2 || true
+    die "kubekms-server is not ready (http://${server_health}/readyz) after ${WAIT_TIMEOUT}s; log: ${server_log}"
+  fi
+  sleep 0.2
+done
+server_url="https://${server_listen}"
+
+# The ServiceAccount kubekms-demo/app through the AWS CLI's own web-identity flow: a
+# token for the server's audience, exchanged at the server's STS (AWS_ENDPOINT_URL_STS,
+# which botocore's web-identity provider honours) for session credentials.
+app_token="${server_dir}/app.token"
+(umask 077 && kubectl create token app -n "${DEMO_NS}" --audience kubekms --duration=24h >"${app_token}")
+demo_account="$(kubectl get kmskey app-key -n "${DEMO_NS}" -o jsonpath='{.status.accountId}')"
+aws_env="${server_dir}/aws-env.sh"
+cat >"${aws_env}" <<ENV
+# The AWS CLI and SDKs as the ServiceAccount ${DEMO_NS}/app, through kubekms-server
+# (written by hack/local-up.sh; source it: . ${aws_env}).
+unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE
+export AWS_WEB_IDENTITY_TOKEN_FILE=${app_token}
+export AWS_ROLE_ARN=arn:aws:iam::${demo_account}:role/kubekms
+# A session name per control plane: the AWS CLI caches sessions in ~/.aws/cli/cache by it.
+export AWS_ROLE_SESSION_NAME=local-up-$(basename "${state}")
+export AWS_ENDPOINT_URL_KMS=${server_url}
+export AWS_ENDPOINT_URL_STS=${server_url}
+export AWS_REGION=local AWS_DEFAULT_REGION=local
+export AWS_CA_BUNDLE=${state}/pki/ca.crt
+ENV
+encrypt_cmd="aws kms encrypt --key-id alias/app --plaintext 'hello from kubekms-demo/app' --output text --query CiphertextBlob | base64 -d > /tmp/kubekms-demo.bin"
+decrypt_cmd="aws kms decrypt --ciphertext-blob fileb:///tmp/kubekms-demo.bin --output text --query Plaintext | base64 -d; echo"
+log "aws kms encrypt and decrypt as ${DEMO_NS}/app (${aws_bin})"
+# Run once here to prove it, with a HOME of its own (the CLI caches sessions there).
+demo_home="${server_dir}/aws-home"
+mkdir -p "${demo_home}"
+demo_blob="${server_dir}/demo.bin"
+demo_out="$(
+  # shellcheck disable=SC1090
+  . "${aws_env}"
+  export HOME="${demo_home}"
+  "${aws_bin}" kms encrypt --key-id alias/app --plaintext 'hello from kubekms-demo/app' \
+    --output text --query CiphertextBlob | base64 -d >"${demo_blob}"
+  "${aws_bin}" kms decrypt --ciphertext-blob "fileb://${demo_blob}" --output text --query Plaintext | base64 -d
+)" || {
+  tail -n 20 "${server_log}" >&2 || true
+  die "aws kms encrypt/decrypt as ${DEMO_NS}/app failed; server log ${server_log}, audit ${server_dir}/audit.log"
+}
+[[ "${demo_out}" == "hello from kubekms-demo/app" ]] || die "aws kms decrypt returned '${demo_out}'"
 
 # ---------------------------------------------------------------- the demo Secret
 
@@ -303,7 +462,19 @@ KubeKMS is up${reuse_note} (state, certificates and logs in ${state}).
   kube-apiserver   ${apiserver_url}   log: ${state}/logs/kube-apiserver.log
   etcd             ${etcd_endpoint}   log: ${state}/logs/etcd.log
   kubekms-operator /metrics on ${operator_metrics:-?}   log: ${operator_log}
+  kubekms-server   ${server_url} (AWS KMS and STS API)   /metrics, /readyz on ${server_health}
+                   log: ${server_log}   audit: ${server_dir}/audit.log
 ${plugin_note}${demo_note}
+The AWS KMS API as the ServiceAccount ${DEMO_NS}/app (its Role lets it encrypt, decrypt and
+generatedatakey on app-key and nothing else; see deploy/samples/40-role-app.yaml). Ran once
+just now, and it printed: ${demo_out}
+
+  . ${aws_env}       # AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN, AWS_ENDPOINT_URL_KMS/_STS, AWS_CA_BUNDLE, ...
+  export PATH="$(dirname "${aws_bin}"):\$PATH"
+  ${encrypt_cmd}
+  ${decrypt_cmd}
+  aws kms describe-key --key-id alias/app    # AccessDeniedException: the Role does not allow describekey
+
 Use it from your shell:
 
   eval "\$(${cp_cmd} env${cp_dir_arg})"     # sets KUBECONFIG, ETCDCTL_ENDPOINTS, PATH to the built kubectl/etcdctl
@@ -317,7 +488,7 @@ Use it from your shell:
 ${kms_note}
 
 ${rotate_note}
-Stop it (stops the operator, the plugin, kube-apiserver and etcd; ${kept_note}):
+Stop it (stops the server, the operator, the plugin, kube-apiserver and etcd; ${kept_note}):
 
   ${cp_cmd} down${cp_dir_arg}
 MSG

@@ -7,20 +7,22 @@
 //! Checked: it exits 0; the demo Secret is stored as a KMS v2 envelope without plaintext,
 //! under a key_id of the operator-managed KmsKey `kubekms-system/apiserver-key`; the
 //! sample KmsKey is Enabled and its alias and grant Ready; the plugin runs in follow mode
-//! and the operator runs with the plugin's root key; a second run reuses everything;
+//! and the operator runs with the plugin's root key, as its ServiceAccount; kubekms-server
+//! runs, and the `aws kms encrypt` / `decrypt` that local-up runs as the ServiceAccount
+//! kubekms-demo/app worked; a second run reuses everything;
 //! `hack/control-plane.sh down` leaves no process behind; and in a shell that ran the
 //! README's `eval "$(hack/control-plane.sh env)"` before that `down`, local-up starts
 //! KubeKMS again (what `env` exports must not steer the scripts to the stopped one).
 //!
-//! Binaries: `KUBEKMS_PLUGIN_BIN` / `KUBEKMS_OPERATOR_BIN`, or built by the harness
-//! (`kubekms_e2e::process::build_workspace_bins`).
+//! Binaries: `KUBEKMS_PLUGIN_BIN` / `KUBEKMS_OPERATOR_BIN` / `KUBEKMS_SERVER_BIN`, or built
+//! here (the three packages in one `cargo build`, as local-up builds them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
-use kubekms_e2e::process::{is_zombie, proc_starttime, sibling_bin, tools_bin};
+use kubekms_e2e::process::{is_zombie, proc_starttime, tools_bin};
 use kubekms_e2e::{
     ControlPlane, KMS_PROVIDER_NAME, check_kms_encrypted, kms_v2_prefix, preview, repo_root,
     secret_etcd_key, unique_name,
@@ -40,13 +42,55 @@ struct EncryptedObject {
 /// Where local-up records the control plane it started (in `KUBEKMS_LOCAL_STATE`).
 const RECORD: &str = "local-up-control-plane";
 /// The processes of the control plane local-up starts.
-const PROCESSES: [&str; 5] = [
+const PROCESSES: [&str; 6] = [
     "etcd",
     "kms-plugin",
     "kube-apiserver",
     "kubekms-operator",
+    "kubekms-server",
     "watchdog",
 ];
+
+/// `$env`, or `name` built (with the plugin, the operator and the server in one build, as
+/// local-up builds them) into this test binary's target folder.
+fn workspace_bin(env: &str, name: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("no target folder above {}", exe.display()))?
+        .to_path_buf();
+    let target_dir = bin_dir
+        .parent()
+        .ok_or_else(|| anyhow!("no target folder above {}", bin_dir.display()))?;
+    let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    build
+        .current_dir(repo_root())
+        .args(["build", "--quiet", "--bins"])
+        .args([
+            "-p",
+            "kubekms-plugin",
+            "-p",
+            "kubekms-operator",
+            "-p",
+            "kubekms-server",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if bin_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let out = build.stdin(Stdio::null()).output()?;
+    ensure!(
+        out.status.success(),
+        "building {name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(bin_dir.join(name))
+}
 
 fn phase(started: Instant, what: &str) {
     eprintln!(
@@ -116,6 +160,10 @@ fn local_up_in_shell(
         .env("KUBEKMS_LOCAL_STATE", base)
         .env("KUBEKMS_PLUGIN_BIN", plugin)
         .env("KUBEKMS_OPERATOR_BIN", operator)
+        .env(
+            "KUBEKMS_SERVER_BIN",
+            workspace_bin("KUBEKMS_SERVER_BIN", "kubekms-server")?,
+        )
         // Whatever names another control plane or plugin in this environment (hack/test.sh,
         // a developer's shell) must not reach the script.
         .env_remove("KUBEKMS_KMS_SOCKET")
@@ -196,8 +244,8 @@ fn stored_key_id(cp: &ControlPlane, ns: &str, name: &str, plaintext: &str) -> Re
 fn local_up_runs_kubekms_with_an_operator_managed_key() -> Result<()> {
     let t0 = Instant::now();
     let tools = tools_bin()?;
-    let plugin = sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
-    let operator = sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
+    let plugin = workspace_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
+    let operator = workspace_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
     let local = LocalState {
         base: std::env::temp_dir().join(unique_name("kubekms-e2e-local-up")),
     };
@@ -244,6 +292,34 @@ fn local_up_runs_kubekms_with_an_operator_managed_key() -> Result<()> {
             .any(|w| w[0] == "--root-key" && Path::new(&w[1]) == root_key),
         "the operator does not use the plugin's root key {}: {operator_argv:?}",
         root_key.display()
+    );
+
+    let environ = std::fs::read(format!("/proc/{}/environ", cp.pid_of("kubekms-operator")?))?;
+    ensure!(
+        environ
+            .split(|b| *b == 0)
+            .any(|var| var.starts_with(b"KUBECONFIG=")
+                && var.ends_with(b"kubekms-operator.kubeconfig")),
+        "the operator does not run with its ServiceAccount's kubeconfig"
+    );
+    let server_argv = cp.argv_of("kubekms-server")?;
+    ensure!(
+        server_argv
+            .windows(2)
+            .any(|w| w[0] == "--root-key" && Path::new(&w[1]) == root_key)
+            && server_argv.iter().any(|a| a == "--tls-cert"),
+        "kubekms-server does not serve TLS with the plugin's root key: {server_argv:?}"
+    );
+    ensure!(
+        stdout.contains("it printed: hello from kubekms-demo/app"),
+        "the aws kms encrypt/decrypt of local-up did not round-trip:\n{stdout}"
+    );
+    let audit = std::fs::read_to_string(state.join("kubekms-server/audit.log"))?;
+    ensure!(
+        audit.contains("\"eventName\":\"AssumeRoleWithWebIdentity\"")
+            && audit.contains("\"eventName\":\"Decrypt\"")
+            && audit.contains("system:serviceaccount:kubekms-demo:app"),
+        "the demo's calls are not in the audit log: {audit}"
     );
 
     // The key kube-apiserver encrypts with is the operator's KmsKey.

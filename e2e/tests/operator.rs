@@ -223,7 +223,11 @@ async fn operator_manages_the_key_lifecycle() -> Result<()> {
             let status = key.status.context("status")?;
             let key_id = status.key_id.context("keyId")?;
             ensure!(
-                status.arn.as_deref() == Some(&format!("arn:kubekms:kms:local:{ns}:key/{key_id}")),
+                status.arn.as_deref()
+                    == Some(&format!(
+                        "arn:aws:kms:local:{}:key/{key_id}",
+                        kms_core::derive_account_id(&ns)
+                    )),
                 "{name}: arn {:?}",
                 status.arn
             );

@@ -162,11 +162,12 @@ pub fn wrap_context(
 }
 
 /// The status a key's metadata implies (conditions and re-encryption are the caller's).
+/// `account` is the 12-digit account id of the key's namespace ([`crate::account`]).
 #[must_use]
 pub fn status(
     metadata: &KeyMetadata,
     scope: &ArnScope,
-    namespace: &str,
+    account: &str,
     generation: Option<i64>,
 ) -> KmsKeyStatus {
     let spec = metadata.spec;
@@ -181,7 +182,8 @@ pub fn status(
     };
     KmsKeyStatus {
         key_id: Some(metadata.key_id.to_string()),
-        arn: Some(Arn::for_key(scope, namespace, metadata.key_id).to_string()),
+        arn: Some(Arn::for_key(scope, account, metadata.key_id).to_string()),
+        account_id: Some(account.to_owned()),
         key_usage: Some(KeyUsageName::from(usage)),
         key_state: Some(KeyStateName::from(metadata.state)),
         current_version: metadata.current_version(),
@@ -306,12 +308,16 @@ mod tests {
         let metadata = metadata(&spec, &record()).expect("metadata");
         assert_eq!(metadata.current_version(), Some(2));
         assert_eq!(metadata.rotation.map(|r| r.period_days), Some(90));
-        let status = status(&metadata, &ArnScope::default(), "team-a", Some(3));
+        let account = kms_core::derive_account_id("team-a");
+        let status = status(&metadata, &ArnScope::default(), &account, Some(3));
         assert_eq!(status.key_state, Some(KeyStateName::Enabled));
         assert_eq!(
             status.arn.as_deref(),
-            Some("arn:kubekms:kms:local:team-a:key/1234abcd-12ab-34cd-56ef-1234567890ab")
+            Some("arn:aws:kms:local:194955301523:key/1234abcd-12ab-34cd-56ef-1234567890ab")
         );
+        assert_eq!(status.account_id.as_deref(), Some("194955301523"));
+        kms_core::Arn::parse(status.arn.as_deref().unwrap_or_default())
+            .expect("the ARN parses as AWS clients parse it");
         assert_eq!(
             status.next_rotation_time.as_deref(),
             Some("2026-06-30T00:00:00Z")

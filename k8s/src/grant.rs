@@ -2,11 +2,17 @@
 
 use std::collections::BTreeMap;
 
+use kms_core::grants::{Grant, GrantConstraints, GrantOperation};
+use kms_core::keystore::{DerivedKeyPurpose, RootKeyStore};
+use kms_core::primitives::HmacKey;
+use kms_core::{EncryptionContext, KeySpec};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::alias::KeyRef;
 use crate::condition::Condition;
+use crate::convert::effective_usage;
+use crate::key::KmsKeySpec;
 use crate::names::GrantOperationName;
 
 /// Permission for one Kubernetes identity to use a key (AWS CreateGrant). Deleting the
@@ -126,4 +132,117 @@ pub struct KmsGrantStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// 64 hex digits derived from the object's UID under a key derived from the root key
+/// (HMAC-SHA-256 keyed with [`DerivedKeyPurpose::GrantToken`]): the grant id and token stay
+/// the same for the object's whole life and come out the same if its status is lost (status
+/// must be reconstructible); a new object under the same name gets new ones. Knowing the
+/// uid (anyone who reads the KmsGrant or its Events does) is not enough to compute them:
+/// that takes the root key. The operator writes them into status; kubekms-server derives
+/// them again rather than trusting status.
+fn derived_hex(key: &HmacKey, label: &str, uid: &str) -> String {
+    let tag = key.sign(format!("kubekms.io/{label}\0{uid}").as_bytes());
+    let mut out = String::with_capacity(tag.len() * 2);
+    for b in tag {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The grant id and token of the KmsGrant with `uid`.
+///
+/// # Errors
+/// When the root key store cannot derive the key.
+pub fn grant_id_and_token(
+    root_keys: &dyn RootKeyStore,
+    uid: &str,
+) -> Result<(String, String), kms_core::KmsError> {
+    let derived = root_keys.derive_key(DerivedKeyPurpose::GrantToken)?;
+    let key = HmacKey::sha256_prf(derived.expose());
+    Ok((
+        derived_hex(&key, "grant-id", uid),
+        derived_hex(&key, "grant-token", uid),
+    ))
+}
+
+fn context(
+    pairs: Option<&BTreeMap<String, String>>,
+) -> Result<Option<EncryptionContext>, kms_core::KmsError> {
+    pairs
+        .map(|pairs| EncryptionContext::from_map(pairs.clone()))
+        .transpose()
+}
+
+/// The grant as AWS CreateGrant would build it for a key with this spec: its operations
+/// must suit the key's type, and constraints only a symmetric key.
+///
+/// # Errors
+/// `ValidationException` from [`Grant::new`] or a bad context.
+pub fn to_grant(grant: &KmsGrantSpec, key: &KmsKeySpec) -> Result<Grant, kms_core::KmsError> {
+    let constraints = grant.constraints.as_ref();
+    Grant::new(
+        KeySpec::from(key.key_spec),
+        effective_usage(key),
+        grant.operations.iter().map(|op| GrantOperation::from(*op)),
+        GrantConstraints {
+            encryption_context_subset: context(
+                constraints.and_then(|c| c.encryption_context_subset.as_ref()),
+            )?,
+            encryption_context_equals: context(
+                constraints.and_then(|c| c.encryption_context_equals.as_ref()),
+            )?,
+        },
+    )
+}
+
+/// Who a grant is for, as the caller's identity is matched against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grantee {
+    /// A Kubernetes username (`system:serviceaccount:<ns>:<name>` for a ServiceAccount).
+    User(String),
+    /// A Kubernetes group.
+    Group(String),
+}
+
+impl Grantee {
+    /// The grantee of a grant in `namespace` (a ServiceAccount without a namespace is of
+    /// the grant's).
+    #[must_use]
+    pub fn of(principal: &Principal, namespace: &str) -> Option<Self> {
+        match (
+            &principal.service_account,
+            &principal.user,
+            &principal.group,
+        ) {
+            (Some(sa), None, None) => Some(Self::User(format!(
+                "system:serviceaccount:{}:{}",
+                sa.namespace.as_deref().unwrap_or(namespace),
+                sa.name
+            ))),
+            (None, Some(user), None) => Some(Self::User(user.clone())),
+            (None, None, Some(group)) => Some(Self::Group(group.clone())),
+            _ => None,
+        }
+    }
+
+    /// Whether a caller with this username and these groups is the grantee.
+    #[must_use]
+    pub fn matches(&self, username: &str, groups: &[String]) -> bool {
+        match self {
+            Self::User(user) => user == username,
+            Self::Group(group) => groups.iter().any(|g| g == group),
+        }
+    }
+
+    /// The name ListGrants reports (`GranteePrincipal`).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            Self::User(name) | Self::Group(name) => name,
+        }
+    }
 }

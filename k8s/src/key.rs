@@ -25,6 +25,12 @@ use crate::names::{KeySpecName, KeyStateName, KeyUsageName, OriginName, Rotation
     printcolumn(name = "Usage", type_ = "string", json_path = ".status.keyUsage"),
     printcolumn(name = "State", type_ = "string", json_path = ".status.keyState"),
     printcolumn(
+        name = "Account",
+        type_ = "string",
+        json_path = ".status.accountId",
+        priority = 1
+    ),
+    printcolumn(
         name = "Version",
         type_ = "integer",
         json_path = ".status.currentVersion",
@@ -157,9 +163,13 @@ pub struct KmsKeyStatus {
     /// The key id (a UUID, or mrk- and 32 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
-    /// The key's ARN; the account is the namespace.
+    /// The key's ARN, `arn:<partition>:kms:<region>:<account id>:key/<key id>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arn: Option<String>,
+    /// The 12-digit account id of the namespace (annotation `kubekms.io/account-id`, or
+    /// derived from the namespace's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
     /// The effective key usage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_usage: Option<KeyUsageName>,

@@ -17,6 +17,7 @@
 // `#[kube(printcolumn(...))]` repeats `type_ = ...` in each column by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod account;
 pub mod alias;
 pub mod condition;
 pub mod convert;

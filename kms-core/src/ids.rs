@@ -14,6 +14,39 @@ pub const RESERVED_ALIAS_PREFIX: &str = "alias/aws/";
 pub const MAX_ALIAS_NAME_LEN: usize = 256;
 /// AWS's maximum length of a `KeyId` parameter.
 pub const MAX_KEY_IDENTIFIER_LEN: usize = 2048;
+/// Digits of an account id (AWS account ids are 12 decimal digits; SDKs and tools such as
+/// SOPS and the Encryption SDK check that shape in ARNs).
+pub const ACCOUNT_ID_LEN: usize = 12;
+/// The ARN partition of every installation unless configured otherwise: real clients
+/// parse ARNs and some accept only AWS's own partitions.
+pub const DEFAULT_PARTITION: &str = "aws";
+/// The ARN region of every installation unless configured otherwise (the operator and
+/// kubekms-server share it; SigV4 requests are scoped to it).
+pub const DEFAULT_REGION: &str = "local";
+/// What the derived account id hashes in front of the namespace name.
+const ACCOUNT_ID_LABEL: &[u8] = b"kubekms/account-id/v1\0";
+
+/// The account id KubeKMS derives for a namespace that does not set one: the first 8 bytes
+/// of SHA-256(`"kubekms/account-id/v1\0"` ‖ namespace name) as a big-endian integer,
+/// modulo 10^12, as 12 decimal digits with leading zeros. Deterministic (every replica and
+/// the operator agree without talking), stable for the life of the name, and spread
+/// evenly: two namespaces collide with probability about n²/2·10^-12.
+#[must_use]
+pub fn derive_account_id(namespace: &str) -> String {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(ACCOUNT_ID_LABEL);
+    context.update(namespace.as_bytes());
+    let hash = context.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_ref()[..8]);
+    format!("{:012}", u64::from_be_bytes(first) % 1_000_000_000_000)
+}
+
+/// Whether `text` has the shape of an account id: exactly 12 ASCII digits.
+#[must_use]
+pub fn is_account_id(text: &str) -> bool {
+    text.len() == ACCOUNT_ID_LEN && text.bytes().all(|b| b.is_ascii_digit())
+}
 
 /// The identifier of a key: a UUID, or `mrk-` and 32 hex digits for a multi-cluster key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -222,15 +255,15 @@ pub enum ArnResource {
 }
 
 /// An ARN of a key or alias: `arn:<partition>:kms:<region>:<account>:key/<id>` or
-/// `...:alias/<name>`. In KubeKMS the account is the key's namespace and the region names
-/// the cluster.
+/// `...:alias/<name>`. In KubeKMS the account is the 12-digit account id of the key's
+/// namespace and the region names the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Arn {
     /// The partition (`aws` on AWS; configurable here).
     pub partition: String,
     /// The region (the cluster's name here).
     pub region: String,
-    /// The account (the Kubernetes namespace here).
+    /// The 12-digit account id (of the key's namespace here).
     pub account: String,
     /// The key or alias.
     pub resource: ArnResource,
@@ -296,10 +329,11 @@ impl Arn {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
         };
-        if !field_ok(partition) || !field_ok(region) || !field_ok(account) {
-            return Err(invalid(
-                "partition, region and account must be non-empty names",
-            ));
+        if !field_ok(partition) || !field_ok(region) {
+            return Err(invalid("partition and region must be non-empty names"));
+        }
+        if !is_account_id(account) {
+            return Err(invalid("the account must be 12 digits"));
         }
         let resource = if let Some(id) = resource.strip_prefix("key/") {
             ArnResource::Key(KeyId::parse(id).map_err(|_| invalid("the key id is malformed"))?)
@@ -343,12 +377,30 @@ pub struct ArnScope {
 }
 
 impl Default for ArnScope {
+    /// [`DEFAULT_PARTITION`] and [`DEFAULT_REGION`].
     fn default() -> Self {
         Self {
-            partition: "kubekms".to_owned(),
-            region: "local".to_owned(),
+            partition: DEFAULT_PARTITION.to_owned(),
+            region: DEFAULT_REGION.to_owned(),
         }
     }
+}
+
+impl ArnScope {
+    /// Whether an ARN carries this partition and region.
+    #[must_use]
+    pub fn contains(&self, arn: &Arn) -> bool {
+        arn.partition == self.partition && arn.region == self.region
+    }
+}
+
+/// What a key identifier names once its ARN (if any) is taken apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTarget<'a> {
+    /// A key id.
+    KeyId(KeyId),
+    /// An alias name.
+    Alias(&'a AliasName),
 }
 
 /// The four ways a request can name a key.
@@ -397,6 +449,31 @@ impl KeyIdentifier {
         matches!(self, Self::AliasName(_) | Self::AliasArn(_))
     }
 
+    /// The account an identifier names (`None` for a bare key id or alias name: the
+    /// caller's account) and what it names there. An ARN of another partition or region
+    /// names nothing in this installation.
+    ///
+    /// # Errors
+    /// `NotFoundException` for an ARN outside `scope`.
+    pub fn target(&self, scope: &ArnScope) -> KmsResult<(Option<&str>, KeyTarget<'_>)> {
+        match self {
+            Self::KeyId(id) => Ok((None, KeyTarget::KeyId(*id))),
+            Self::AliasName(alias) => Ok((None, KeyTarget::Alias(alias))),
+            Self::KeyArn(arn) | Self::AliasArn(arn) => {
+                if !scope.contains(arn) {
+                    return Err(KmsError::NotFound(format!(
+                        "{arn} is not found in this partition and region"
+                    )));
+                }
+                let target = match &arn.resource {
+                    ArnResource::Key(id) => KeyTarget::KeyId(*id),
+                    ArnResource::Alias(alias) => KeyTarget::Alias(alias),
+                };
+                Ok((Some(arn.account.as_str()), target))
+            }
+        }
+    }
+
     /// Resolves the identifier to a key id within one account (namespace).
     ///
     /// `lookup_alias` maps an alias name of `account` to its target key id. ARNs of another
@@ -438,6 +515,73 @@ mod tests {
     use super::*;
 
     const UUID: &str = "1234abcd-12ab-34cd-56ef-1234567890ab";
+    const ACCOUNT: &str = "123456789012";
+
+    #[test]
+    fn derived_account_ids_are_twelve_digits_stable_and_spread() {
+        let a = derive_account_id("team-a");
+        assert!(is_account_id(&a), "{a}");
+        assert_eq!(a, derive_account_id("team-a"));
+        assert_ne!(a, derive_account_id("team-b"));
+        // Pinned: the operator writes it into status and clients keep ARNs; a change of
+        // the derivation would change every ARN of every installation.
+        assert_eq!(derive_account_id("kubekms-demo"), "257274334697");
+        let ids: std::collections::BTreeSet<String> = (0..2000)
+            .map(|i| derive_account_id(&format!("ns-{i}")))
+            .collect();
+        assert_eq!(ids.len(), 2000);
+        assert!(ids.iter().all(|id| is_account_id(id)));
+        // Leading zeros are kept: the shape is the point.
+        assert!(ids.iter().any(|id| id.starts_with('0')));
+    }
+
+    #[test]
+    fn account_id_shape() {
+        assert!(is_account_id("000000000000"));
+        assert!(is_account_id("123456789012"));
+        for bad in [
+            "",
+            "12345678901",
+            "1234567890123",
+            "12345678901a",
+            "-12345678901",
+            "１23456789012",
+        ] {
+            assert!(!is_account_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_split_account_and_name() {
+        let scope = ArnScope::default();
+        let id = KeyId::parse(UUID).expect("uuid");
+        let arn =
+            KeyIdentifier::parse(&format!("arn:aws:kms:local:{ACCOUNT}:key/{UUID}")).expect("arn");
+        assert_eq!(
+            arn.target(&scope),
+            Ok((Some(ACCOUNT), KeyTarget::KeyId(id)))
+        );
+        let bare = KeyIdentifier::parse(UUID).expect("id");
+        assert_eq!(bare.target(&scope), Ok((None, KeyTarget::KeyId(id))));
+        let alias = AliasName::parse("alias/app").expect("alias");
+        let alias_arn = KeyIdentifier::parse(&format!("arn:aws:kms:local:{ACCOUNT}:alias/app"))
+            .expect("alias arn");
+        assert_eq!(
+            alias_arn.target(&scope),
+            Ok((Some(ACCOUNT), KeyTarget::Alias(&alias)))
+        );
+        for elsewhere in [
+            format!("arn:aws:kms:us-east-1:{ACCOUNT}:key/{UUID}"),
+            format!("arn:aws-cn:kms:local:{ACCOUNT}:key/{UUID}"),
+        ] {
+            let parsed = KeyIdentifier::parse(&elsewhere).expect("arn");
+            assert_eq!(
+                parsed.target(&scope).map_err(|e| e.aws_exception_name()),
+                Err("NotFoundException"),
+                "{elsewhere}"
+            );
+        }
+    }
 
     #[test]
     fn key_ids_round_trip_exact_text() {
@@ -493,9 +637,9 @@ mod tests {
     fn arns_build_and_parse() {
         let scope = ArnScope::default();
         let id = KeyId::parse(UUID).expect("uuid");
-        let arn = Arn::for_key(&scope, "team-a", id);
+        let arn = Arn::for_key(&scope, "123456789012", id);
         let text = arn.to_string();
-        assert_eq!(text, format!("arn:kubekms:kms:local:team-a:key/{UUID}"));
+        assert_eq!(text, format!("arn:aws:kms:local:123456789012:key/{UUID}"));
         assert_eq!(Arn::parse(&text), Ok(arn));
         let alias =
             Arn::parse("arn:aws:kms:us-east-1:111122223333:alias/ExampleAlias").expect("alias arn");
@@ -507,6 +651,11 @@ mod tests {
             "arn:aws:s3:us-east-1:111122223333:key/x",
             "arn:aws:kms:us-east-1:111122223333:key/not-a-uuid",
             "arn:aws:kms:us-east-1::key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-1:team-a:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-1:11112222333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-1:1111222233334:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-1:11112222333x:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-1:+11122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
             "arn:aws:kms:us-east-1:111122223333:grant/abc",
             "arn:aws:kms",
         ] {
@@ -523,23 +672,23 @@ mod tests {
         let lookup = |name: &AliasName| (name.as_str() == "alias/app").then_some(id);
         let forms = [
             UUID.to_owned(),
-            Arn::for_key(&scope, "ns", id).to_string(),
+            Arn::for_key(&scope, ACCOUNT, id).to_string(),
             "alias/app".to_owned(),
-            Arn::for_alias(&scope, "ns", alias).to_string(),
+            Arn::for_alias(&scope, ACCOUNT, alias).to_string(),
         ];
         for form in &forms {
             let parsed = KeyIdentifier::parse(form).expect(form);
-            assert_eq!(parsed.resolve(&scope, "ns", lookup), Ok(id), "{form}");
+            assert_eq!(parsed.resolve(&scope, ACCOUNT, lookup), Ok(id), "{form}");
         }
         let other_account = KeyIdentifier::parse(&forms[1]).expect("arn");
         let err = other_account
-            .resolve(&scope, "other-ns", lookup)
+            .resolve(&scope, "210987654321", lookup)
             .expect_err("other account");
         assert_eq!(err.aws_exception_name(), "NotFoundException");
         let missing = KeyIdentifier::parse("alias/missing").expect("alias");
         assert_eq!(
             missing
-                .resolve(&scope, "ns", lookup)
+                .resolve(&scope, ACCOUNT, lookup)
                 .map_err(|e| e.aws_exception_name()),
             Err("NotFoundException")
         );

@@ -23,7 +23,9 @@ pub mod state;
 
 pub use context::EncryptionContext;
 pub use error::{ErrorClass, KmsError, KmsResult};
-pub use ids::{AliasName, Arn, ArnScope, KeyId, KeyIdentifier};
+pub use ids::{
+    AliasName, Arn, ArnScope, KeyId, KeyIdentifier, KeyTarget, derive_account_id, is_account_id,
+};
 pub use key::{KeyMetadata, KmsKey, MaterialVersion};
 pub use material::KeyMaterial;
 pub use secret::SecretBytes;

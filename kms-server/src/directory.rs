@@ -144,10 +144,12 @@ pub trait KeyDirectory: Send + Sync + 'static {
     /// The 12-digit AWS account id of a namespace (deterministic, or set by annotation).
     fn account_id(&self, namespace: &str) -> String;
 
-    /// Resolves a key id, key ARN, alias name or alias ARN in the caller's account
-    /// (`namespace`). An ARN of another partition, region or account, and a key of
-    /// another namespace, resolve to `NotFoundException` exactly like a key that does not
-    /// exist, so no caller learns what other namespaces hold.
+    /// Resolves a key id, key ARN, alias name or alias ARN. Bare key ids and alias names
+    /// resolve in the caller's account (`namespace`) only; an ARN resolves in the
+    /// namespace whose account id it carries (authorization then decides: RBAC in that
+    /// namespace, or a grant on the key). An ARN of another partition or region, of an
+    /// unknown or ambiguous account, and a key that does not exist are
+    /// `NotFoundException`.
     ///
     /// # Errors
     /// `NotFoundException`; `KMSInternalException` when the key's material could not be

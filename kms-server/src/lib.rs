@@ -24,6 +24,7 @@ pub mod authorize;
 pub mod directory;
 pub mod error;
 pub mod execute;
+pub mod kubernetes;
 pub mod memory;
 pub mod metrics;
 pub mod principal;

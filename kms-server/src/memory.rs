@@ -7,7 +7,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lc_rs::digest;
 use kms_core::grants::Grant;
 use kms_core::{AliasName, Arn, ArnScope, KeyId, KeyIdentifier, KmsError, KmsKey, KmsResult};
 
@@ -15,14 +14,11 @@ use crate::authorize::{Allowed, AuthorizationRequest, Authorizer, Denied, Resour
 use crate::directory::{AliasEntry, GrantEntry, KeyDirectory, KeyEntry, ResolvedKey, Tag};
 use crate::sts::{ReviewError, ReviewedIdentity, TokenReviewer};
 
-/// A deterministic 12-digit account id for a namespace (what the Kubernetes layer derives
-/// unless an annotation sets one).
+/// The 12-digit account id of a namespace without an annotation
+/// ([`kms_core::derive_account_id`]: what the Kubernetes layer and the operator derive).
 #[must_use]
 pub fn account_id_of(namespace: &str) -> String {
-    let hash = digest::digest(&digest::SHA256, namespace.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&hash.as_ref()[..8]);
-    format!("{:012}", u64::from_be_bytes(first) % 1_000_000_000_000)
+    kms_core::derive_account_id(namespace)
 }
 
 #[derive(Debug, Default)]

@@ -57,7 +57,15 @@ impl ServerMetrics {
     /// Every metric registered under `kubekms_server`.
     #[must_use]
     pub fn new() -> Self {
+        Self::with_extra(|_| {})
+    }
+
+    /// Every metric registered under `kubekms_server`, and whatever `extra` registers in
+    /// the same registry (the Kubernetes layer's, under sub-registries).
+    #[must_use]
+    pub fn with_extra(extra: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::with_prefix("kubekms_server");
+        extra(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
         let credential_reloads = Family::<ResultLabels, Counter>::default();

@@ -580,6 +580,19 @@ impl Server {
         config: ServerConfig,
         dependencies: Dependencies,
     ) -> Result<Self, ServeError> {
+        Self::bind_with_metrics(config, dependencies, Arc::new(ServerMetrics::new())).await
+    }
+
+    /// As [`Server::bind`], counting into `metrics` (made with
+    /// [`ServerMetrics::with_extra`] to serve other metrics on /metrics too).
+    ///
+    /// # Errors
+    /// Bind and TLS errors.
+    pub async fn bind_with_metrics(
+        config: ServerConfig,
+        dependencies: Dependencies,
+        metrics: Arc<ServerMetrics>,
+    ) -> Result<Self, ServeError> {
         let certificates = match &config.transport {
             Transport::Tls {
                 certificate,
@@ -609,7 +622,7 @@ impl Server {
             },
             reviewer: dependencies.reviewer,
             audit: dependencies.audit,
-            metrics: Arc::new(ServerMetrics::new()),
+            metrics,
             clock: dependencies.clock,
             config,
         });

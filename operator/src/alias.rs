@@ -81,7 +81,7 @@ async fn reconcile_alias(alias: &KmsAlias, ctx: &Context) -> Result<Action, Erro
         target_key_arn: previous.target_key_arn.clone(),
         alias_arn: AliasName::parse(&alias.spec.alias_name)
             .ok()
-            .map(|name| Arn::for_alias(&ctx.scope, &namespace, name).to_string()),
+            .map(|name| Arn::for_alias(&ctx.scope, &ctx.account_id(&namespace), name).to_string()),
         conditions: previous.conditions.clone(),
         observed_generation: alias.meta().generation,
     };

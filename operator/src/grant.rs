@@ -6,14 +6,11 @@
 
 use std::sync::Arc;
 
-use kms_core::grants::{Grant, GrantConstraints, GrantOperation};
-use kms_core::keystore::{DerivedKeyPurpose, RootKeyStore};
-use kms_core::primitives::HmacKey;
-use kms_core::{EncryptionContext, KeySpec};
+use kms_core::grants::Grant;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use kubekms_k8s::convert::{effective_usage, format_time};
+use kubekms_k8s::convert::format_time;
 use kubekms_k8s::names::KeyStateName;
 use kubekms_k8s::{Condition, KmsGrant, KmsGrantStatus, KmsKey, KmsKeyMaterial};
 
@@ -38,60 +35,11 @@ pub fn error_policy(grant: Arc<KmsGrant>, error: &Error, _ctx: Arc<Context>) -> 
     Action::requeue(std::time::Duration::from_secs(5))
 }
 
-/// 64 hex digits derived from the object's UID under a key derived from the root key
-/// (HMAC-SHA-256 keyed with [`DerivedKeyPurpose::GrantToken`]): the grant id and token stay
-/// the same for the object's whole life and come out the same if its status is lost (status
-/// must be reconstructible); a new object under the same name gets new ones. Knowing the
-/// uid (anyone who reads the KmsGrant or its Events does) is not enough to compute them:
-/// that takes the root key.
-fn derived_hex(key: &HmacKey, label: &str, uid: &str) -> String {
-    hex::encode(key.sign(format!("kubekms.io/{label}\0{uid}").as_bytes()))
-}
-
-/// The grant id and token of the KmsGrant with `uid`.
-///
-/// # Errors
-/// When the root key store cannot derive the key.
-pub fn grant_id_and_token(
-    root_keys: &dyn RootKeyStore,
-    uid: &str,
-) -> Result<(String, String), kms_core::KmsError> {
-    let derived = root_keys.derive_key(DerivedKeyPurpose::GrantToken)?;
-    let key = HmacKey::sha256_prf(derived.expose());
-    Ok((
-        derived_hex(&key, "grant-id", uid),
-        derived_hex(&key, "grant-token", uid),
-    ))
-}
-
-fn context(
-    pairs: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<Option<EncryptionContext>, kms_core::KmsError> {
-    pairs
-        .map(|pairs| EncryptionContext::from_map(pairs.clone()))
-        .transpose()
-}
+pub use kubekms_k8s::grant::grant_id_and_token;
 
 /// The grant as CreateGrant would build it for `key`.
 fn validate(grant: &KmsGrant, key: &KmsKey) -> Result<Grant, kms_core::KmsError> {
-    let constraints = grant.spec.constraints.as_ref();
-    Grant::new(
-        KeySpec::from(key.spec.key_spec),
-        effective_usage(&key.spec),
-        grant
-            .spec
-            .operations
-            .iter()
-            .map(|op| GrantOperation::from(*op)),
-        GrantConstraints {
-            encryption_context_subset: context(
-                constraints.and_then(|c| c.encryption_context_subset.as_ref()),
-            )?,
-            encryption_context_equals: context(
-                constraints.and_then(|c| c.encryption_context_equals.as_ref()),
-            )?,
-        },
-    )
+    kubekms_k8s::grant::to_grant(&grant.spec, &key.spec)
 }
 
 async fn reconcile_grant(grant: &KmsGrant, ctx: &Context) -> Result<Action, Error> {

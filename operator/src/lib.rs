@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
 use kms_core::ArnScope;
 use kms_core::keystore::RootKeyStore;
 use kube::Client;
@@ -94,6 +95,11 @@ pub struct Context {
     pub lease_observer: Arc<liveness::LeaseObserver>,
     /// The writer of [`Self::plugin_leases`], taken once by whoever runs the reflector.
     lease_writer: std::sync::Mutex<Option<Writer<Lease>>>,
+    /// The Namespaces (their `kubekms.io/account-id` annotations give the account ids
+    /// that ARNs carry), kept by the reflector that [`run::run_controllers`] starts.
+    pub namespaces: Store<Namespace>,
+    /// The writer of [`Self::namespaces`], taken once by whoever runs the reflector.
+    namespace_writer: std::sync::Mutex<Option<Writer<Namespace>>>,
     /// How fast Secrets may be re-encrypted after a rotation (ceilings).
     pub reencryption: reencrypt::ReencryptConfig,
     /// How many Secret rewrites may be in flight, adapted to kube-apiserver's answers
@@ -124,6 +130,7 @@ impl Context {
         );
         let writer = Writer::default();
         let reencryption = reencrypt::ReencryptConfig::default();
+        let namespace_writer = Writer::default();
         Self {
             watch_client: client.clone(),
             rewrite_client: client.clone(),
@@ -136,6 +143,8 @@ impl Context {
             plugin_leases: writer.as_reader(),
             lease_observer: Arc::new(liveness::LeaseObserver::new()),
             lease_writer: std::sync::Mutex::new(Some(writer)),
+            namespaces: namespace_writer.as_reader(),
+            namespace_writer: std::sync::Mutex::new(Some(namespace_writer)),
             reencrypt_limit: std::sync::Mutex::new(reencrypt::AdaptiveLimit::new(
                 reencryption.max_in_flight,
             )),
@@ -159,6 +168,32 @@ impl Context {
     pub fn with_watch_client(mut self, client: Client) -> Self {
         self.watch_client = client;
         self
+    }
+
+    /// The writer that fills [`Self::namespaces`]; `None` after the first call.
+    pub fn take_namespace_writer(&self) -> Option<Writer<Namespace>> {
+        match self.namespace_writer.lock() {
+            Ok(mut writer) => writer.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    /// The 12-digit account id of `namespace` that ARNs carry: its Namespace's
+    /// `kubekms.io/account-id` annotation, or derived from its name (also while the
+    /// Namespace is not in the store yet; its arrival requeues the namespace's keys).
+    #[must_use]
+    pub fn account_id(&self, namespace: &str) -> String {
+        let object = self
+            .namespaces
+            .get(&kube::runtime::reflector::ObjectRef::new(namespace));
+        let (account, problem) = match object {
+            Some(object) => kubekms_k8s::account::account_id_of(&object),
+            None => kubekms_k8s::account::account_id(namespace, None),
+        };
+        if let Some(problem) = problem {
+            tracing::warn!(%problem, "namespace account id");
+        }
+        account
     }
 
     /// The writer that fills [`Self::plugin_leases`]; `None` after the first call.

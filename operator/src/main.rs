@@ -58,11 +58,11 @@ struct Args {
     /// Seconds an API call (not a watch) may wait for its answer.
     #[arg(long, default_value_t = 30)]
     api_read_timeout_seconds: u64,
-    /// ARN partition.
-    #[arg(long, default_value = "kubekms")]
+    /// ARN partition (AWS's own by default: clients parse ARNs).
+    #[arg(long, default_value = kms_core::ids::DEFAULT_PARTITION)]
     partition: String,
-    /// ARN region: the cluster's name.
-    #[arg(long, default_value = "local")]
+    /// ARN region: the cluster's name (kubekms-server's `--region` must be the same).
+    #[arg(long, default_value = kms_core::ids::DEFAULT_REGION)]
     region: String,
     /// Secrets per list page when re-encrypting after a rotation (the progress is saved
     /// after each page, so a restart resumes there).

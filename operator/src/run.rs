@@ -12,6 +12,11 @@
 //!   the re-encryption gate read it), each change noted on this process's monotonic clock
 //!   for liveness, and the KmsKey a Lease names requeued.
 //! - **KmsAlias** and **KmsGrant**, each by its own controller.
+//! - **Namespaces** (all of them, or the one watched): kept in the context's store for the
+//!   account ids that ARNs carry ([`kubekms_k8s::account`]); a Namespace that appears or
+//!   changes requeues its KmsKeys, whose new status requeues their aliases. Controllers
+//!   start once the Namespaces are listed (at most [`NAMESPACE_LIST_WAIT`]), so a restart
+//!   does not write derived ARNs for annotated namespaces in between.
 //!
 //! Every watch uses the context's watch client (see [`crate::clients`]).
 
@@ -19,6 +24,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
@@ -47,6 +53,10 @@ pub async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
     // An error means the sender is gone: shut down as well.
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
+
+/// How long the controllers wait for the first listing of Namespaces before they start
+/// anyway (with derived account ids for namespaces not seen yet, corrected when they are).
+pub const NAMESPACE_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How many KmsKey events the shared store buffers for a slow subscriber before the watch
 /// waits for it.
@@ -99,6 +109,35 @@ pub async fn run_controllers(
         None => heartbeats.boxed(),
     };
 
+    // The Namespaces, for account ids: one namespace's only, in single-namespace mode.
+    let namespace_config = match ns {
+        Some(ns) => watcher::Config::default()
+            .fields(&format!("metadata.name={ns}"))
+            .any_semantic(),
+        None => watcher::Config::default().any_semantic(),
+    };
+    let namespaces =
+        watcher::watcher(Api::<Namespace>::all(client.clone()), namespace_config).default_backoff();
+    let namespaces = match ctx.take_namespace_writer() {
+        Some(writer) => reflector::reflector(writer, namespaces).boxed(),
+        None => namespaces.boxed(),
+    };
+    let (changed_namespaces, namespaces_changed) = mpsc::channel::<Namespace>(64);
+    let namespace_watch = namespaces.touched_objects().for_each(move |namespace| {
+        let changed = changed_namespaces.clone();
+        async move {
+            match namespace {
+                // A closed channel means the KmsKey controller has stopped.
+                Ok(namespace) => {
+                    let _ = changed.send(namespace).await;
+                }
+                Err(error) => tracing::warn!(%error, "Namespace watch"),
+            }
+        }
+    });
+
+    let namespace_store = ctx.namespaces.clone();
+
     // The one KmsKey watch, into a shared store.
     let (key_store, key_writer) = reflector::store_shared::<KmsKey>(SHARED_BUFFER);
     let (Some(for_keys), Some(for_aliases), Some(for_grants)) = (
@@ -138,6 +177,7 @@ pub async fn run_controllers(
     .default_backoff()
     .touched_objects();
 
+    let keys_of_namespace = key_store.clone();
     let mut keys = Controller::for_shared_stream(for_keys, key_store);
     if let Some(jumps) = ctx.clock.jumps() {
         keys = keys.reconcile_all_on(jumps);
@@ -149,6 +189,18 @@ pub async fn run_controllers(
             key.zip(namespace)
                 .map(|(key, namespace)| ObjectRef::<KmsKey>::new(&key).within(&namespace))
         })
+        .watches_stream(
+            received(namespaces_changed).map(Ok::<_, watcher::Error>),
+            move |namespace: Namespace| {
+                let name = namespace.name_any();
+                keys_of_namespace
+                    .state()
+                    .into_iter()
+                    .filter(|key| key.namespace().as_deref() == Some(name.as_str()))
+                    .map(|key| ObjectRef::from_obj(&*key))
+                    .collect::<Vec<_>>()
+            },
+        )
         .watches_stream(records, |record| {
             record
                 .namespace()
@@ -207,11 +259,20 @@ pub async fn run_controllers(
 
     // The shared KmsKey watch has no controller of its own to stop it: it ends with them.
     let controllers = async {
+        if tokio::time::timeout(NAMESPACE_LIST_WAIT, namespace_store.wait_until_ready())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "Namespaces not listed within {NAMESPACE_LIST_WAIT:?}: account ids are derived from names until they are"
+            );
+        }
         tokio::join!(keys, aliases, grants);
     };
     tokio::select! {
         () = controllers => {}
         () = key_watch => tracing::error!("the KmsKey watch ended"),
+        () = namespace_watch => tracing::error!("the Namespace watch ended"),
     }
 }
 

@@ -140,6 +140,40 @@ impl Harness {
     }
 }
 
+#[tokio::test]
+async fn an_annotated_namespace_gives_its_account_id_to_the_arns() {
+    let h = harness();
+    let mut namespaces = h.ctx.take_namespace_writer().expect("the namespace writer");
+    let mut namespace = k8s_openapi::api::core::v1::Namespace::default();
+    namespace.metadata.name = Some(NAMESPACE.to_owned());
+    namespace.metadata.annotations = Some(std::collections::BTreeMap::from([(
+        kubekms_k8s::account::ANNOTATION_ACCOUNT_ID.to_owned(),
+        "000000000042".to_owned(),
+    )]));
+    namespaces.apply_watcher_event(&Event::Apply(namespace));
+    let key = h
+        .create("k1", json!({"keySpec": "SYMMETRIC_DEFAULT"}))
+        .await;
+    let status = key.status.expect("status");
+    let key_id = status.key_id.clone().expect("key id");
+    assert_eq!(
+        status.arn,
+        Some(format!("arn:aws:kms:local:000000000042:key/{key_id}"))
+    );
+    assert_eq!(status.account_id.as_deref(), Some("000000000042"));
+    h.fake
+        .put_alias(&alias("app", "alias/app", "k1", "2026-01-01T00:00:00Z"));
+    let status = h.reconcile_alias("app").await;
+    assert_eq!(
+        status.alias_arn.as_deref(),
+        Some("arn:aws:kms:local:000000000042:alias/app")
+    );
+    assert_eq!(
+        status.target_key_arn,
+        Some(format!("arn:aws:kms:local:000000000042:key/{key_id}"))
+    );
+}
+
 /// The requests of a pass that writes the status and publishes one Event.
 fn status_and_event(name: &str, event: &str) -> Vec<String> {
     vec![
@@ -167,9 +201,14 @@ async fn create_makes_an_enabled_key_with_wrapped_material_only() {
     assert_eq!(
         status.arn,
         Some(format!(
-            "arn:kubekms:kms:local:{NAMESPACE}:key/{}",
+            "arn:aws:kms:local:{}:key/{}",
+            kms_core::derive_account_id(NAMESPACE),
             record.spec.key_id
         ))
+    );
+    assert_eq!(
+        status.account_id,
+        Some(kms_core::derive_account_id(NAMESPACE))
     );
     assert_eq!(status.current_version, Some(1));
     assert_eq!(status.encryption_algorithms, vec!["SYMMETRIC_DEFAULT"]);
@@ -703,7 +742,7 @@ async fn aliases_resolve_and_report_conflicts_and_incompatible_retargets() {
     assert_eq!(status.target_key_id.as_deref(), Some(sym_id.as_str()));
     assert_eq!(
         status.alias_arn.as_deref(),
-        Some("arn:kubekms:kms:local:team-a:alias/app")
+        Some("arn:aws:kms:local:194955301523:alias/app")
     );
     assert_eq!(
         ready_reason(&status.conditions),

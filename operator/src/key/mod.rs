@@ -119,6 +119,7 @@ async fn hold_or_destroy(
     let now = ctx.clock.now();
     let served = protection::served_by(&ctx.plugin_leases, &ctx.lease_observer, namespace, &name);
     let record = records.get_opt(&name).await?;
+    let account = ctx.account_id(namespace);
     let planned = plan::plan_held(
         &key.spec,
         record.as_ref().map(|r| &r.spec),
@@ -126,7 +127,7 @@ async fn hold_or_destroy(
         &served,
         now,
         &ctx.scope,
-        namespace,
+        &account,
     )?;
     match planned {
         HeldPlan::Refuse { status, notes } => {
@@ -300,6 +301,7 @@ async fn apply(
     };
     let root_key_id = ctx.root_keys.root_key_id();
     let served = protection::served_by(&ctx.plugin_leases, &ctx.lease_observer, namespace, &name);
+    let account = ctx.account_id(namespace);
     let input = Input {
         spec: &key.spec,
         record: &record.spec,
@@ -311,7 +313,7 @@ async fn apply(
             holds_record_root: ctx.root_keys.holds(&record.spec.root_key_id),
         },
         scope: &ctx.scope,
-        namespace,
+        account: &account,
     };
     let pass = match plan::plan(&input) {
         Plan::Refuse {

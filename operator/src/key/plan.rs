@@ -64,8 +64,8 @@ pub struct Input<'a> {
     pub root: RootKey<'a>,
     /// Partition and region of the ARNs.
     pub scope: &'a ArnScope,
-    /// The KmsKey's namespace.
-    pub namespace: &'a str,
+    /// The 12-digit account id of the KmsKey's namespace (what its ARN carries).
+    pub account: &'a str,
 }
 
 /// What one pass over a live KmsKey does.
@@ -367,7 +367,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
     }
 
     let planned = with_planned_versions(&next, &new_versions);
-    let mut status = status::derive(previous, &spec, &planned, input.scope, input.namespace, now);
+    let mut status = status::derive(previous, &spec, &planned, input.scope, input.account, now);
     if let Some((reason, message)) = rotation_problem {
         status.conditions.push(Condition {
             type_: "Rotation".to_owned(),
@@ -687,7 +687,7 @@ pub fn plan_held(
     served: &[ServedBy],
     now: OffsetDateTime,
     scope: &ArnScope,
-    namespace: &str,
+    account: &str,
 ) -> Result<HeldPlan, Error> {
     // No record (never created, or destroyed just before a crash): nothing to hold.
     let Some(record) = record else {
@@ -706,7 +706,7 @@ pub fn plan_held(
             "deleting the KmsKey",
             "its material would be destroyed while those Secrets need it; the object stays held",
         );
-        let mut status = status::derive(previous, spec, record, scope, namespace, now);
+        let mut status = status::derive(previous, spec, record, scope, account, now);
         let notes = status::protect(
             previous,
             &mut status,
@@ -755,7 +755,7 @@ pub fn plan_held(
         spec,
         scheduled.as_ref().unwrap_or(record),
         scope,
-        namespace,
+        account,
         now,
     );
     Ok(HeldPlan::Hold {
@@ -772,7 +772,7 @@ mod tests {
 
     use super::*;
 
-    const NS: &str = "team-a";
+    const ACCOUNT: &str = "194955301523";
 
     fn t0() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -812,7 +812,7 @@ mod tests {
                 holds_record_root: true,
             },
             scope: &SCOPE,
-            namespace: NS,
+            account: ACCOUNT,
         }
     }
 
@@ -921,7 +921,7 @@ mod tests {
         };
         let scope = ArnScope::default();
         let held = |record: Option<&KmsKeyMaterialSpec>, served: &[ServedBy], now| {
-            plan_held(&spec, record, previous, served, now, &scope, NS).expect("plan")
+            plan_held(&spec, record, previous, served, now, &scope, ACCOUNT).expect("plan")
         };
         match held(Some(&record), &served, t0()) {
             HeldPlan::Hold {

@@ -53,12 +53,12 @@ pub fn derive(
     spec: &KmsKeySpec,
     record: &KmsKeyMaterialSpec,
     scope: &ArnScope,
-    namespace: &str,
+    account: &str,
     now: OffsetDateTime,
 ) -> KmsKeyStatus {
     let generation = previous.generation;
     let mut status = match convert::metadata(spec, record) {
-        Ok(metadata) => convert::status(&metadata, scope, namespace, generation),
+        Ok(metadata) => convert::status(&metadata, scope, account, generation),
         Err(error) => {
             let mut status = KmsKeyStatus::default();
             set_ready(
