@@ -10,11 +10,13 @@
 #      killed outright
 #   4. cargo test --workspace with KUBEKMS_E2E_STATE naming that control plane, then the
 #      Wycheproof vector counts of kms-core
+#   5. every fuzz target for a short bounded time on its committed seed corpus
+#      (hack/fuzz.sh --quick, under AddressSanitizer; docs/reliability.md)
 #
 # Extra arguments replace `--workspace`: they go to `cargo test` and choose what runs,
 # e.g. `hack/test.sh -p kubekms-e2e`, `hack/test.sh -p kubekms-e2e --test e2e`,
 # `hack/test.sh -p kubekms-core -- wycheproof`. Steps 1-3 run all the same (whole
-# workspace); the Wycheproof counts are printed only by a run without arguments.
+# workspace); the Wycheproof counts and the fuzz step run only without arguments.
 #
 # The shared control plane encrypts Secrets with the kubekms KMS v2 plugin (built here,
 # its state folder made by `kubekms-plugin init` inside the control plane's state folder);
@@ -93,5 +95,7 @@ if (($#)); then
 else
   log "Wycheproof vector counts"
   cargo test -q -p kubekms-core --test wycheproof -- --show-output 2>&1 | grep -E '^wycheproof '
+  log "fuzz targets, each ${KUBEKMS_FUZZ_QUICK_SECONDS:-15}s on its seed corpus (hack/fuzz.sh --quick)"
+  hack/fuzz.sh --quick
   log "all tests passed in $((SECONDS - start))s"
 fi

@@ -613,7 +613,8 @@ fn check_rbac(cp: &ControlPlane) -> Result<()> {
             &["list", "secrets", "-n", "kubekms-system"][..],
             false,
         ),
-        (operator, &["update", "secrets", "-A"][..], true),
+        (operator, &["patch", "secrets", "-A"][..], true),
+        (operator, &["update", "secrets", "-A"][..], false),
         (operator, &["get", "secrets", "-A"][..], false),
         (
             operator,

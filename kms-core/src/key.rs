@@ -79,6 +79,17 @@ fn days(n: u32) -> Duration {
     Duration::days(i64::from(n))
 }
 
+/// `n` days after `from`, or KMSInternalException past the last date `time` can hold
+/// (year 9999): a damaged stored date (a record restored or edited by hand) fails the
+/// operation, never the process.
+fn days_after(from: OffsetDateTime, n: u32) -> KmsResult<OffsetDateTime> {
+    from.checked_add(days(n)).ok_or_else(|| {
+        KmsError::Internal(format!(
+            "{n} days after {from} is past the last representable date"
+        ))
+    })
+}
+
 /// Everything about a key except its material.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyMetadata {
@@ -202,7 +213,7 @@ impl KeyMetadata {
         let window = window_days.unwrap_or(DEFAULT_PENDING_WINDOW_DAYS);
         validate_pending_window(window)?;
         self.check(Operation::ScheduleKeyDeletion)?;
-        let date = now + days(window);
+        let date = days_after(now, window)?;
         self.state_before_deletion = Some(self.state);
         self.state = KeyState::PendingDeletion;
         self.deletion_date = Some(date);
@@ -287,8 +298,8 @@ impl KeyMetadata {
         self.check_rotatable(Operation::EnableKeyRotation)?;
         let next_rotation = match self.rotation {
             Some(current) if current.period_days == period => current.next_rotation,
-            Some(_) => self.last_rotation_or_creation() + days(period),
-            None => now + days(period),
+            Some(_) => days_after(self.last_rotation_or_creation(), period)?,
+            None => days_after(now, period)?,
         };
         self.rotation = Some(RotationSchedule {
             period_days: period,
@@ -348,7 +359,7 @@ impl KeyMetadata {
                         self.key_id
                     ))
                 })?;
-                schedule.next_rotation = now + days(schedule.period_days);
+                schedule.next_rotation = days_after(now, schedule.period_days)?;
             }
         }
         let version = self.current_version().map_or(1, |v| v + 1);
@@ -551,6 +562,27 @@ mod tests {
     use time::macros::datetime;
 
     const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+
+    // Found by the crd_convert fuzz target's review (docs/reliability.md): a record whose
+    // last version was created at the end of year 9999, and a changed rotation period,
+    // made `last + period` overflow and panic (an operator or server crash on one damaged
+    // KmsKeyMaterial).
+    #[test]
+    fn dates_past_the_calendar_end_are_errors_not_panics() {
+        let far = datetime!(9999-12-31 23:59:59 UTC);
+        let mut key = symmetric();
+        key.enable_rotation(T0, Some(365)).expect("rotation on");
+        key.versions[0].created = far;
+        let before = key.clone();
+        let err = key
+            .enable_rotation(T0, Some(90))
+            .expect_err("a next date past year 9999");
+        assert_eq!(err.aws_exception_name(), "KMSInternalException");
+        assert_eq!(key, before, "nothing changed");
+        assert!(key.schedule_deletion(far, Some(7)).is_err());
+        assert!(key.record_rotation(far, RotationType::Automatic).is_err());
+        assert_eq!(key.state, KeyState::Enabled);
+    }
 
     fn symmetric() -> KeyMetadata {
         KeyMetadata::new(

@@ -7,6 +7,8 @@
 //! - [`service`]: the keys in memory, the plugin that keeps them fresh, the handlers.
 //! - [`server`]: the Unix-socket gRPC server (mode 0600), HTTP health and metrics, the
 //!   reloader of the state folder, graceful shutdown.
+//! - [`http2`]: the socket's connections as h2 reads them: any `:authority` accepted, so
+//!   gRPC C-core clients (Python, C++, Ruby, PHP) work as Go's do.
 //! - [`follow`]: follow mode: a KmsKey and its KmsKeyMaterial through the keyring
 //!   (`kubekms-keyring`), into memory and the state folder; the heartbeat Lease; `export`
 //!   of the bootstrap key for the operator.
@@ -17,6 +19,7 @@
 pub mod client;
 pub mod error;
 pub mod follow;
+pub mod http2;
 pub mod metrics;
 pub mod server;
 pub mod service;

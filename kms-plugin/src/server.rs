@@ -20,6 +20,7 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::error::PluginError;
+use crate::http2::AnyAuthority;
 use crate::pb::key_management_service_server::KeyManagementServiceServer;
 use crate::service::Plugin;
 
@@ -194,7 +195,7 @@ pub async fn serve(
     let stop_tx2 = stop_tx.clone();
     let result = tonic::transport::Server::builder()
         .add_service(KeyManagementServiceServer::new(plugin))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(accept_any_authority(listener), async move {
             shutdown.await;
             tracing::info!("shutting down");
             let _ = stop_tx2.send(true);
@@ -208,6 +209,15 @@ pub async fn serve(
         let _ = h.await;
     }
     result.map_err(|e| PluginError::Socket(format!("serving {}: {e}", config.socket.display())))
+}
+
+/// The socket's connections, each read through [`AnyAuthority`] so that h2 accepts the
+/// `:authority` of every gRPC client (see [`crate::http2`]).
+fn accept_any_authority(
+    listener: UnixListener,
+) -> impl futures::Stream<Item = std::io::Result<AnyAuthority<tokio::net::UnixStream>>> {
+    use futures::StreamExt as _;
+    UnixListenerStream::new(listener).map(|conn| conn.map(AnyAuthority::new))
 }
 
 /// The shortest time between two reloads that Decrypts asked for: a flood of ciphertexts

@@ -30,13 +30,18 @@ pub const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// The default read timeout of the call client.
 pub const DEFAULT_CALL_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A client for calls and one for watches.
+/// A client for calls, one for watches, and one for the Secret rewrites of re-encryption.
 #[derive(Clone)]
 pub struct Clients {
     /// Gets, lists and writes: short read timeout.
     pub calls: Client,
     /// Watches (reflectors and controllers): read timeout above the watch idle timeout.
     pub watches: Client,
+    /// The Secret rewrites of a re-encryption pass: as `calls`, but without kube-client's
+    /// default retries of 429, 503 and 504 (up to 15, following Retry-After), so that
+    /// API Priority and Fairness's refusals reach [`crate::reencrypt::AdaptiveLimit`]
+    /// instead of blocking a rewrite unseen.
+    pub rewrites: Client,
 }
 
 /// The two configurations [`clients`] builds its clients from.
@@ -57,10 +62,48 @@ pub fn configs(config: Config, call_read_timeout: Duration) -> (Config, Config) 
 /// When a client cannot be built from the configuration (TLS set-up, auth plugin).
 pub fn clients(config: Config, call_read_timeout: Duration) -> Result<Clients, kube::Error> {
     let (calls, watches) = configs(config, call_read_timeout);
+    let calls_client = Client::try_from(calls.clone())?;
     Ok(Clients {
-        calls: Client::try_from(calls)?,
+        calls: calls_client,
         watches: Client::try_from(watches)?,
+        rewrites: rewrites_client(calls)?,
     })
+}
+
+/// The client of the Secret rewrites: kube-client's stack (base URI, auth, extra headers,
+/// the same timeouts) without its retry layer, on sockets with `TCP_NODELAY`.
+///
+/// kube-client's connector leaves Nagle's algorithm on. A PATCH whose body goes out in a
+/// second segment then waits for the ACK of the first, which kube-apiserver's kernel
+/// delays by up to 40 ms: measured on the re-encryption of 3,000 Secrets, one rewrite at a
+/// time took 45 ms at the median against 1 ms for the fastest, which both slowed the pass
+/// and read to [`crate::reencrypt::AdaptiveLimit`] as a loaded server.
+///
+/// # Errors
+/// When the TLS connector or the auth layer cannot be built from `config`.
+pub fn rewrites_client(config: Config) -> Result<Client, kube::Error> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use kube::client::ConfigExt as _;
+    use tower::ServiceExt as _;
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let mut timeouts = hyper_timeout::TimeoutConnector::new(https);
+    timeouts.set_connect_timeout(config.connect_timeout);
+    timeouts.set_read_timeout(config.read_timeout);
+    timeouts.set_write_timeout(config.write_timeout);
+    timeouts.set_reset_reader_on_write(config.reset_reader_on_write);
+    let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(timeouts);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .service(http_client.map_err(tower::BoxError::from));
+    Ok(Client::new(service, config.default_namespace))
 }
 
 #[cfg(test)]

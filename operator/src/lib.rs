@@ -100,8 +100,14 @@ pub struct Context {
     pub namespaces: Store<Namespace>,
     /// The writer of [`Self::namespaces`], taken once by whoever runs the reflector.
     namespace_writer: std::sync::Mutex<Option<Writer<Namespace>>>,
-    /// How fast Secrets are re-encrypted after a rotation.
+    /// How fast Secrets may be re-encrypted after a rotation (ceilings).
     pub reencryption: reencrypt::ReencryptConfig,
+    /// How many Secret rewrites may be in flight, adapted to kube-apiserver's answers
+    /// (shared by every pass: they load the same API server).
+    pub reencrypt_limit: std::sync::Mutex<reencrypt::AdaptiveLimit>,
+    /// The client of the Secret rewrites: without kube-client's own retries of 429, 503
+    /// and 504, which are the adaptive limit's signals (see [`clients::Clients::rewrites`]).
+    pub rewrite_client: Client,
 }
 
 impl Context {
@@ -123,9 +129,11 @@ impl Context {
             },
         );
         let writer = Writer::default();
+        let reencryption = reencrypt::ReencryptConfig::default();
         let namespace_writer = Writer::default();
         Self {
             watch_client: client.clone(),
+            rewrite_client: client.clone(),
             client,
             root_keys,
             scope,
@@ -137,8 +145,22 @@ impl Context {
             lease_writer: std::sync::Mutex::new(Some(writer)),
             namespaces: namespace_writer.as_reader(),
             namespace_writer: std::sync::Mutex::new(Some(namespace_writer)),
-            reencryption: reencrypt::ReencryptConfig::default(),
+            reencrypt_limit: std::sync::Mutex::new(reencrypt::AdaptiveLimit::new(
+                reencryption.max_in_flight,
+            )),
+            reencryption,
         }
+    }
+
+    /// This context, re-encrypting within `config` and rewriting Secrets through `client`
+    /// (one that does not retry 429, 503 and 504 itself: [`clients::Clients::rewrites`]).
+    #[must_use]
+    pub fn with_reencryption(mut self, config: reencrypt::ReencryptConfig, client: Client) -> Self {
+        self.reencrypt_limit =
+            std::sync::Mutex::new(reencrypt::AdaptiveLimit::new(config.max_in_flight));
+        self.reencryption = config;
+        self.rewrite_client = client;
+        self
     }
 
     /// This context, watching through `client` (see [`clients`]).
@@ -215,4 +237,13 @@ pub enum Error {
     /// Serialization of a patch failed.
     #[error("serialization: {0}")]
     Json(#[from] serde_json::Error),
+    /// A Secret rewrite of a re-encryption pass failed in a way that fails its page (a
+    /// server error, or overload that did not pass); the page is retried.
+    #[error("rewriting a Secret: HTTP {code}: {message}")]
+    SecretRewrite {
+        /// The HTTP status.
+        code: u16,
+        /// What kube-apiserver said, shortened.
+        message: String,
+    },
 }

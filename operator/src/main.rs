@@ -66,11 +66,16 @@ struct Args {
     region: String,
     /// Secrets per list page when re-encrypting after a rotation (the progress is saved
     /// after each page, so a restart resumes there).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=500))]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
     reencrypt_page_size: u32,
-    /// At most this many Secret rewrites per second, per key being re-encrypted.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    /// At most this many Secret rewrites per second, per key being re-encrypted (a
+    /// ceiling: below it the pace follows kube-apiserver's latency and 429s).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
     reencrypt_secrets_per_second: u32,
+    /// At most this many Secret rewrites in flight at once (a ceiling: the number in
+    /// flight adapts to kube-apiserver's latency and 429s).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=256))]
+    reencrypt_max_in_flight: u32,
     /// Log format.
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -154,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
     let Clients {
         calls: client,
         watches: watch_client,
+        rewrites: rewrite_client,
     } = clients(config, Duration::from_secs(args.api_read_timeout_seconds))
         .context("building the Kubernetes clients")?;
     let metrics = Arc::new(Metrics::new());
@@ -207,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
     };
     health.leader.store(true, Ordering::Relaxed);
 
-    let mut ctx = Context::new(
+    let ctx = Context::new(
         client,
         root_keys,
         ArnScope {
@@ -218,11 +224,15 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         Some(identity),
     )
-    .with_watch_client(watch_client);
-    ctx.reencryption = ReencryptConfig {
-        page_size: args.reencrypt_page_size,
-        secrets_per_second: args.reencrypt_secrets_per_second,
-    };
+    .with_watch_client(watch_client)
+    .with_reencryption(
+        ReencryptConfig {
+            page_size: args.reencrypt_page_size,
+            secrets_per_second: args.reencrypt_secrets_per_second,
+            max_in_flight: args.reencrypt_max_in_flight,
+        },
+        rewrite_client,
+    );
     let ctx = Arc::new(ctx);
     tokio::select! {
         () = run_controllers(ctx, args.namespace.clone(), shutdown.clone()) => {

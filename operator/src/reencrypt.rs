@@ -7,18 +7,36 @@
 //! the new key_id, or it would write the Secrets under the old key again; the plugins'
 //! heartbeat Leases say when that is the case (their `seeded-key-id`).
 //!
-//! A pass goes through every Secret of the cluster one list page per reconciliation, at a
-//! bounded rate, and records its continue token and count in `status.reencryption` after
-//! each page, so an operator restart resumes where the last page ended. A page cut short
-//! by a crash is rewritten again, which costs nothing: a Secret that is already current is
-//! not written again by kube-apiserver.
+//! A pass goes through every Secret of the cluster one list page per reconciliation and
+//! records its continue token and count in `status.reencryption` after each page, so an
+//! operator restart resumes where the last page ended. A page cut short by a crash is
+//! rewritten again, which costs nothing: a Secret that is already current is not written
+//! again by kube-apiserver.
+//!
+//! Within a page the rewrites run concurrently, as many at a time as [`AdaptiveLimit`]
+//! allows: it grows while kube-apiserver answers about as fast as it does when idle, and
+//! shrinks when its answers slow down (it is then busy, and every other client waits
+//! too) or when API Priority and Fairness refuses a request (429 with Retry-After: all
+//! rewrites pause for that long and the refused Secret is tried again). The page lists
+//! names only (metadata), and each rewrite is an empty merge patch: kube-apiserver reads
+//! the stored Secret, finds nothing to change, and writes it anyway because its stored
+//! form is stale (under a key_id that is no longer current), which is what
+//! `kubectl get secrets -A -o json | kubectl replace -f -` relies on too, without
+//! sending or reading back any Secret's data and with no conflict to retry.
 
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use http_body_util::BodyExt as _;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::client::Body;
 use kube::{Client, ResourceExt};
 use kubekms_k8s::{ReencryptionStatus, ServedBy};
+use tokio::time::Instant;
 
 use crate::Error;
 
@@ -35,21 +53,145 @@ pub const PHASE_DONE: &str = "Done";
 /// How many refused Secrets a status lists by name.
 const MAX_FAILED_LISTED: usize = 10;
 
-/// How fast a pass goes.
+/// How fast a pass may go: ceilings; within them [`AdaptiveLimit`] follows kube-apiserver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReencryptConfig {
     /// Secrets per list page (one page per reconciliation, then the progress is saved).
     pub page_size: u32,
     /// Upper bound of Secret updates per second, per key being re-encrypted.
     pub secrets_per_second: u32,
+    /// Upper bound of rewrites in flight at once.
+    pub max_in_flight: u32,
 }
 
 impl Default for ReencryptConfig {
     fn default() -> Self {
         Self {
-            page_size: 100,
-            secrets_per_second: 50,
+            page_size: 500,
+            secrets_per_second: 1000,
+            max_in_flight: 32,
         }
+    }
+}
+
+/// A rewrite slower than this many times the fastest recent one means kube-apiserver is
+/// queueing work: fewer rewrites go in flight.
+pub const LATENCY_TOLERANCE: f64 = 2.0;
+/// Added to the tolerated latency, so that sub-millisecond jitter of an idle server does
+/// not read as load.
+pub const LATENCY_SLACK: Duration = Duration::from_millis(2);
+/// How long a refusal without (or with an unreadable) Retry-After pauses the rewrites.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The longest pause a Retry-After can ask for.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How often one Secret may be refused as overload (429/503/504) in one page before the
+/// page fails (and is retried by the controller with its back-off).
+pub const MAX_OVERLOAD_RETRIES: u32 = 20;
+/// Rewrites in flight when a pass starts.
+const INITIAL_LIMIT: f64 = 2.0;
+/// A limit with no answer for this long forgets its baseline: the next pass measures the
+/// server afresh (within a pass the baseline only falls, so load that lasts never
+/// becomes the norm that more load is measured against).
+pub const BASELINE_IDLE_RESET: Duration = Duration::from_secs(30);
+/// The factor a slow answer multiplies the limit by (at most once per window of answers).
+const DECREASE: f64 = 0.75;
+
+/// How many Secret rewrites may be in flight, adapted to kube-apiserver's answers:
+/// additive increase (one more per window of answers as fast as the baseline allows),
+/// multiplicative decrease (a quarter less, once per window, when answers are slower
+/// than [`LATENCY_TOLERANCE`] × baseline + [`LATENCY_SLACK`]; half, and a pause, on a
+/// 429 from API Priority and Fairness). Shared by every pass of the operator, since they
+/// load the same API server. Pure: times are passed in.
+#[derive(Debug, Clone)]
+pub struct AdaptiveLimit {
+    limit: f64,
+    max: f64,
+    baseline: Option<Duration>,
+    last_answer: Option<Instant>,
+    since_decrease: u32,
+    paused_until: Option<Instant>,
+    flow: Option<(String, String)>,
+}
+
+impl AdaptiveLimit {
+    /// A limit that starts low and never passes `max_in_flight`.
+    #[must_use]
+    pub fn new(max_in_flight: u32) -> Self {
+        let max = f64::from(max_in_flight.max(1));
+        Self {
+            limit: INITIAL_LIMIT.min(max),
+            max,
+            baseline: None,
+            last_answer: None,
+            since_decrease: 0,
+            paused_until: None,
+            flow: None,
+        }
+    }
+
+    /// How many rewrites may be in flight now.
+    #[must_use]
+    pub fn allowed(&self) -> usize {
+        // The limit lies in 1..=max (max <= u32::MAX), so the cast neither wraps nor
+        // truncates more than the fraction.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let allowed = self.limit.floor() as usize;
+        allowed.max(1)
+    }
+
+    /// Until when no rewrite may start (a Retry-After), if that is later than `now`.
+    #[must_use]
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        self.paused_until.filter(|until| *until > now)
+    }
+
+    /// The fastest answer of this pass.
+    #[must_use]
+    pub fn baseline(&self) -> Option<Duration> {
+        self.baseline
+    }
+
+    /// A rewrite answered (written, or refused for itself) at `now`, after `latency`.
+    pub fn on_answer(&mut self, latency: Duration, now: Instant) {
+        let fresh = self
+            .last_answer
+            .is_none_or(|last| now.saturating_duration_since(last) >= BASELINE_IDLE_RESET);
+        self.last_answer = Some(now);
+        let baseline = match self.baseline {
+            Some(b) if !fresh => b.min(latency),
+            _ => latency,
+        };
+        self.baseline = Some(baseline);
+        self.since_decrease = self.since_decrease.saturating_add(1);
+        if latency <= baseline.mul_f64(LATENCY_TOLERANCE) + LATENCY_SLACK {
+            self.limit = (self.limit + 1.0 / self.limit).min(self.max);
+        } else if f64::from(self.since_decrease) >= self.limit {
+            self.limit = (self.limit * DECREASE).max(1.0);
+            self.since_decrease = 0;
+        }
+    }
+
+    /// kube-apiserver refused a rewrite as overloaded (429 from API Priority and Fairness,
+    /// or 503/504), asking to wait `retry_after`.
+    pub fn on_overload(&mut self, retry_after: Option<Duration>, now: Instant) {
+        self.limit = (self.limit / 2.0).max(1.0);
+        self.since_decrease = 0;
+        let pause = retry_after
+            .unwrap_or(DEFAULT_RETRY_AFTER)
+            .min(MAX_RETRY_AFTER);
+        let until = now + pause;
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+    }
+
+    /// Records the API Priority and Fairness classification of an answer (its
+    /// `X-Kubernetes-PF-FlowSchema-UID` and `-PriorityLevel-UID`); true when it is new.
+    pub fn note_flow(&mut self, flow_schema: &str, priority_level: &str) -> bool {
+        let flow = (flow_schema.to_owned(), priority_level.to_owned());
+        if self.flow.as_ref() == Some(&flow) {
+            return false;
+        }
+        self.flow = Some(flow);
+        true
     }
 }
 
@@ -149,18 +291,107 @@ pub fn plan(
     }
 }
 
-/// Rewrites one page of Secrets (every namespace) from `status.continue_token`, at most
-/// `config.secrets_per_second` updates per second, and advances `status`: the count, the
-/// next token, and `Done` with `finished = now` after the last page. A Secret changed or
-/// deleted meanwhile counts as rewritten (whoever changed it wrote it under the current
-/// key); one that kube-apiserver refuses to store (400, 403, 422) is counted and named in
-/// `failedSecrets` and the pass goes on. An expired continue token restarts the listing
-/// from the beginning.
+/// One Secret of a page, and how often kube-apiserver refused it as overloaded.
+#[derive(Debug)]
+struct Pending {
+    namespace: String,
+    name: String,
+    overloads: u32,
+}
+
+/// What kube-apiserver answered to a rewrite.
+enum Answer {
+    /// Written again (or found current: kube-apiserver skips the write).
+    Written,
+    /// Deleted meanwhile: whoever deleted it left nothing stale.
+    Gone,
+    /// Refused for this Secret alone (invalid, or an admission policy or webhook).
+    Refused(String),
+    /// Refused as overloaded: pause for the Retry-After, then try the Secret again.
+    Overloaded(Option<Duration>),
+}
+
+fn lock(limit: &Mutex<AdaptiveLimit>) -> std::sync::MutexGuard<'_, AdaptiveLimit> {
+    // The limit is plain numbers: one left by a panicking holder is still usable.
+    limit
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn header<'a>(response: &'a http::Response<Body>, name: &str) -> Option<&'a str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Sends the empty merge patch that makes kube-apiserver write `secret` again.
+async fn rewrite_one(
+    client: Client,
+    limit: &Mutex<AdaptiveLimit>,
+    secret: &Pending,
+) -> Result<(Answer, Duration), Error> {
+    let request =
+        kube::core::Request::new(format!("/api/v1/namespaces/{}/secrets", secret.namespace))
+            .patch(
+                &secret.name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({})),
+            )
+            .map_err(kube::Error::BuildRequest)?;
+    let started = Instant::now();
+    let response = client.send(request.map(Body::from)).await?;
+    let latency = started.elapsed();
+    if let (Some(flow), Some(level)) = (
+        header(&response, "x-kubernetes-pf-flowschema-uid"),
+        header(&response, "x-kubernetes-pf-prioritylevel-uid"),
+    ) && lock(limit).note_flow(flow, level)
+    {
+        tracing::info!(
+            flow_schema_uid = flow,
+            priority_level_uid = level,
+            "API Priority and Fairness classifies the re-encryption's requests so"
+        );
+    }
+    let code = response.status().as_u16();
+    let answer = match code {
+        200..=299 => Answer::Written,
+        404 => Answer::Gone,
+        429 | 503 | 504 => Answer::Overloaded(
+            header(&response, "retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        ),
+        400 | 403 | 422 => {
+            let body = response.into_body().collect().await?.to_bytes();
+            let message = serde_json::from_slice::<kube::core::Status>(&body)
+                .map(|s| s.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            Answer::Refused(message.chars().take(200).collect())
+        }
+        _ => {
+            let body = response.into_body().collect().await?.to_bytes();
+            return Err(Error::SecretRewrite {
+                code,
+                message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            });
+        }
+    };
+    Ok((answer, latency))
+}
+
+/// Rewrites one page of Secrets (every namespace) from `status.continue_token`, as many at
+/// a time as `limit` allows and at most `config.secrets_per_second`, and advances
+/// `status`: the count, the next token, and `Done` with `finished = now` after the last
+/// page. A Secret deleted meanwhile counts as rewritten (nothing of it stays stale); one
+/// that kube-apiserver refuses to store (400, 403, 422) is counted and named in
+/// `failedSecrets` and the pass goes on; one refused as overloaded (429, 503, 504) is
+/// tried again after the Retry-After. An expired continue token restarts the listing from
+/// the beginning. `client` must not retry on its own (its 429s are this function's
+/// signal): see [`crate::clients::Clients::rewrites`].
 ///
 /// # Errors
 /// API errors; the page is then retried from the same token.
 pub async fn rewrite_page(
     client: &Client,
+    limit: &Mutex<AdaptiveLimit>,
     status: &mut ReencryptionStatus,
     config: ReencryptConfig,
     now: &str,
@@ -170,7 +401,7 @@ pub async fn rewrite_page(
     if let Some(token) = &status.continue_token {
         params = params.continue_token(token);
     }
-    let page = match all.list(&params).await {
+    let page = match all.list_metadata(&params).await {
         Ok(page) => page,
         Err(kube::Error::Api(e)) if e.code == 410 => {
             status.continue_token = None;
@@ -183,38 +414,120 @@ pub async fn rewrite_page(
         }
         Err(e) => return Err(e.into()),
     };
+    let mut queue: VecDeque<Pending> = page
+        .items
+        .iter()
+        .map(|s| Pending {
+            namespace: s.namespace().unwrap_or_default(),
+            name: s.name_any(),
+            overloads: 0,
+        })
+        .collect();
     let spacing = Duration::from_secs_f64(1.0 / f64::from(config.secrets_per_second.max(1)));
+    let page_started = Instant::now();
+    let mut latencies: Vec<Duration> = Vec::with_capacity(queue.len());
+    let mut overloads = 0u32;
+    let mut next_start = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
     let mut rewritten = 0;
     let mut failed = 0;
-    for secret in &page.items {
-        let started = Instant::now();
-        let namespace = secret.namespace().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-        match api
-            .replace(&secret.name_any(), &PostParams::default(), secret)
-            .await
-        {
-            Ok(_) => rewritten += 1,
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => rewritten += 1,
-            // This Secret only (invalid, or refused by an admission policy or webhook):
-            // note it and go on. Anything else (server errors, a lost connection) retries
-            // the page. A missing RBAC grant fails the list first.
-            Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
+    loop {
+        let now_instant = Instant::now();
+        let (allowed, paused) = {
+            let l = lock(limit);
+            (l.allowed(), l.paused_until(now_instant))
+        };
+        let mut wake = paused;
+        if paused.is_none() {
+            while in_flight.len() < allowed {
+                let Some(secret) = queue.pop_front() else {
+                    break;
+                };
+                let now_instant = Instant::now();
+                if next_start > now_instant {
+                    queue.push_front(secret);
+                    wake = Some(next_start);
+                    break;
+                }
+                next_start = next_start.max(now_instant) + spacing;
+                let client = client.clone();
+                in_flight.push(async move {
+                    let answer = rewrite_one(client, limit, &secret).await;
+                    (secret, answer)
+                });
+            }
+        }
+        if in_flight.is_empty() {
+            if queue.is_empty() {
+                break;
+            }
+            tokio::time::sleep_until(wake.unwrap_or(now_instant + spacing)).await;
+            continue;
+        }
+        let next = match wake {
+            Some(at) => tokio::select! {
+                next = in_flight.next() => next,
+                () = tokio::time::sleep_until(at) => None,
+            },
+            None => in_flight.next().await,
+        };
+        let Some((mut secret, answer)) = next else {
+            continue;
+        };
+        let (answer, latency) = answer?;
+        latencies.push(latency);
+        match answer {
+            Answer::Written | Answer::Gone => {
+                lock(limit).on_answer(latency, Instant::now());
+                rewritten += 1;
+            }
+            Answer::Refused(message) => {
+                lock(limit).on_answer(latency, Instant::now());
                 failed += 1;
                 if status.failed_secrets.len() < MAX_FAILED_LISTED {
-                    status.failed_secrets.push(format!(
-                        "{namespace}/{}: {}",
-                        secret.name_any(),
-                        e.message.chars().take(200).collect::<String>()
-                    ));
+                    status
+                        .failed_secrets
+                        .push(format!("{}/{}: {message}", secret.namespace, secret.name));
                 }
             }
-            Err(e) => return Err(e.into()),
-        }
-        if let Some(rest) = spacing.checked_sub(started.elapsed()) {
-            tokio::time::sleep(rest).await;
+            Answer::Overloaded(retry_after) => {
+                overloads += 1;
+                lock(limit).on_overload(retry_after, Instant::now());
+                secret.overloads += 1;
+                if secret.overloads > MAX_OVERLOAD_RETRIES {
+                    return Err(Error::SecretRewrite {
+                        code: 429,
+                        message: format!(
+                            "{}/{} refused as overloaded {} times in a row",
+                            secret.namespace, secret.name, secret.overloads
+                        ),
+                    });
+                }
+                queue.push_back(secret);
+            }
         }
     }
+    latencies.sort();
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len().saturating_sub(1)) as f64 * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    let (in_flight_limit, baseline) = {
+        let l = lock(limit);
+        (l.allowed(), l.baseline().unwrap_or_default())
+    };
+    tracing::info!(
+        secrets = page.items.len(),
+        seconds = page_started.elapsed().as_secs_f64(),
+        latency_p50_ms = quantile(0.5).as_secs_f64() * 1000.0,
+        latency_p99_ms = quantile(0.99).as_secs_f64() * 1000.0,
+        baseline_ms = baseline.as_secs_f64() * 1000.0,
+        in_flight_limit,
+        overloads,
+        "re-encryption page rewritten"
+    );
     status.secrets_rewritten += rewritten;
     status.secrets_failed += failed;
     status.continue_token = page.metadata.continue_.filter(|t| !t.is_empty());
@@ -229,6 +542,97 @@ pub async fn rewrite_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Answers of `latency`, one per millisecond from `start`.
+    fn answers(limit: &mut AdaptiveLimit, start: Instant, count: u32, latency: Duration) {
+        for i in 0..count {
+            limit.on_answer(latency, start + MS * i);
+        }
+    }
+
+    #[test]
+    fn the_limit_grows_while_answers_stay_fast_and_stops_at_the_ceiling() {
+        let t0 = Instant::now();
+        let mut limit = AdaptiveLimit::new(16);
+        assert_eq!(limit.allowed(), 2);
+        answers(&mut limit, t0, 20, 4 * MS);
+        let after_20 = limit.allowed();
+        assert!(
+            (5..=7).contains(&after_20),
+            "about +1 per window: {after_20}"
+        );
+        answers(&mut limit, t0 + MS * 20, 1000, 5 * MS);
+        assert_eq!(limit.allowed(), 16);
+        assert_eq!(limit.baseline(), Some(4 * MS));
+    }
+
+    #[test]
+    fn slow_answers_shrink_the_limit_once_per_window_never_below_one() {
+        let t0 = Instant::now();
+        let mut limit = AdaptiveLimit::new(64);
+        answers(&mut limit, t0, 5000, 4 * MS);
+        assert_eq!(limit.allowed(), 64);
+        let t1 = t0 + Duration::from_secs(5);
+        // Tolerated: 2 x 4 ms + 2 ms.
+        limit.on_answer(10 * MS, t1);
+        assert_eq!(limit.allowed(), 64);
+        limit.on_answer(11 * MS, t1);
+        assert_eq!(limit.allowed(), 48, "a quarter less");
+        answers(&mut limit, t1, 47, 40 * MS);
+        assert_eq!(limit.allowed(), 48, "once per window of answers");
+        limit.on_answer(40 * MS, t1 + MS * 47);
+        assert_eq!(limit.allowed(), 36);
+        // Load that lasts stays load: the baseline does not rise within a pass.
+        answers(&mut limit, t1 + MS * 48, 20_000, 400 * MS);
+        assert_eq!(limit.allowed(), 1);
+        assert_eq!(limit.baseline(), Some(4 * MS));
+    }
+
+    #[test]
+    fn a_new_pass_measures_the_server_afresh() {
+        let t0 = Instant::now();
+        let mut limit = AdaptiveLimit::new(32);
+        limit.on_answer(MS, t0);
+        limit.on_answer(20 * MS, t0 + BASELINE_IDLE_RESET - MS);
+        assert_eq!(limit.baseline(), Some(MS));
+        let next_pass = t0 + BASELINE_IDLE_RESET * 3;
+        limit.on_answer(20 * MS, next_pass);
+        assert_eq!(limit.baseline(), Some(20 * MS));
+    }
+
+    #[test]
+    fn overload_halves_and_pauses_for_the_retry_after_within_bounds() {
+        let now = Instant::now();
+        let mut limit = AdaptiveLimit::new(32);
+        answers(&mut limit, now, 2000, 3 * MS);
+        assert_eq!(limit.allowed(), 32);
+        limit.on_overload(Some(Duration::from_secs(5)), now);
+        assert_eq!(limit.allowed(), 16);
+        assert_eq!(limit.paused_until(now), Some(now + Duration::from_secs(5)));
+        assert_eq!(limit.paused_until(now + Duration::from_secs(5)), None);
+        // A shorter Retry-After does not cut the pause short; none means 1 s; a huge one
+        // is capped.
+        limit.on_overload(None, now);
+        assert_eq!(limit.allowed(), 8);
+        assert_eq!(limit.paused_until(now), Some(now + Duration::from_secs(5)));
+        let later = now + Duration::from_secs(10);
+        limit.on_overload(Some(Duration::from_secs(3600)), later);
+        assert_eq!(limit.paused_until(later), Some(later + MAX_RETRY_AFTER));
+        for _ in 0..10 {
+            limit.on_overload(None, later);
+        }
+        assert_eq!(limit.allowed(), 1);
+    }
+
+    #[test]
+    fn the_flow_classification_is_noted_when_it_changes() {
+        let mut limit = AdaptiveLimit::new(4);
+        assert!(limit.note_flow("f", "p"));
+        assert!(!limit.note_flow("f", "p"));
+        assert!(limit.note_flow("f", "exempt"));
+    }
 
     const KEY: &str = "1234abcd-12ab-34cd-56ef-1234567890ab";
 

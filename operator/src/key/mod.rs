@@ -378,7 +378,8 @@ async fn execute(
         && let Some(progress) = status.reencryption.as_mut()
     {
         let rewritten = reencrypt::rewrite_page(
-            &ctx.client,
+            &ctx.rewrite_client,
+            &ctx.reencrypt_limit,
             progress,
             ctx.reencryption,
             &kubekms_k8s::convert::format_time(ctx.clock.now()),
@@ -386,9 +387,12 @@ async fn execute(
         .await?;
         ctx.metrics.secrets_reencrypted(rewritten);
         if progress.phase == reencrypt::PHASE_DONE {
+            // `finished` is when the last page ended, not when it began.
+            progress.finished = Some(kubekms_k8s::convert::format_time(ctx.clock.now()));
             notes.push(reencryption_done(progress, &record.spec));
         } else {
-            action = Action::requeue(std::time::Duration::from_millis(200));
+            // The next page at once: the pace is the adaptive limit's.
+            action = Action::requeue(std::time::Duration::ZERO);
         }
     }
     let state = status.key_state;
