@@ -55,9 +55,10 @@ log "dependency audit (offline RustSec database)"
 hack/audit.sh
 log "building the tests (cargo test ${test_selection[*]})"
 cargo test --no-run "${test_selection[@]}"
-# Both packages in one build, as hack/local-up.sh and the e2e harness build them.
-log "building the kubekms plugin and operator"
-cargo build -p kubekms-plugin -p kubekms-operator
+# The three binaries in one build, as the e2e harness builds them (same packages, so the
+# same feature resolution: the harness's own build then finds nothing to do).
+log "building the kubekms plugin, operator and server"
+cargo build --bins -p kubekms-plugin -p kubekms-operator -p kubekms-server
 target_dir="${CARGO_TARGET_DIR:-target}"
 [[ "${target_dir}" == /* ]] || target_dir="${REPO_ROOT}/${target_dir}"
 export KUBEKMS_PLUGIN_BIN="${target_dir}/debug/kubekms-plugin"

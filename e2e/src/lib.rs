@@ -10,7 +10,7 @@
 //!   developer's `hack/local-up.sh`, or `hack/kind-e2e.sh`), described by the `env` file
 //!   in that folder. The harness never stops it.
 //! - otherwise the harness starts one per test process, as `hack/test.sh` does: it builds
-//!   the plugin and operator binaries ([`process::build_workspace_bins`], once per
+//!   the plugin, operator and server binaries ([`process::build_workspace_bins`], once per
 //!   process), makes a plugin state folder with `kubekms-plugin init`, and runs
 //!   `hack/control-plane.sh up --kms-socket <sock> --plugin-cmd 'kubekms-plugin serve ...'
 //!   --watch-pid <this process>`, so Secrets are encrypted by the kubekms KMS v2 plugin.
@@ -19,6 +19,7 @@
 //!
 //! Each test runs in a namespace of its own (see [`in_namespace`]), deleted afterwards.
 
+pub mod kms_server;
 pub mod process;
 
 use std::collections::HashMap;

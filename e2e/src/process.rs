@@ -40,7 +40,8 @@ pub fn is_zombie(pid: i32) -> bool {
 /// The packages whose binaries the e2e tests run, built together by
 /// [`build_workspace_bins`] (one `cargo build`, so one feature resolution, the same as
 /// `hack/test.sh` and `hack/local-up.sh` use).
-pub const WORKSPACE_BIN_PACKAGES: &[&str] = &["kubekms-plugin", "kubekms-operator"];
+pub const WORKSPACE_BIN_PACKAGES: &[&str] =
+    &["kubekms-plugin", "kubekms-operator", "kubekms-server"];
 
 /// Where cargo put this test binary: `<target>[/<triple>]/<profile>/deps/<exe>`.
 struct BuildLayout {
@@ -91,14 +92,15 @@ fn build_layout() -> Result<BuildLayout> {
 
 static WORKSPACE_BINS: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
 
-/// Builds (or brings up to date) the plugin and operator binaries with this test binary's
+/// Builds (or brings up to date) the plugin, operator and server binaries with this test binary's
 /// profile, target and target folder, once per process, and returns the folder that holds
 /// them. `cargo test` builds neither binary for the e2e crate, so without this a test would
 /// run whatever an earlier build left there, or nothing.
 ///
 /// # Errors
 /// When cargo cannot be run or the build fails: the message says how to build them by
-/// hand, or to name binaries with `KUBEKMS_PLUGIN_BIN` / `KUBEKMS_OPERATOR_BIN`.
+/// hand, or to name binaries with `KUBEKMS_PLUGIN_BIN` / `KUBEKMS_OPERATOR_BIN` /
+/// `KUBEKMS_SERVER_BIN`.
 pub fn build_workspace_bins() -> Result<PathBuf> {
     WORKSPACE_BINS
         .get_or_init(|| run_workspace_build().map_err(|e| format!("{e:#}")))
@@ -132,7 +134,7 @@ fn run_workspace_build() -> Result<PathBuf> {
     let shown = format!("{cmd:?}");
     let hint = format!(
         "build them with `cargo build -p {}` (the profile and target folder of the tests), or \
-         name binaries with KUBEKMS_PLUGIN_BIN / KUBEKMS_OPERATOR_BIN",
+         name binaries with KUBEKMS_PLUGIN_BIN / KUBEKMS_OPERATOR_BIN / KUBEKMS_SERVER_BIN",
         WORKSPACE_BIN_PACKAGES.join(" -p ")
     );
     let started = Instant::now();
