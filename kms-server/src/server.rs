@@ -271,28 +271,68 @@ enum BodyError {
     Broken,
 }
 
+/// How much of an oversized body is read and thrown away before the 413 reply, and for
+/// how long at most. A client that is still sending when the server closes gets a
+/// connection reset instead of the reply (the kernel answers unread data with RST, which
+/// also discards the reply from the client's receive queue); reading the rest first lets
+/// it read the 413. Bounded, so a huge or endless body costs at most this much.
+const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
 async fn read_body<B>(
-    body: B,
+    mut body: B,
     headers: &HeaderMap,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, BodyError>
 where
-    B: hyper::body::Body<Data = Bytes>,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if header_str(headers, header::CONTENT_LENGTH.as_str())
         .and_then(|l| l.parse::<u64>().ok())
         .is_some_and(|l| l > limit as u64)
     {
+        // A client that asked `Expect: 100-continue` sends nothing until the body is read:
+        // reading it would invite the very body that is refused.
+        if !expects_continue(headers) {
+            drain(&mut body, timeout.min(DRAIN_TIME)).await;
+        }
         return Err(BodyError::TooLarge);
     }
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
+    let limited = http_body_util::Limited::new(&mut body, limit);
+    let result = match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(BodyError::Timeout),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
         Ok(Err(_)) => Err(BodyError::Broken),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    };
+    if matches!(result, Err(BodyError::TooLarge)) {
+        drain(&mut body, timeout.min(DRAIN_TIME)).await;
+    }
+    result
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    header_str(headers, header::EXPECT.as_str())
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Reads and discards the rest of `body`: until its end, [`DRAIN_LIMIT`] bytes, an error
+/// or `within`, whichever comes first.
+async fn drain<B>(body: &mut B, within: Duration)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut drained = 0usize;
+    while drained <= DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                drained += frame.data_ref().map_or(0, bytes::Buf::remaining);
+            }
+            Ok(None | Some(Err(_))) | Err(_) => return,
+        }
     }
 }
 
@@ -304,7 +344,7 @@ async fn api<B>(
     request: Request<B>,
 ) -> Response<ReplyBody>
 where
-    B: hyper::body::Body<Data = Bytes>,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if request.method() != http::Method::POST || request.uri().path() != "/" {
