@@ -308,7 +308,12 @@ fn start(
 }
 
 fn start_cluster(context: &StartContext) -> Result<Cluster, StartError> {
-    let tools = kubekms_e2e::process::tools_bin().map_err(failed("the Go tools"))?;
+    // No Go tools (no Go to build them with): this machine cannot run the target.
+    let tools = kubekms_e2e::process::tools_bin().map_err(|e| {
+        StartError::Unavailable(format!(
+            "no control plane: the Go tools of hack/tools/build.sh: {e:#}"
+        ))
+    })?;
     let state = context.scratch.join("cp");
     let launcher = context.repo_root.join("hack/control-plane.sh");
     let out = Command::new(&launcher)
