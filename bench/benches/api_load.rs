@@ -20,8 +20,8 @@ use kubekms_bench::report::{
     Run, aggregate, ratio_result_line, ratio_table, ratios, result_line, table,
 };
 use kubekms_bench::targets::{
-    ExternalServer, HttpFloor, KubekmsServer, LocalKms, RunningTarget, StartContext, StartError,
-    Target,
+    ExternalServer, HttpFloor, KubekmsServer, LocalKms, RunningTarget, ServerBinaries,
+    StartContext, StartError, Target,
 };
 
 /// The targets, in the order they are measured in each round. A new target is one more
@@ -35,11 +35,17 @@ fn all_targets(args: &Args) -> Result<Vec<Box<dyn Target>>> {
             bin: env_path("KUBEKMS_LOCAL_KMS_BIN"),
         }),
         Box::new(KubekmsServer {
-            bin: env_path("KUBEKMS_SERVER_BIN").or_else(|| {
-                let beside = Path::new(env!("CARGO_BIN_EXE_kubekms-http-floor"))
-                    .with_file_name("kubekms-server");
-                beside.is_file().then_some(beside)
-            }),
+            binaries: if args.targets.iter().any(|t| t == "kubekms-server")
+                && args.kubekms_server_endpoint.is_none()
+            {
+                let exe = std::env::current_exe().context("the bench's own path")?;
+                eprintln!(
+                    "[api_load] building kubekms-server and kubekms-operator with the bench's profile (a no-op when up to date)"
+                );
+                ServerBinaries::locate(&exe)
+            } else {
+                Err("not asked for".to_owned())
+            },
             external: external_kubekms_server(args)?,
         }),
     ])

@@ -10,6 +10,8 @@ use crate::floor::FLOOR_KEY_ARN;
 use crate::kms::{KmsEndpoint, StaticCredentials};
 use crate::process::{ProcessError, ServerProcess};
 
+pub use crate::kubekms_server::{KubekmsServer, ServerBinaries};
+
 /// The account of local-kms's ARNs.
 pub const LOCAL_KMS_ACCOUNT: &str = "111122223333";
 
@@ -58,6 +60,9 @@ pub struct RunningTarget {
     pub process: Option<ServerProcess>,
     /// Where its output goes, when known.
     pub log: Option<PathBuf>,
+    /// What it needs while it runs (kubekms-server: its control plane and the operator),
+    /// dropped after its process is stopped.
+    pub support: Option<Box<dyn std::any::Any>>,
 }
 
 impl RunningTarget {
@@ -78,6 +83,7 @@ impl RunningTarget {
             pid: process.pid(),
             log: Some(process.log().to_owned()),
             process: Some(process),
+            support: None,
         }
     }
 
@@ -253,51 +259,4 @@ pub struct ExternalServer {
     pub key_id: String,
     /// Its process, for its CPU time.
     pub pid: u32,
-}
-
-/// kubekms-server, the AWS KMS API of KubeKMS.
-///
-/// Measured when it runs already ([`ExternalServer`], from the bench's
-/// `--kubekms-server-*` options). Starting it here is not wired yet: the crate is not in
-/// the workspace. Its start goes in `start` below: build or find the binary, start a
-/// control plane (`kubekms_e2e`), apply a `SYMMETRIC_DEFAULT` KmsKey and wait for
-/// `Enabled`, write a static-credentials file that maps an access key to a ServiceAccount
-/// allowed `encrypt`, `decrypt` and `generatedatakey` on that key, start the server with
-/// plain HTTP on `127.0.0.1:0`, wait for its listening line, and return
-/// [`RunningTarget::started`] with its address, those credentials and the key's ARN.
-pub struct KubekmsServer {
-    /// Its binary, when one was found (`KUBEKMS_SERVER_BIN`, or beside this bench).
-    pub bin: Option<PathBuf>,
-    /// A server that runs already, measured instead of starting one.
-    pub external: Option<ExternalServer>,
-}
-
-impl Target for KubekmsServer {
-    fn name(&self) -> &'static str {
-        "kubekms-server"
-    }
-
-    fn start(&self, _context: &StartContext) -> Result<RunningTarget, StartError> {
-        if let Some(external) = &self.external {
-            return Ok(RunningTarget {
-                name: self.name(),
-                endpoint: external.endpoint.clone(),
-                key_id: external.key_id.clone(),
-                notes: "started outside the benchmark; SigV4 verified by the server",
-                pid: external.pid,
-                process: None,
-                log: None,
-            });
-        }
-        Err(StartError::Unavailable(match &self.bin {
-            None => {
-                "kubekms-server is not built (no kms-server crate in this workspace yet)".to_owned()
-            }
-            Some(bin) => format!(
-                "{} exists, but its start is not wired into bench/src/targets.rs yet \
-                 (measure a running one with --kubekms-server-endpoint)",
-                bin.display()
-            ),
-        }))
-    }
 }

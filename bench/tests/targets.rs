@@ -1,6 +1,7 @@
-//! The benchmark's real targets, started as the bench starts them: the HTTP floor process
-//! and local-kms (built from its Go module by hack/tools/local-kms.sh) answer every
-//! measured operation with 200 and nothing else, so a benchmark run measures successes.
+//! The benchmark's real targets, started as the bench starts them: the HTTP floor process,
+//! local-kms (built from its Go module by hack/tools/local-kms.sh) and kubekms-server (its
+//! own control plane, the operator, RBAC) answer every measured operation with 200 and
+//! nothing else, so a benchmark run measures successes.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,8 +9,8 @@ use std::time::Duration;
 use kubekms_bench::kms::Operation;
 use kubekms_bench::load::{LoadConfig, run_load};
 use kubekms_bench::targets::{
-    ExternalServer, HttpFloor, KubekmsServer, LocalKms, RunningTarget, StartContext, StartError,
-    Target,
+    ExternalServer, HttpFloor, KubekmsServer, LocalKms, RunningTarget, ServerBinaries,
+    StartContext, StartError, Target,
 };
 
 fn context(scratch: &Path) -> StartContext {
@@ -67,15 +68,50 @@ async fn local_kms_answers_every_operation_with_its_seeded_key() {
     answers_every_operation(&target).await;
 }
 
+/// kubekms-server as the bench starts it: its own control plane, the operator making the
+/// key, the server with its RBAC and the client's static credentials; every measured
+/// operation succeeds (SigV4-verified, authorized by the Role, audited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubekms_server_answers_every_operation_as_the_bench_starts_it() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("exe");
+    let server = KubekmsServer {
+        binaries: tokio::task::block_in_place(|| ServerBinaries::locate(&exe)),
+        external: None,
+    };
+    let target = tokio::task::block_in_place(|| server.start(&context(scratch.path())))
+        .expect("kubekms-server (needs the Go tools that hack/tools/build.sh builds)");
+    answers_every_operation(&target).await;
+    let audit_log = scratch.path().join("audit.log");
+    drop(target);
+    // Stopped with SIGTERM: the server flushed its audit log, one record per request.
+    let audit = std::fs::read_to_string(&audit_log).expect("audit log");
+    for operation in ["Encrypt", "Decrypt", "GenerateDataKey"] {
+        assert!(
+            audit.lines().any(
+                |line| line.contains(&format!("\"eventName\":\"{operation}\""))
+                    && line.contains("\"authorizedBy\":[\"rbac\"]")
+            ),
+            "no audited {operation} allowed by RBAC in {}",
+            audit_log.display()
+        );
+    }
+}
+
 #[test]
 fn kubekms_server_says_why_it_is_not_measured() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let server = KubekmsServer {
-        bin: None,
+        binaries: Err("cargo build failed".to_owned()),
         external: None,
     };
     match server.start(&context(scratch.path())) {
-        Err(StartError::Unavailable(why)) => assert!(why.contains("not built"), "{why}"),
+        Err(StartError::Unavailable(why)) => {
+            assert!(
+                why.contains("not built") && why.contains("cargo build failed"),
+                "{why}"
+            );
+        }
         Err(e) => panic!("expected Unavailable, got {e}"),
         Ok(_) => panic!("expected Unavailable, got a running server"),
     }
@@ -92,7 +128,7 @@ async fn a_running_server_is_measured_as_kubekms_server() {
     .start(&context(scratch.path()))
     .expect("floor");
     let server = KubekmsServer {
-        bin: None,
+        binaries: Err("not asked for".to_owned()),
         external: Some(ExternalServer {
             endpoint: floor.endpoint.clone(),
             key_id: floor.key_id.clone(),

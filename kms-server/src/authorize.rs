@@ -16,7 +16,7 @@ use crate::directory::ResolvedKey;
 use crate::principal::Principal;
 
 macro_rules! actions {
-    ($($(#[$meta:meta])* $variant:ident => $grant:expr,)+) => {
+    ($($(#[$meta:meta])* $variant:ident ($verb:literal) => $grant:expr,)+) => {
         /// A KMS action, as IAM names it (`kms:<Action>`); ReEncrypt is two actions.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Action {
@@ -35,6 +35,15 @@ macro_rules! actions {
                 }
             }
 
+            /// The RBAC verb: the action name in lower case (`encrypt`, `reencryptfrom`,
+            /// `generatedatakey`, ...), on resource `kmskeys` of group `kubekms.io`.
+            #[must_use]
+            pub fn verb(self) -> &'static str {
+                match self {
+                    $(Action::$variant => $verb,)+
+                }
+            }
+
             /// The grant operation that can allow this action, if any.
             #[must_use]
             pub fn grant_operation(self) -> Option<GrantOperation> {
@@ -48,58 +57,49 @@ macro_rules! actions {
 
 actions! {
     /// Encrypt.
-    Encrypt => Some(GrantOperation::Encrypt),
+    Encrypt ("encrypt") => Some(GrantOperation::Encrypt),
     /// Decrypt.
-    Decrypt => Some(GrantOperation::Decrypt),
+    Decrypt ("decrypt") => Some(GrantOperation::Decrypt),
     /// ReEncrypt, on the source key.
-    ReEncryptFrom => Some(GrantOperation::ReEncryptFrom),
+    ReEncryptFrom ("reencryptfrom") => Some(GrantOperation::ReEncryptFrom),
     /// ReEncrypt, on the destination key.
-    ReEncryptTo => Some(GrantOperation::ReEncryptTo),
+    ReEncryptTo ("reencryptto") => Some(GrantOperation::ReEncryptTo),
     /// GenerateDataKey.
-    GenerateDataKey => Some(GrantOperation::GenerateDataKey),
+    GenerateDataKey ("generatedatakey") => Some(GrantOperation::GenerateDataKey),
     /// GenerateDataKeyWithoutPlaintext.
-    GenerateDataKeyWithoutPlaintext => Some(GrantOperation::GenerateDataKeyWithoutPlaintext),
+    GenerateDataKeyWithoutPlaintext ("generatedatakeywithoutplaintext") => Some(GrantOperation::GenerateDataKeyWithoutPlaintext),
     /// GenerateDataKeyPair.
-    GenerateDataKeyPair => Some(GrantOperation::GenerateDataKeyPair),
+    GenerateDataKeyPair ("generatedatakeypair") => Some(GrantOperation::GenerateDataKeyPair),
     /// GenerateDataKeyPairWithoutPlaintext.
-    GenerateDataKeyPairWithoutPlaintext => Some(GrantOperation::GenerateDataKeyPairWithoutPlaintext),
+    GenerateDataKeyPairWithoutPlaintext ("generatedatakeypairwithoutplaintext") => Some(GrantOperation::GenerateDataKeyPairWithoutPlaintext),
     /// GenerateRandom (no key: authorized on the caller's account).
-    GenerateRandom => None,
+    GenerateRandom ("generaterandom") => None,
     /// GetPublicKey.
-    GetPublicKey => Some(GrantOperation::GetPublicKey),
+    GetPublicKey ("getpublickey") => Some(GrantOperation::GetPublicKey),
     /// Sign.
-    Sign => Some(GrantOperation::Sign),
+    Sign ("sign") => Some(GrantOperation::Sign),
     /// Verify.
-    Verify => Some(GrantOperation::Verify),
+    Verify ("verify") => Some(GrantOperation::Verify),
     /// GenerateMac.
-    GenerateMac => Some(GrantOperation::GenerateMac),
+    GenerateMac ("generatemac") => Some(GrantOperation::GenerateMac),
     /// VerifyMac.
-    VerifyMac => Some(GrantOperation::VerifyMac),
+    VerifyMac ("verifymac") => Some(GrantOperation::VerifyMac),
     /// DeriveSharedSecret.
-    DeriveSharedSecret => Some(GrantOperation::DeriveSharedSecret),
+    DeriveSharedSecret ("derivesharedsecret") => Some(GrantOperation::DeriveSharedSecret),
     /// DescribeKey.
-    DescribeKey => Some(GrantOperation::DescribeKey),
+    DescribeKey ("describekey") => Some(GrantOperation::DescribeKey),
     /// ListKeys (on the account).
-    ListKeys => None,
+    ListKeys ("listkeys") => None,
     /// ListAliases (on the account).
-    ListAliases => None,
+    ListAliases ("listaliases") => None,
     /// ListGrants.
-    ListGrants => None,
+    ListGrants ("listgrants") => None,
     /// GetKeyRotationStatus.
-    GetKeyRotationStatus => None,
+    GetKeyRotationStatus ("getkeyrotationstatus") => None,
     /// ListKeyRotations.
-    ListKeyRotations => None,
+    ListKeyRotations ("listkeyrotations") => None,
     /// ListResourceTags.
-    ListResourceTags => None,
-}
-
-impl Action {
-    /// The RBAC verb: the action name in lower case (`encrypt`, `reencryptfrom`,
-    /// `generatedatakey`, ...), on resource `kmskeys` of group `kubekms.io`.
-    #[must_use]
-    pub fn verb(self) -> String {
-        self.as_str().to_ascii_lowercase()
-    }
+    ListResourceTags ("listresourcetags") => None,
 }
 
 impl std::fmt::Display for Action {

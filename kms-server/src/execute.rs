@@ -187,6 +187,119 @@ fn paginate<T>(
     Ok((out, next))
 }
 
+/// One request's way through resolution and authorization, noting for the audit record
+/// every key involved and what allowed or denied each step.
+struct Steps<'a> {
+    services: &'a Services,
+    principal: &'a Principal,
+    trail: &'a mut Trail,
+}
+
+impl Steps<'_> {
+    /// Resolves `key_id` in the caller's account and notes the key.
+    fn resolve(&mut self, key_id: &str) -> Result<Arc<ResolvedKey>, ApiError> {
+        let key = resolve(self.services.directory.as_ref(), self.principal, key_id)?;
+        Ok(self.note(key))
+    }
+
+    /// Resolves the key a request names by `key_id`, or else by its ciphertext blob (Decrypt
+    /// and ReEncrypt), and notes it; `missing` is the message when it names neither.
+    fn resolve_key_or_blob(
+        &mut self,
+        key_id: Option<&str>,
+        blob: Option<&[u8]>,
+        missing: &str,
+    ) -> Result<Arc<ResolvedKey>, ApiError> {
+        let directory = self.services.directory.as_ref();
+        let key = match (key_id, blob) {
+            (Some(key_id), _) => resolve(directory, self.principal, key_id)?,
+            (None, Some(blob)) => resolve_from_blob(directory, self.principal, blob)?,
+            (None, None) => return Err(ApiError::validation(missing)),
+        };
+        Ok(self.note(key))
+    }
+
+    fn note(&mut self, key: Arc<ResolvedKey>) -> Arc<ResolvedKey> {
+        self.trail.key_arns.push(key.arn_text().to_owned());
+        key
+    }
+
+    /// Authorizes `action` on `key` with the request's context and grant tokens.
+    async fn authorize_key(
+        &mut self,
+        key: &ResolvedKey,
+        action: Action,
+        encryption_context: &EncryptionContext,
+        grant_tokens: &[String],
+    ) -> Result<(), ApiError> {
+        authorize(
+            self.services,
+            self.principal,
+            action,
+            Resource::Key(key),
+            encryption_context,
+            grant_tokens,
+            self.trail,
+        )
+        .await
+    }
+
+    /// Authorizes an account-level `action` in the caller's account.
+    async fn authorize_account(&mut self, action: Action) -> Result<(), ApiError> {
+        authorize(
+            self.services,
+            self.principal,
+            action,
+            Resource::Account {
+                namespace: &self.principal.namespace,
+            },
+            &EncryptionContext::new(),
+            &[],
+            self.trail,
+        )
+        .await
+    }
+
+    /// Resolves `key_id` and authorizes `action` on it: how most operations begin.
+    async fn key(
+        &mut self,
+        key_id: &str,
+        action: Action,
+        encryption_context: &EncryptionContext,
+        grant_tokens: &[String],
+    ) -> Result<Arc<ResolvedKey>, ApiError> {
+        let key = self.resolve(key_id)?;
+        self.authorize_key(&key, action, encryption_context, grant_tokens)
+            .await?;
+        Ok(key)
+    }
+
+    /// As [`Steps::key`] for an operation without an encryption context.
+    async fn key_without_context(
+        &mut self,
+        key_id: &str,
+        action: Action,
+        grant_tokens: &[String],
+    ) -> Result<Arc<ResolvedKey>, ApiError> {
+        self.key(key_id, action, &EncryptionContext::new(), grant_tokens)
+            .await
+    }
+}
+
+/// Runs a cryptographic operation: private-key work on the blocking pool, the rest
+/// (symmetric and HMAC: microseconds) inline.
+async fn crypto<T: Send + 'static>(
+    services: &Services,
+    private_key_work: bool,
+    work: impl FnOnce() -> KmsResult<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    if private_key_work {
+        blocking(services, work).await
+    } else {
+        work().map_err(ApiError::from)
+    }
+}
+
 /// Executes one request as `principal`.
 ///
 /// # Errors
@@ -201,41 +314,27 @@ pub async fn execute(
 ) -> Result<KmsResponse, ApiError> {
     refuse_reserved_context(request.encryption_contexts())?;
     let directory = services.directory.as_ref();
-    let no_context = EncryptionContext::new();
+    let mut steps = Steps {
+        services,
+        principal,
+        trail,
+    };
     match request {
         KmsRequest::Encrypt(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::Encrypt,
-                Resource::Key(&key),
-                &r.encryption_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
-            let algorithm = r.algorithm;
-            let ciphertext_blob = if is_private_key_work(&key) {
-                let k = Arc::clone(&key);
-                blocking(services, move || {
-                    ops::encrypt(
-                        k.key(),
-                        r.plaintext.expose(),
-                        &r.encryption_context,
-                        algorithm,
-                    )
-                })
-                .await?
-            } else {
-                ops::encrypt(
-                    key.key(),
-                    r.plaintext.expose(),
+            let key = steps
+                .key(
+                    &r.key_id,
+                    Action::Encrypt,
                     &r.encryption_context,
-                    algorithm,
-                )?
-            };
+                    &r.grant_tokens,
+                )
+                .await?;
+            let algorithm = r.algorithm;
+            let (k, plaintext, context) = (Arc::clone(&key), r.plaintext, r.encryption_context);
+            let ciphertext_blob = crypto(services, is_private_key_work(&key), move || {
+                ops::encrypt(k.key(), plaintext.expose(), &context, algorithm)
+            })
+            .await?;
             dry_run_or(
                 r.dry_run,
                 KmsResponse::Encrypt {
@@ -246,26 +345,19 @@ pub async fn execute(
             )
         }
         KmsRequest::Decrypt(r) => {
-            let key = match (&r.key_id, &r.ciphertext_blob) {
-                (Some(key_id), _) => resolve(directory, principal, key_id)?,
-                (None, Some(blob)) => resolve_from_blob(directory, principal, blob)?,
-                (None, None) => {
-                    return Err(ApiError::validation(
-                        "KeyId is required when the IGNORE_CIPHERTEXT dry-run modifier omits CiphertextBlob",
-                    ));
-                }
-            };
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::Decrypt,
-                Resource::Key(&key),
-                &r.encryption_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
+            let key = steps.resolve_key_or_blob(
+                r.key_id.as_deref(),
+                r.ciphertext_blob.as_deref(),
+                "KeyId is required when the IGNORE_CIPHERTEXT dry-run modifier omits CiphertextBlob",
+            )?;
+            steps
+                .authorize_key(
+                    &key,
+                    Action::Decrypt,
+                    &r.encryption_context,
+                    &r.grant_tokens,
+                )
+                .await?;
             let algorithm = r.algorithm;
             let blob = match r.ciphertext_blob {
                 Some(blob) if !(r.dry_run && r.ignore_ciphertext) => blob,
@@ -274,16 +366,11 @@ pub async fn execute(
                     return Err(ApiError::DryRun);
                 }
             };
-            let (plaintext, _) = if is_private_key_work(&key) {
-                let k = Arc::clone(&key);
-                let context = r.encryption_context;
-                blocking(services, move || {
-                    ops::decrypt(k.key(), &blob, &context, algorithm)
-                })
-                .await?
-            } else {
-                ops::decrypt(key.key(), &blob, &r.encryption_context, algorithm)?
-            };
+            let (k, context) = (Arc::clone(&key), r.encryption_context);
+            let (plaintext, _) = crypto(services, is_private_key_work(&key), move || {
+                ops::decrypt(k.key(), &blob, &context, algorithm)
+            })
+            .await?;
             dry_run_or(
                 r.dry_run,
                 KmsResponse::Decrypt {
@@ -294,38 +381,28 @@ pub async fn execute(
             )
         }
         KmsRequest::ReEncrypt(r) => {
-            let source = match (&r.source_key_id, &r.ciphertext_blob) {
-                (Some(key_id), _) => resolve(directory, principal, key_id)?,
-                (None, Some(blob)) => resolve_from_blob(directory, principal, blob)?,
-                (None, None) => {
-                    return Err(ApiError::validation(
-                        "SourceKeyId is required when the IGNORE_CIPHERTEXT dry-run modifier omits CiphertextBlob",
-                    ));
-                }
-            };
-            trail.key_arns.push(source.arn_text().to_owned());
-            let destination = resolve(directory, principal, &r.destination_key_id)?;
-            trail.key_arns.push(destination.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::ReEncryptFrom,
-                Resource::Key(&source),
-                &r.source_encryption_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
-            authorize(
-                services,
-                principal,
-                Action::ReEncryptTo,
-                Resource::Key(&destination),
-                &r.destination_encryption_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
+            let source = steps.resolve_key_or_blob(
+                r.source_key_id.as_deref(),
+                r.ciphertext_blob.as_deref(),
+                "SourceKeyId is required when the IGNORE_CIPHERTEXT dry-run modifier omits CiphertextBlob",
+            )?;
+            let destination = steps.resolve(&r.destination_key_id)?;
+            steps
+                .authorize_key(
+                    &source,
+                    Action::ReEncryptFrom,
+                    &r.source_encryption_context,
+                    &r.grant_tokens,
+                )
+                .await?;
+            steps
+                .authorize_key(
+                    &destination,
+                    Action::ReEncryptTo,
+                    &r.destination_encryption_context,
+                    &r.grant_tokens,
+                )
+                .await?;
             let blob = match r.ciphertext_blob {
                 Some(blob) if !(r.dry_run && r.ignore_ciphertext) => blob,
                 _ => {
@@ -340,34 +417,29 @@ pub async fn execute(
             };
             let (source_algorithm, destination_algorithm) =
                 (r.source_algorithm, r.destination_algorithm);
-            let work = {
-                let (s, d) = (Arc::clone(&source), Arc::clone(&destination));
-                let (source_context, destination_context) = (
-                    r.source_encryption_context,
-                    r.destination_encryption_context,
-                );
-                move || {
-                    ops::re_encrypt(
-                        &blob,
-                        ReEncryptSide {
-                            key: s.key(),
-                            context: &source_context,
-                            algorithm: source_algorithm,
-                        },
-                        ReEncryptSide {
-                            key: d.key(),
-                            context: &destination_context,
-                            algorithm: destination_algorithm,
-                        },
-                    )
-                }
-            };
-            let ciphertext_blob =
-                if is_private_key_work(&source) || is_private_key_work(&destination) {
-                    blocking(services, work).await?
-                } else {
-                    work()?
-                };
+            let (s, d) = (Arc::clone(&source), Arc::clone(&destination));
+            let (source_context, destination_context) = (
+                r.source_encryption_context,
+                r.destination_encryption_context,
+            );
+            let private_key_work =
+                is_private_key_work(&source) || is_private_key_work(&destination);
+            let ciphertext_blob = crypto(services, private_key_work, move || {
+                ops::re_encrypt(
+                    &blob,
+                    ReEncryptSide {
+                        key: s.key(),
+                        context: &source_context,
+                        algorithm: source_algorithm,
+                    },
+                    ReEncryptSide {
+                        key: d.key(),
+                        context: &destination_context,
+                        algorithm: destination_algorithm,
+                    },
+                )
+            })
+            .await?;
             dry_run_or(
                 r.dry_run,
                 KmsResponse::ReEncrypt {
@@ -379,69 +451,35 @@ pub async fn execute(
                 },
             )
         }
-        KmsRequest::GenerateDataKey(r) => {
-            generate_data_key(services, principal, r, true, trail).await
-        }
+        KmsRequest::GenerateDataKey(r) => generate_data_key(&mut steps, r, true).await,
         KmsRequest::GenerateDataKeyWithoutPlaintext(r) => {
-            generate_data_key(services, principal, r, false, trail).await
+            generate_data_key(&mut steps, r, false).await
         }
-        KmsRequest::GenerateDataKeyPair(r) => {
-            generate_data_key_pair(services, principal, r, true, trail).await
-        }
+        KmsRequest::GenerateDataKeyPair(r) => generate_data_key_pair(&mut steps, r, true).await,
         KmsRequest::GenerateDataKeyPairWithoutPlaintext(r) => {
-            generate_data_key_pair(services, principal, r, false, trail).await
+            generate_data_key_pair(&mut steps, r, false).await
         }
         KmsRequest::GenerateRandom(r) => {
-            authorize(
-                services,
-                principal,
-                Action::GenerateRandom,
-                Resource::Account {
-                    namespace: &principal.namespace,
-                },
-                &no_context,
-                &[],
-                trail,
-            )
-            .await?;
+            steps.authorize_account(Action::GenerateRandom).await?;
             Ok(KmsResponse::GenerateRandom {
                 plaintext: ops::generate_random(r.number_of_bytes)?,
             })
         }
         KmsRequest::GetPublicKey(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::GetPublicKey,
-                Resource::Key(&key),
-                &no_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&r.key_id, Action::GetPublicKey, &r.grant_tokens)
+                .await?;
             Ok(KmsResponse::GetPublicKey {
                 key_arn: key.arn_text().to_owned(),
                 info: ops::get_public_key(key.key())?,
             })
         }
         KmsRequest::Sign(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::Sign,
-                Resource::Key(&key),
-                &no_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&r.key_id, Action::Sign, &r.grant_tokens)
+                .await?;
             let (algorithm, message_type) = (r.algorithm, r.message_type);
-            let k = Arc::clone(&key);
-            let message = r.message;
+            let (k, message) = (Arc::clone(&key), r.message);
             let signature = blocking(services, move || {
                 ops::sign(k.key(), message.expose(), message_type, algorithm)
             })
@@ -456,18 +494,9 @@ pub async fn execute(
             )
         }
         KmsRequest::Verify(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::Verify,
-                Resource::Key(&key),
-                &no_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&r.key_id, Action::Verify, &r.grant_tokens)
+                .await?;
             let (algorithm, message_type) = (r.algorithm, r.message_type);
             let k = Arc::clone(&key);
             let (message, signature) = (r.message, r.signature);
@@ -490,18 +519,9 @@ pub async fn execute(
             )
         }
         KmsRequest::GenerateMac(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::GenerateMac,
-                Resource::Key(&key),
-                &no_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&r.key_id, Action::GenerateMac, &r.grant_tokens)
+                .await?;
             let mac = ops::generate_mac(key.key(), r.message.expose(), r.algorithm)?;
             dry_run_or(
                 r.dry_run,
@@ -513,18 +533,9 @@ pub async fn execute(
             )
         }
         KmsRequest::VerifyMac(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::VerifyMac,
-                Resource::Key(&key),
-                &no_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&r.key_id, Action::VerifyMac, &r.grant_tokens)
+                .await?;
             ops::verify_mac(key.key(), r.message.expose(), &r.mac, r.algorithm)?;
             dry_run_or(
                 r.dry_run,
@@ -535,18 +546,9 @@ pub async fn execute(
             )
         }
         KmsRequest::DeriveSharedSecret(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::DeriveSharedSecret,
-                Resource::Key(&key),
-                &no_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&r.key_id, Action::DeriveSharedSecret, &r.grant_tokens)
+                .await?;
             let k = Arc::clone(&key);
             let (algorithm, public_key) = (r.algorithm, r.public_key);
             let shared_secret = blocking(services, move || {
@@ -564,35 +566,15 @@ pub async fn execute(
             )
         }
         KmsRequest::DescribeKey(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::DescribeKey,
-                Resource::Key(&key),
-                &no_context,
-                &r.grant_tokens,
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&r.key_id, Action::DescribeKey, &r.grant_tokens)
+                .await?;
             key.key().metadata.check(Operation::DescribeKey)?;
             let account_id = directory.account_id(key.namespace());
             Ok(KmsResponse::DescribeKey { key, account_id })
         }
         KmsRequest::ListKeys(page) => {
-            authorize(
-                services,
-                principal,
-                Action::ListKeys,
-                Resource::Account {
-                    namespace: &principal.namespace,
-                },
-                &no_context,
-                &[],
-                trail,
-            )
-            .await?;
+            steps.authorize_account(Action::ListKeys).await?;
             let entries: Vec<_> = directory
                 .list_keys(&principal.namespace)
                 .into_iter()
@@ -606,25 +588,10 @@ pub async fn execute(
         }
         KmsRequest::ListAliases(r) => {
             let target = match &r.key_id {
-                Some(key_id) => {
-                    let key = resolve(directory, principal, key_id)?;
-                    trail.key_arns.push(key.arn_text().to_owned());
-                    Some(key.key().key_id().to_string())
-                }
+                Some(key_id) => Some(steps.resolve(key_id)?.key().key_id().to_string()),
                 None => None,
             };
-            authorize(
-                services,
-                principal,
-                Action::ListAliases,
-                Resource::Account {
-                    namespace: &principal.namespace,
-                },
-                &no_context,
-                &[],
-                trail,
-            )
-            .await?;
+            steps.authorize_account(Action::ListAliases).await?;
             let served: Vec<String> = directory
                 .list_keys(&principal.namespace)
                 .into_iter()
@@ -647,18 +614,9 @@ pub async fn execute(
             })
         }
         KmsRequest::ListGrants(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::ListGrants,
-                Resource::Key(&key),
-                &no_context,
-                &[],
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&r.key_id, Action::ListGrants, &[])
+                .await?;
             key.key().metadata.check(Operation::ManageGrants)?;
             let grants: Vec<_> = directory
                 .list_grants(&key)
@@ -677,18 +635,9 @@ pub async fn execute(
             })
         }
         KmsRequest::GetKeyRotationStatus(key_id) => {
-            let key = resolve(directory, principal, &key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::GetKeyRotationStatus,
-                Resource::Key(&key),
-                &no_context,
-                &[],
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&key_id, Action::GetKeyRotationStatus, &[])
+                .await?;
             let metadata = &key.key().metadata;
             metadata.check(Operation::GetKeyRotationStatus)?;
             rotatable(&key)?;
@@ -700,18 +649,9 @@ pub async fn execute(
             })
         }
         KmsRequest::ListKeyRotations(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::ListKeyRotations,
-                Resource::Key(&key),
-                &no_context,
-                &[],
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&r.key_id, Action::ListKeyRotations, &[])
+                .await?;
             let metadata = &key.key().metadata;
             metadata.check(Operation::ListKeyRotations)?;
             rotatable(&key)?;
@@ -741,18 +681,9 @@ pub async fn execute(
             })
         }
         KmsRequest::ListResourceTags(r) => {
-            let key = resolve(directory, principal, &r.key_id)?;
-            trail.key_arns.push(key.arn_text().to_owned());
-            authorize(
-                services,
-                principal,
-                Action::ListResourceTags,
-                Resource::Key(&key),
-                &no_context,
-                &[],
-                trail,
-            )
-            .await?;
+            let key = steps
+                .key_without_context(&r.key_id, Action::ListResourceTags, &[])
+                .await?;
             let tags = directory.list_tags(&key);
             let (tags, next_marker) = paginate(tags, |t| t.key.clone(), &r.page, 50, 50)?;
             Ok(KmsResponse::ListResourceTags { tags, next_marker })
@@ -776,30 +707,19 @@ fn rotatable(key: &ResolvedKey) -> Result<(), ApiError> {
 }
 
 async fn generate_data_key(
-    services: &Services,
-    principal: &Principal,
+    steps: &mut Steps<'_>,
     r: GenerateDataKeyRequest,
     with_plaintext: bool,
-    trail: &mut Trail,
 ) -> Result<KmsResponse, ApiError> {
     let length = ops::data_key_length(r.key_spec, r.number_of_bytes)?;
-    let key = resolve(services.directory.as_ref(), principal, &r.key_id)?;
-    trail.key_arns.push(key.arn_text().to_owned());
     let action = if with_plaintext {
         Action::GenerateDataKey
     } else {
         Action::GenerateDataKeyWithoutPlaintext
     };
-    authorize(
-        services,
-        principal,
-        action,
-        Resource::Key(&key),
-        &r.encryption_context,
-        &r.grant_tokens,
-        trail,
-    )
-    .await?;
+    let key = steps
+        .key(&r.key_id, action, &r.encryption_context, &r.grant_tokens)
+        .await?;
     let response = if with_plaintext {
         let data_key = ops::generate_data_key(key.key(), length, &r.encryption_context)?;
         KmsResponse::GenerateDataKey {
@@ -822,32 +742,21 @@ async fn generate_data_key(
 }
 
 async fn generate_data_key_pair(
-    services: &Services,
-    principal: &Principal,
+    steps: &mut Steps<'_>,
     r: GenerateDataKeyPairRequest,
     with_plaintext: bool,
-    trail: &mut Trail,
 ) -> Result<KmsResponse, ApiError> {
-    let key = resolve(services.directory.as_ref(), principal, &r.key_id)?;
-    trail.key_arns.push(key.arn_text().to_owned());
     let action = if with_plaintext {
         Action::GenerateDataKeyPair
     } else {
         Action::GenerateDataKeyPairWithoutPlaintext
     };
-    authorize(
-        services,
-        principal,
-        action,
-        Resource::Key(&key),
-        &r.encryption_context,
-        &r.grant_tokens,
-        trail,
-    )
-    .await?;
+    let key = steps
+        .key(&r.key_id, action, &r.encryption_context, &r.grant_tokens)
+        .await?;
     let k = Arc::clone(&key);
     let (spec, context) = (r.key_pair_spec, r.encryption_context);
-    let pair = blocking(services, move || {
+    let pair = blocking(steps.services, move || {
         ops::generate_data_key_pair(k.key(), spec, &context, with_plaintext)
     })
     .await?;

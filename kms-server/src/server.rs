@@ -6,6 +6,7 @@
 //! (form → STS, otherwise KMS) → authenticate → decode → execute (resolve, rules,
 //! authorize, core) → encode → audit.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,7 +26,6 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tower::Service as _;
 
 use crate::audit::{AuditLog, AuditRecord, UserIdentity};
 use crate::auth::{Authenticator, SessionSealer, SignedParts, StaticCredentials};
@@ -207,6 +206,9 @@ struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct SourceAddress(pub SocketAddr);
 
+/// A request id: a random UUID (version 4). Random rather than a counter: ids are
+/// returned to every caller, and a counter would tell each account how many requests
+/// the other accounts make.
 fn request_id() -> String {
     let mut random = [0u8; 16];
     if kms_core::primitives::fill_random(&mut random).is_err() {
@@ -223,25 +225,32 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn is_form(headers: &HeaderMap) -> bool {
+    const FORM: &str = "application/x-www-form-urlencoded";
     header_str(headers, header::CONTENT_TYPE.as_str()).is_some_and(|ct| {
         ct.trim_start()
-            .to_ascii_lowercase()
-            .starts_with("application/x-www-form-urlencoded")
+            .get(..FORM.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(FORM))
     })
 }
+
+/// The body of every API reply: one buffer, its length known (hyper writes
+/// `Content-Length` from it).
+pub type ReplyBody = http_body_util::Full<Bytes>;
 
 fn reply(
     status: StatusCode,
     content_type: &'static str,
     request_id: &str,
     body: Bytes,
-) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
+) -> Response<ReplyBody> {
+    static REQUEST_ID: header::HeaderName = header::HeaderName::from_static(REQUEST_ID_HEADER);
+    let mut response = Response::new(ReplyBody::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
+    headers.reserve(2);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID_HEADER, id);
+        headers.insert(REQUEST_ID.clone(), id);
     }
     response
 }
@@ -262,33 +271,89 @@ enum BodyError {
     Broken,
 }
 
-async fn read_body(
-    body: Body,
+/// How much of an oversized body is read and thrown away before the 413 reply, and for
+/// how long at most. A client that is still sending when the server closes gets a
+/// connection reset instead of the reply (the kernel answers unread data with RST, which
+/// also discards the reply from the client's receive queue); reading the rest first lets
+/// it read the 413. Bounded, so a huge or endless body costs at most this much.
+const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+async fn read_body<B>(
+    mut body: B,
     headers: &HeaderMap,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes, BodyError> {
+) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if header_str(headers, header::CONTENT_LENGTH.as_str())
         .and_then(|l| l.parse::<u64>().ok())
         .is_some_and(|l| l > limit as u64)
     {
+        // A client that asked `Expect: 100-continue` sends nothing until the body is read:
+        // reading it would invite the very body that is refused.
+        if !expects_continue(headers) {
+            drain(&mut body, timeout.min(DRAIN_TIME)).await;
+        }
         return Err(BodyError::TooLarge);
     }
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
+    let limited = http_body_util::Limited::new(&mut body, limit);
+    let result = match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(BodyError::Timeout),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
         Ok(Err(_)) => Err(BodyError::Broken),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    };
+    if matches!(result, Err(BodyError::TooLarge)) {
+        drain(&mut body, timeout.min(DRAIN_TIME)).await;
+    }
+    result
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    header_str(headers, header::EXPECT.as_str())
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Reads and discards the rest of `body`: until its end, [`DRAIN_LIMIT`] bytes, an error
+/// or `within`, whichever comes first.
+async fn drain<B>(body: &mut B, within: Duration)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut drained = 0usize;
+    while drained <= DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                drained += frame.data_ref().map_or(0, bytes::Buf::remaining);
+            }
+            Ok(None | Some(Err(_))) | Err(_) => return,
+        }
     }
 }
 
-async fn root(State(state): State<Arc<AppState>>, request: Request<Body>) -> Response<Body> {
+/// One request to the API listener: `POST /` is a KMS or STS call; anything else is 404
+/// (UnknownOperationException).
+async fn api<B>(
+    state: &AppState,
+    source: Option<SocketAddr>,
+    request: Request<B>,
+) -> Response<ReplyBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if request.method() != http::Method::POST || request.uri().path() != "/" {
+        return not_found();
+    }
     let started = Instant::now();
     let now = (state.clock)();
     let request_id = request_id();
     let (parts, body) = request.into_parts();
-    let source = parts.extensions.get::<SourceAddress>().map(|s| s.0);
     let form = is_form(&parts.headers);
     let body = match read_body(
         body,
@@ -310,9 +375,9 @@ async fn root(State(state): State<Arc<AppState>>, request: Request<Body>) -> Res
         )),
     };
     if form {
-        handle_sts(&state, &parts, body, now, &request_id, source, started).await
+        handle_sts(state, &parts, body, now, &request_id, source, started).await
     } else {
-        handle_kms(&state, &parts, body, now, &request_id, source, started).await
+        handle_kms(state, &parts, body, now, &request_id, source, started).await
     }
 }
 
@@ -338,7 +403,7 @@ async fn handle_kms(
     request_id: &str,
     peer: Option<SocketAddr>,
     started: Instant,
-) -> Response<Body> {
+) -> Response<ReplyBody> {
     let mut record = new_record("kms", parts, request_id, now, peer);
     let mut trail = Trail::default();
     let mut operation = None;
@@ -362,9 +427,11 @@ async fn handle_kms(
         .allowed
         .iter()
         .map(|a| match a {
-            crate::authorize::Allowed::Rbac => "rbac".to_owned(),
-            crate::authorize::Allowed::Grant { grant_id } => format!("grant:{grant_id}"),
-            crate::authorize::Allowed::Other(what) => what.clone(),
+            crate::authorize::Allowed::Rbac => Cow::Borrowed("rbac"),
+            crate::authorize::Allowed::Grant { grant_id } => {
+                Cow::Owned(format!("grant:{grant_id}"))
+            }
+            crate::authorize::Allowed::Other(what) => Cow::Owned(what.clone()),
         })
         .collect();
     record.deny_reason = trail.denied;
@@ -423,7 +490,7 @@ async fn kms_path(
     };
     let credential = state.authenticator.authenticate("kms", signed, body, now)?;
     let principal = credential.principal();
-    record.user_identity = Some(UserIdentity::from(principal));
+    record.user_identity = Some(UserIdentity::of(credential.shared_principal()));
     let Some(operation) = operation else {
         return Err(ApiError::UnknownOperation(match target {
             Some(_) => "The X-Amz-Target header names no operation this server offers".to_owned(),
@@ -431,12 +498,14 @@ async fn kms_path(
         }));
     };
     let request = decode::decode(operation, body)?;
-    let contexts = request.encryption_contexts();
-    if let Some(first) = contexts.first().filter(|c| !c.is_empty()) {
-        record.encryption_context = Some(first.as_map().clone());
-    }
-    if let Some(second) = contexts.get(1).filter(|c| !c.is_empty()) {
-        record.destination_encryption_context = Some(second.as_map().clone());
+    {
+        let mut contexts = request.encryption_contexts();
+        if let Some(first) = contexts.next().filter(|c| !c.is_empty()) {
+            record.encryption_context = Some(first.as_map().clone());
+        }
+        if let Some(second) = contexts.next().filter(|c| !c.is_empty()) {
+            record.destination_encryption_context = Some(second.as_map().clone());
+        }
     }
     record.grant_token_count = request.grant_token_count();
     record.dry_run = request.dry_run();
@@ -451,7 +520,7 @@ async fn handle_sts(
     request_id: &str,
     peer: Option<SocketAddr>,
     started: Instant,
-) -> Response<Body> {
+) -> Response<ReplyBody> {
     let mut record = new_record("sts", parts, request_id, now, peer);
     record.event_name = "AssumeRoleWithWebIdentity".to_owned();
     let result = match body {
@@ -521,14 +590,11 @@ async fn sts_path(
         account_id: &account_id,
     };
     let issued = exchange.assume_role(&request, now).await?;
-    record.user_identity = Some(UserIdentity {
-        kind: "webIdentity",
-        user_name: issued.username.clone(),
-        uid: None,
-        groups: Vec::new(),
-        namespace: issued.namespace.clone(),
-        access_key_id: issued.access_key_id.clone(),
-    });
+    record.user_identity = Some(UserIdentity::web_identity(
+        &issued.username,
+        &issued.namespace,
+        &issued.access_key_id,
+    ));
     record.request_parameters.insert(
         "expiration",
         issued.expiration.format(&Rfc3339).unwrap_or_default(),
@@ -536,7 +602,7 @@ async fn sts_path(
     Ok(sts::encode_assume_role(&issued, &record.request_id))
 }
 
-async fn not_found() -> Response<Body> {
+fn not_found() -> Response<ReplyBody> {
     let error = ApiError::UnknownOperation(
         "KubeKMS answers POST / only (AWS JSON 1.1 KMS requests and STS query requests)".to_owned(),
     );
@@ -705,7 +771,6 @@ impl Server {
             })
         });
         let graceful = GracefulShutdown::new();
-        let router = api_router(Arc::clone(&state));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -734,15 +799,14 @@ impl Server {
                     };
                     let _ = stream.set_nodelay(true);
                     let watcher = graceful.watcher();
-                    let router = router.clone();
+                    let state = Arc::clone(&state);
                     let builder = Arc::clone(&builder);
                     let tls = tls.clone();
                     let handshake_timeout = state.config.handshake_timeout;
                     tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
-                            request.extensions_mut().insert(SourceAddress(peer));
-                            let mut router = router.clone();
-                            async move { router.call(request.map(Body::new)).await }
+                        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                            let state = Arc::clone(&state);
+                            async move { Ok::<_, std::convert::Infallible>(api(&state, Some(peer), request).await) }
                         });
                         let served = match tls {
                             None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
@@ -804,11 +868,17 @@ pub async fn serve(
         .await
 }
 
+/// The API as an axum router (what [`Server::router`] gives tests): the same [`api`] as
+/// the listener serves, with the peer address from the request's [`SourceAddress`]
+/// extension when a test sets one.
 fn api_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/", post(root).fallback(not_found))
-        .fallback(not_found)
-        .with_state(state)
+    Router::new().fallback(move |request: Request<Body>| {
+        let state = Arc::clone(&state);
+        async move {
+            let source = request.extensions().get::<SourceAddress>().map(|s| s.0);
+            api(&state, source, request).await.map(Body::new)
+        }
+    })
 }
 
 fn health_router(metrics: Arc<ServerMetrics>, readiness: Readiness) -> Router {

@@ -261,3 +261,105 @@ async fn shutdown_lets_in_flight_requests_finish() {
         "its audit record was flushed: {audit}"
     );
 }
+
+/// A client that sends its whole body before reading (as most HTTP clients do) and whose
+/// body is over the limit reads the 413 and its AWS JSON error: the server reads and
+/// discards the rest of the body before it answers, instead of closing on unread data
+/// (which resets the connection under a client still sending). Both ways of framing a
+/// body: a declared Content-Length over the limit (refused before any of it is read) and
+/// a chunked body that crosses the limit while it is read.
+#[tokio::test]
+async fn an_oversized_body_sent_in_full_gets_the_413_reply_not_a_reset() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let h = start().await;
+    // 2 MiB against the default limit of 256 KiB, through a client send buffer of a
+    // fixed 64 KiB (no autotuning): far more than the socket buffers hold, so the client
+    // is still writing when the server has its answer.
+    let body = vec![b' '; 2 * 1024 * 1024];
+    for chunked in [false, true] {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_send_buffer_size(64 * 1024).expect("SO_SNDBUF");
+        let mut stream = socket.connect(h.addr).await.expect("connect");
+        let framing = if chunked {
+            "Transfer-Encoding: chunked".to_owned()
+        } else {
+            format!("Content-Length: {}", body.len())
+        };
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: {ENCRYPT}\r\n{framing}\r\n\r\n",
+            h.addr
+        );
+        let mut wire = head.into_bytes();
+        if chunked {
+            for chunk in body.chunks(64 * 1024) {
+                wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                wire.extend_from_slice(chunk);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            wire.extend_from_slice(&body);
+        }
+        let sent = tokio::time::timeout(Duration::from_secs(30), stream.write_all(&wire))
+            .await
+            .expect("the server reads the body rather than leaving the client blocked");
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        reply.extend_from_slice(&buf[..n]);
+                        if complete_reply(&reply) {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .expect("a reply within 30 s");
+        assert!(
+            sent.is_ok() && read.is_ok(),
+            "chunked={chunked}: sending {sent:?}, reading {read:?}, got {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+        let text = String::from_utf8_lossy(&reply);
+        let (head, json) = text.split_once("\r\n\r\n").expect("a full reply");
+        assert!(
+            head.starts_with("HTTP/1.1 413 "),
+            "chunked={chunked}: {head}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("x-amzn-requestid: "),
+            "{head}"
+        );
+        assert_eq!(
+            error_type(json.as_bytes()),
+            "RequestEntityTooLargeException",
+            "chunked={chunked}"
+        );
+    }
+    let good = br#"{"KeyId":"alias/app","Plaintext":"aGVsbG8="}"#;
+    let (status, _, _) = send(app(&h, Some(ENCRYPT), good), false).await;
+    assert_eq!(status, 200, "the server is still up");
+    h.stop().await;
+}
+
+/// Whether `reply` holds a whole HTTP/1.1 reply with a Content-Length body.
+fn complete_reply(reply: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(reply);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .is_some_and(|length| body.len() >= length)
+}

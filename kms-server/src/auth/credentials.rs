@@ -32,7 +32,8 @@ use crate::principal::{CredentialKind, Principal};
 
 /// A secret and the identity it authenticates.
 pub struct Credential {
-    principal: Principal,
+    /// Shared with the audit record of every request it signs.
+    principal: Arc<Principal>,
     secret: SecretBytes,
     /// The signing key of the last scope used: requests of one day, one region and one
     /// service all hit it, so the hot path computes one HMAC, not five.
@@ -52,7 +53,7 @@ impl Credential {
     #[must_use]
     pub fn new(principal: Principal, secret: SecretBytes) -> Self {
         Self {
-            principal,
+            principal: Arc::new(principal),
             secret,
             signing_key: RwLock::new(None),
         }
@@ -61,6 +62,12 @@ impl Credential {
     /// Who it acts as.
     #[must_use]
     pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Who it acts as, shared (the audit record keeps it without copying).
+    #[must_use]
+    pub fn shared_principal(&self) -> &Arc<Principal> {
         &self.principal
     }
 

@@ -120,7 +120,7 @@ impl Authenticator {
             ));
         }
         let canonical = sigv4::canonical_request(parts, auth.signed_headers, &payload_hash)?;
-        let string_to_sign = sigv4::string_to_sign(amz_date, &auth.scope(), &canonical);
+        let string_to_sign = sigv4::string_to_sign(amz_date, auth.scope(), &canonical);
         let key = credential.signing_key(auth.scope_date, &self.region, service);
         sigv4::verify_signature(&key, &string_to_sign, auth.signature)?;
         Ok(credential)

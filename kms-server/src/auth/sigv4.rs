@@ -41,16 +41,15 @@ pub struct AuthorizationHeader<'a> {
     pub signed_headers: &'a str,
     /// The signature, hex.
     pub signature: &'a str,
+    /// The credential scope as sent, `date/region/service/aws4_request`.
+    pub scope: &'a str,
 }
 
 impl AuthorizationHeader<'_> {
     /// `date/region/service/aws4_request`.
     #[must_use]
-    pub fn scope(&self) -> String {
-        format!(
-            "{}/{}/{}/{}",
-            self.scope_date, self.region, self.service, self.terminator
-        )
+    pub fn scope(&self) -> &str {
+        self.scope
     }
 }
 
@@ -117,12 +116,28 @@ pub fn parse_authorization(headers: &HeaderMap) -> Result<AuthorizationHeader<'_
     if !missing.is_empty() {
         return Err(incomplete(missing.join(" ")));
     }
-    let parts: Vec<&str> = credential.split('/').collect();
-    let [access_key_id, scope_date, region, service, terminator] = parts[..] else {
+    let mut parts = credential.split('/');
+    let (
+        Some(access_key_id),
+        Some(scope_date),
+        Some(region),
+        Some(service),
+        Some(terminator),
+        None,
+    ) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    )
+    else {
         return Err(incomplete(
             "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term",
         ));
     };
+    let scope = &credential[access_key_id.len() + 1..];
     if access_key_id.is_empty() {
         return Err(incomplete("Credential has an empty access key id"));
     }
@@ -134,6 +149,7 @@ pub fn parse_authorization(headers: &HeaderMap) -> Result<AuthorizationHeader<'_
         terminator,
         signed_headers,
         signature,
+        scope,
     })
 }
 
@@ -252,11 +268,26 @@ pub fn check_clock(request_time: OffsetDateTime, now: OffsetDateTime) -> Result<
 /// Lower-case hex of bytes.
 #[must_use]
 pub fn hex_lower(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends the lower-case hex of bytes.
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]]);
+    }
+}
+
+/// The lower-case hex of a SHA-256 digest or HMAC-SHA256, without allocating.
+fn hex32(bytes: &[u8]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
     out
 }
@@ -411,9 +442,9 @@ pub fn canonical_request(
     signed_headers: &str,
     payload_hash: &str,
 ) -> Result<Vec<u8>, AuthError> {
-    let names: Vec<&str> = signed_headers.split(';').collect();
+    let names = || signed_headers.split(';');
     for required in REQUIRED_SIGNED_HEADERS {
-        if !names.contains(required) {
+        if !names().any(|name| name == *required) {
             return Err(incomplete(format!(
                 "SignedHeaders must include '{required}'"
             )));
@@ -422,11 +453,15 @@ pub fn canonical_request(
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b'\n');
-    out.extend_from_slice(&canonical_uri(parts.uri.path()));
+    match parts.uri.path() {
+        // What every AWS JSON request has: nothing to normalize or encode.
+        "/" => out.push(b'/'),
+        path => out.extend_from_slice(&canonical_uri(path)),
+    }
     out.push(b'\n');
     out.extend_from_slice(&canonical_query(parts.uri.query()));
     out.push(b'\n');
-    for name in &names {
+    for name in names() {
         if name.is_empty()
             || !name
                 .bytes()
@@ -438,9 +473,9 @@ pub fn canonical_request(
         }
         out.extend_from_slice(name.as_bytes());
         out.push(b':');
-        let mut values = parts.headers.get_all(*name).iter().peekable();
+        let mut values = parts.headers.get_all(name).iter().peekable();
         if values.peek().is_none() {
-            if *name == "host"
+            if name == "host"
                 && let Some(authority) = parts.uri.authority()
             {
                 // HTTP/2 carries the host in :authority; the SDKs sign it as `host`.
@@ -473,7 +508,7 @@ pub fn canonical_request(
 /// `AWS4-HMAC-SHA256\n<amz-date>\n<scope>\n<hex sha256(canonical request)>`.
 #[must_use]
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> Vec<u8> {
-    let hash = hex_lower(digest::digest(&digest::SHA256, canonical_request).as_ref());
+    let hash = hex32(digest::digest(&digest::SHA256, canonical_request).as_ref());
     let mut out = Vec::with_capacity(ALGORITHM.len() + amz_date.len() + scope.len() + 67);
     out.extend_from_slice(ALGORITHM.as_bytes());
     out.push(b'\n');
@@ -481,7 +516,7 @@ pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> 
     out.push(b'\n');
     out.extend_from_slice(scope.as_bytes());
     out.push(b'\n');
-    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(&hash);
     out
 }
 
@@ -520,9 +555,9 @@ pub fn verify_signature(
     string_to_sign: &[u8],
     signature_hex: &str,
 ) -> Result<(), AuthError> {
-    let expected = hex_lower(hmac::sign(signing_key, string_to_sign).as_ref());
+    let expected = hex32(hmac::sign(signing_key, string_to_sign).as_ref());
     let given = signature_hex.as_bytes();
-    if given.len() == expected.len() && bool::from(expected.as_bytes().ct_eq(given)) {
+    if given.len() == expected.len() && bool::from(expected.ct_eq(given)) {
         Ok(())
     } else {
         Err(invalid(

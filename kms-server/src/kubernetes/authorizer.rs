@@ -60,7 +60,7 @@ impl Default for AuthorizerConfig {
 }
 
 /// One RBAC question (the cache key).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct Question {
     /// Username.
     pub user: String,
@@ -75,6 +75,100 @@ pub struct Question {
     /// The verb.
     pub verb: String,
 }
+
+/// A question with borrowed fields: what a request looks up in the decision cache
+/// without building a [`Question`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QuestionRef<'a> {
+    /// Username.
+    pub user: &'a str,
+    /// Uid.
+    pub uid: Option<&'a str>,
+    /// Groups.
+    pub groups: &'a [String],
+    /// The key's namespace.
+    pub namespace: &'a str,
+    /// The KmsKey's name.
+    pub name: Option<&'a str>,
+    /// The verb.
+    pub verb: &'a str,
+}
+
+impl QuestionRef<'_> {
+    /// The owned question.
+    #[must_use]
+    pub fn to_question(&self) -> Question {
+        Question {
+            user: self.user.to_owned(),
+            uid: self.uid.map(str::to_owned),
+            groups: self.groups.to_vec(),
+            namespace: self.namespace.to_owned(),
+            name: self.name.map(str::to_owned),
+            verb: self.verb.to_owned(),
+        }
+    }
+}
+
+/// What [`Question`] and [`QuestionRef`] have in common: the cache is keyed by
+/// `Question` and looked up by `dyn AsQuestion` (the standard way to look a map up by a
+/// borrowed compound key), so both must hash and compare as their [`QuestionRef`].
+pub trait AsQuestion: Sync {
+    /// The borrowed form.
+    fn as_question(&self) -> QuestionRef<'_>;
+}
+
+impl AsQuestion for Question {
+    fn as_question(&self) -> QuestionRef<'_> {
+        QuestionRef {
+            user: &self.user,
+            uid: self.uid.as_deref(),
+            groups: &self.groups,
+            namespace: &self.namespace,
+            name: self.name.as_deref(),
+            verb: &self.verb,
+        }
+    }
+}
+
+impl AsQuestion for QuestionRef<'_> {
+    fn as_question(&self) -> QuestionRef<'_> {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn AsQuestion + 'a> for Question {
+    fn borrow(&self) -> &(dyn AsQuestion + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn AsQuestion + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_question().hash(state);
+    }
+}
+
+impl PartialEq for dyn AsQuestion + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_question() == other.as_question()
+    }
+}
+
+impl Eq for dyn AsQuestion + '_ {}
+
+impl std::hash::Hash for Question {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_question().hash(state);
+    }
+}
+
+impl PartialEq for Question {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_question() == other.as_question()
+    }
+}
+
+impl Eq for Question {}
 
 impl Question {
     /// The SubjectAccessReview that asks it.
@@ -215,36 +309,54 @@ impl Authorizer for KubeAuthorizer {
             return Ok(allowed);
         }
         let (namespace, name) = match request.resource {
-            Resource::Key(key) => (key.namespace(), Some(key.name().to_owned())),
+            Resource::Key(key) => (key.namespace(), Some(key.name())),
             Resource::Account { namespace } => (namespace, None),
         };
         let principal = request.principal;
-        let question = Question {
-            user: principal.username.clone(),
-            uid: principal.uid.clone(),
-            groups: principal.groups.clone(),
-            namespace: namespace.to_owned(),
+        let question = QuestionRef {
+            user: &principal.username,
+            uid: principal.uid.as_deref(),
+            groups: &principal.groups,
+            namespace,
             name,
             verb: request.action.verb(),
         };
-        let client = self.client.clone();
-        let timeout = self.config.review_timeout;
-        let metrics = self.metrics.clone();
-        let asked = question.clone();
         let (answer, lookup) = self
             .cache
-            .get_or_ask(question, move || {
-                ask(client, asked, timeout, metrics).boxed()
-            })
+            .get_or_ask_with(
+                &question as &dyn AsQuestion,
+                || question.to_question(),
+                |asked| {
+                    ask(
+                        self.client.clone(),
+                        asked.clone(),
+                        self.config.review_timeout,
+                        self.metrics.clone(),
+                    )
+                    .boxed()
+                },
+            )
             .await;
-        match lookup {
-            Lookup::Hit => self.metrics.authz_cache_hits.inc(),
-            Lookup::Miss => self.metrics.authz_cache_misses.inc(),
-            Lookup::Coalesced => self.metrics.authz_coalesced.inc(),
+        // Entries change only when a question is asked (answers expire in place).
+        let asked = match lookup {
+            Lookup::Hit => {
+                self.metrics.authz_cache_hits.inc();
+                false
+            }
+            Lookup::Miss => {
+                self.metrics.authz_cache_misses.inc();
+                true
+            }
+            Lookup::Coalesced => {
+                self.metrics.authz_coalesced.inc();
+                true
+            }
         };
-        self.metrics
-            .authz_cache_entries
-            .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+        if asked {
+            self.metrics
+                .authz_cache_entries
+                .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+        }
         match answer {
             Ok(decision) if decision.allowed => Ok(Allowed::Rbac),
             Ok(decision) => Err(Denied::Forbidden {

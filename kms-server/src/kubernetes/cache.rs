@@ -3,6 +3,7 @@
 //! call. Failures are not cached: the next request asks again. Time is tokio's monotonic
 //! clock (tests pause and advance it).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -132,10 +133,30 @@ impl<K: Hash + Eq + Clone> DecisionCache<K> {
         key: K,
         ask: impl FnOnce() -> BoxFuture<'static, Result<Decision, String>>,
     ) -> (Result<Decision, String>, Lookup) {
+        let question = key.clone();
+        self.get_or_ask_with(&question, move || key, move |_| ask())
+            .await
+    }
+
+    /// As [`DecisionCache::get_or_ask`] for a question given in a borrowed form: a hit
+    /// builds nothing; `key` makes the owned key on a miss, and `ask` asks it.
+    ///
+    /// # Errors
+    /// The error of `ask` (not cached).
+    pub async fn get_or_ask_with<Q>(
+        &self,
+        question: &Q,
+        key: impl FnOnce() -> K,
+        ask: impl FnOnce(&K) -> BoxFuture<'static, Result<Decision, String>>,
+    ) -> (Result<Decision, String>, Lookup)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let now = Instant::now();
         let (asking, lookup) = {
             let mut entries = self.lock();
-            match entries.get(&key) {
+            match entries.get(question) {
                 Some(Entry::Ready {
                     decision, expires, ..
                 }) if *expires > now => {
@@ -143,34 +164,34 @@ impl<K: Hash + Eq + Clone> DecisionCache<K> {
                 }
                 Some(Entry::Pending(asking)) => (asking.clone(), Lookup::Coalesced),
                 _ => {
-                    entries.remove(&key);
+                    entries.remove(question);
                     self.make_room(&mut entries, now);
-                    let asking = ask().shared();
-                    entries.insert(key.clone(), Entry::Pending(asking.clone()));
+                    let key = key();
+                    let asking = ask(&key).shared();
+                    entries.insert(key, Entry::Pending(asking.clone()));
                     (asking, Lookup::Miss)
                 }
             }
         };
         let result = asking.clone().await;
         let mut entries = self.lock();
-        if let Some(Entry::Pending(current)) = entries.get(&key)
-            && current.ptr_eq(&asking)
-        {
+        // Whoever gets the answer first settles the entry, if it is still this question's.
+        let ours = matches!(entries.get(question), Some(Entry::Pending(current)) if current.ptr_eq(&asking));
+        if ours {
             match &result {
                 Ok(decision) if !self.ttl.is_zero() => {
-                    entries.insert(
-                        key,
-                        Entry::Ready {
+                    if let Some(entry) = entries.get_mut(question) {
+                        *entry = Entry::Ready {
                             decision: decision.clone(),
                             expires: Instant::now() + self.ttl,
                             order: self
                                 .answers
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                        },
-                    );
+                        };
+                    }
                 }
                 _ => {
-                    entries.remove(&key);
+                    entries.remove(question);
                 }
             }
         }

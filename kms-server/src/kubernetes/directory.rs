@@ -76,7 +76,8 @@ pub struct View {
     set: Arc<KeySet>,
     accounts: Arc<Accounts>,
     keys: HashMap<String, HashMap<KeyId, Slot>>,
-    grants: HashMap<(String, String), Vec<Arc<EffectiveGrant>>>,
+    /// By namespace, then KmsKey name (looked up without building a key).
+    grants: HashMap<String, HashMap<String, Vec<Arc<EffectiveGrant>>>>,
 }
 
 fn unusable(arn: &Arn, error: &kubekms_k8s::unwrap::UnwrapError) -> KmsError {
@@ -127,18 +128,20 @@ impl View {
                 slots.insert(key_id, slot);
             }
         }
-        let mut grants: HashMap<(String, String), Vec<Arc<EffectiveGrant>>> = HashMap::new();
+        let mut grants: HashMap<String, HashMap<String, Vec<Arc<EffectiveGrant>>>> = HashMap::new();
         for entry in set.keys() {
             for grant in set.grants_for(&entry.namespace, &entry.name) {
                 if let Some(effective) = effective_grant(grant, entry, root) {
                     grants
-                        .entry((entry.namespace.clone(), entry.name.clone()))
+                        .entry(entry.namespace.clone())
+                        .or_default()
+                        .entry(entry.name.clone())
                         .or_default()
                         .push(Arc::new(effective));
                 }
             }
         }
-        for list in grants.values_mut() {
+        for list in grants.values_mut().flat_map(HashMap::values_mut) {
             list.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
         }
         Self {
@@ -165,7 +168,8 @@ impl View {
     #[must_use]
     pub fn grants_for(&self, namespace: &str, name: &str) -> &[Arc<EffectiveGrant>] {
         self.grants
-            .get(&(namespace.to_owned(), name.to_owned()))
+            .get(namespace)
+            .and_then(|keys| keys.get(name))
             .map_or(&[], Vec::as_slice)
     }
 

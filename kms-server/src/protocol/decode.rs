@@ -12,20 +12,12 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use base64::Engine as _;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use kms_core::{EncryptionContext, KmsError, SecretBytes};
 use serde::Deserialize;
 
 use super::operation::ApiOperation;
 use super::request::*;
 use crate::error::ApiError;
-
-/// Base64 as AWS accepts it: the standard alphabet, padding optional.
-const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// Model limits (botocore `kms/2014-11-01/service-2.json`).
 pub mod limits {
@@ -118,6 +110,39 @@ pub mod enums {
 }
 
 type Str<'a> = Option<Cow<'a, str>>;
+
+/// A string member borrowed from the body when it holds no escape (serde never borrows an
+/// `Option<Cow<str>>` by itself, so every plaintext was copied once more).
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(value))
+            }
+            fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(value.to_owned()))
+            }
+            fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(value))
+            }
+        }
+        deserializer.deserialize_str(Visitor).map(BorrowedStr)
+    }
+}
+
+/// `deserialize_with` of every optional string member: null or absent is `None`.
+fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Str<'a>, D::Error> {
+    Ok(Option::<BorrowedStr<'a>>::deserialize(deserializer)?.map(|s| s.0))
+}
 type Context = Option<BTreeMap<String, String>>;
 
 /// AWS's name of a member in validation messages: the first letter in lower case.
@@ -160,6 +185,22 @@ impl Check {
             self.null(member);
         }
         value
+    }
+
+    /// A member that must be present, then checked as [`Check::string`].
+    fn required_string(
+        &mut self,
+        member: &str,
+        value: Str<'_>,
+        bounds: (usize, usize),
+    ) -> Option<String> {
+        let value = self.required(member, value);
+        self.string(member, value, bounds)
+    }
+
+    /// The `KeyId` of an operation on one key.
+    fn key_id(&mut self, value: Str<'_>) -> Option<String> {
+        self.required_string("KeyId", value, limits::KEY_ID)
     }
 
     fn length(&mut self, member: &str, len: usize, (min, max): (usize, usize)) -> bool {
@@ -217,7 +258,7 @@ impl Check {
         bounds: (usize, usize),
     ) -> Result<Option<Vec<u8>>, ApiError> {
         let Some(text) = value else { return Ok(None) };
-        let bytes = BASE64.decode(text.as_bytes()).map_err(|_| {
+        let bytes = super::base64::decode(text.as_bytes()).map_err(|_| {
             ApiError::Serialization(format!(
                 "Value at '{}' is not valid base64",
                 member_path(member)
@@ -226,14 +267,47 @@ impl Check {
         Ok(self.length(member, bytes.len(), bounds).then_some(bytes))
     }
 
-    /// A blob that is secret once decoded (plaintexts, messages).
-    fn secret_blob(
+    /// A blob that must be present.
+    fn required_blob(
+        &mut self,
+        member: &str,
+        value: Str<'_>,
+        bounds: (usize, usize),
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let value = self.required(member, value);
+        self.blob(member, value, bounds)
+    }
+
+    /// A blob that must be present and is secret once decoded (plaintexts, messages).
+    fn required_secret_blob(
         &mut self,
         member: &str,
         value: Str<'_>,
         bounds: (usize, usize),
     ) -> Result<Option<SecretBytes>, ApiError> {
-        Ok(self.blob(member, value, bounds)?.map(SecretBytes::new))
+        Ok(self
+            .required_blob(member, value, bounds)?
+            .map(SecretBytes::new))
+    }
+
+    /// The `CiphertextBlob` of Decrypt and ReEncrypt: required, unless DryRun with the
+    /// IGNORE_CIPHERTEXT modifier. Returns the blob, DryRun and whether the blob is
+    /// ignored.
+    fn ciphertext_blob(
+        &mut self,
+        value: Str<'_>,
+        dry_run: Option<bool>,
+        modifiers: Option<Vec<String>>,
+    ) -> Result<(Option<Vec<u8>>, bool, bool), ApiError> {
+        let ignore_ciphertext = dry_run_ignores_ciphertext(self, modifiers);
+        let dry_run = dry_run.unwrap_or(false);
+        let blob = if dry_run && ignore_ciphertext {
+            value
+        } else {
+            self.required("CiphertextBlob", value)
+        };
+        let blob = self.blob("CiphertextBlob", blob, limits::CIPHERTEXT)?;
+        Ok((blob, dry_run, ignore_ciphertext))
     }
 
     /// An enum: outside the model's set is a violation; in the set but not implemented
@@ -259,6 +333,17 @@ impl Check {
                 None
             }
         }
+    }
+
+    /// An enum member that must be present.
+    fn required_enumeration<T: FromStr>(
+        &mut self,
+        member: &str,
+        value: Str<'_>,
+        set: &[&str],
+    ) -> Option<T> {
+        let value = self.required(member, value);
+        self.enumeration(member, value, set)
     }
 
     fn grant_tokens(&mut self, value: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
@@ -388,13 +473,13 @@ fn page(check: &mut Check, limit: Option<i64>, marker: Str<'_>) -> Page {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct EncryptWire<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_id: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     plaintext: Str<'a>,
     encryption_context: Context,
     grant_tokens: Option<Vec<String>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     encryption_algorithm: Str<'a>,
     dry_run: Option<bool>,
 }
@@ -402,13 +487,13 @@ struct EncryptWire<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DecryptWire<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     ciphertext_blob: Str<'a>,
     encryption_context: Context,
     grant_tokens: Option<Vec<String>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_id: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     encryption_algorithm: Str<'a>,
     recipient: Option<serde_json::Value>,
     dry_run: Option<bool>,
@@ -418,17 +503,17 @@ struct DecryptWire<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct ReEncryptWire<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     ciphertext_blob: Str<'a>,
     source_encryption_context: Context,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     source_key_id: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     destination_key_id: Str<'a>,
     destination_encryption_context: Context,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     source_encryption_algorithm: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     destination_encryption_algorithm: Str<'a>,
     grant_tokens: Option<Vec<String>>,
     dry_run: Option<bool>,
@@ -438,11 +523,11 @@ struct ReEncryptWire<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct GenerateDataKeyWire<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_id: Str<'a>,
     encryption_context: Context,
     number_of_bytes: Option<i64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_spec: Str<'a>,
     grant_tokens: Option<Vec<String>>,
     recipient: Option<serde_json::Value>,
@@ -453,9 +538,9 @@ struct GenerateDataKeyWire<'a> {
 #[serde(rename_all = "PascalCase")]
 struct GenerateDataKeyPairWire<'a> {
     encryption_context: Context,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_id: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_pair_spec: Str<'a>,
     grant_tokens: Option<Vec<String>>,
     recipient: Option<serde_json::Value>,
@@ -466,7 +551,7 @@ struct GenerateDataKeyPairWire<'a> {
 #[serde(rename_all = "PascalCase")]
 struct GenerateRandomWire<'a> {
     number_of_bytes: Option<i64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     custom_key_store_id: Str<'a>,
     recipient: Option<serde_json::Value>,
 }
@@ -474,7 +559,7 @@ struct GenerateRandomWire<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct KeyWire<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_id: Str<'a>,
     grant_tokens: Option<Vec<String>>,
 }
@@ -482,16 +567,16 @@ struct KeyWire<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct SignWire<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_id: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     message: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     message_type: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     signature: Str<'a>,
     grant_tokens: Option<Vec<String>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     signing_algorithm: Str<'a>,
     dry_run: Option<bool>,
 }
@@ -499,13 +584,13 @@ struct SignWire<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct MacWire<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     message: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_id: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     mac_algorithm: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     mac: Str<'a>,
     grant_tokens: Option<Vec<String>>,
     dry_run: Option<bool>,
@@ -514,11 +599,11 @@ struct MacWire<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DeriveSharedSecretWire<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_id: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_agreement_algorithm: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     public_key: Str<'a>,
     grant_tokens: Option<Vec<String>>,
     dry_run: Option<bool>,
@@ -529,18 +614,18 @@ struct DeriveSharedSecretWire<'a> {
 #[serde(rename_all = "PascalCase")]
 struct ListWire<'a> {
     limit: Option<i64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     marker: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     key_id: Str<'a>,
     resource_owners: Option<Vec<String>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     grant_id: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     grantee_principal: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     grantee_service_principal: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     include_key_material: Str<'a>,
 }
 
@@ -568,10 +653,8 @@ pub fn decode(operation: ApiOperation, body: &[u8]) -> Result<KmsRequest, ApiErr
     let request = match operation {
         Op::Encrypt => {
             let w: EncryptWire<'_> = parse(operation, body)?;
-            let key_id = c.required("KeyId", w.key_id);
-            let key_id = c.string("KeyId", key_id, limits::KEY_ID);
-            let plaintext = c.required("Plaintext", w.plaintext);
-            let plaintext = c.secret_blob("Plaintext", plaintext, limits::PLAINTEXT)?;
+            let key_id = c.key_id(w.key_id);
+            let plaintext = c.required_secret_blob("Plaintext", w.plaintext, limits::PLAINTEXT)?;
             let algorithm = c.enumeration(
                 "EncryptionAlgorithm",
                 w.encryption_algorithm,
@@ -595,14 +678,8 @@ pub fn decode(operation: ApiOperation, body: &[u8]) -> Result<KmsRequest, ApiErr
         Op::Decrypt => {
             let w: DecryptWire<'_> = parse(operation, body)?;
             unsupported_recipient(&w.recipient)?;
-            let ignore_ciphertext = dry_run_ignores_ciphertext(&mut c, w.dry_run_modifiers);
-            let dry_run = w.dry_run.unwrap_or(false);
-            let blob = if dry_run && ignore_ciphertext {
-                w.ciphertext_blob
-            } else {
-                c.required("CiphertextBlob", w.ciphertext_blob)
-            };
-            let ciphertext_blob = c.blob("CiphertextBlob", blob, limits::CIPHERTEXT)?;
+            let (ciphertext_blob, dry_run, ignore_ciphertext) =
+                c.ciphertext_blob(w.ciphertext_blob, w.dry_run, w.dry_run_modifiers)?;
             let key_id = c.string("KeyId", w.key_id, limits::KEY_ID);
             let algorithm = c.enumeration(
                 "EncryptionAlgorithm",
@@ -624,17 +701,11 @@ pub fn decode(operation: ApiOperation, body: &[u8]) -> Result<KmsRequest, ApiErr
         }
         Op::ReEncrypt => {
             let w: ReEncryptWire<'_> = parse(operation, body)?;
-            let ignore_ciphertext = dry_run_ignores_ciphertext(&mut c, w.dry_run_modifiers);
-            let dry_run = w.dry_run.unwrap_or(false);
-            let blob = if dry_run && ignore_ciphertext {
-                w.ciphertext_blob
-            } else {
-                c.required("CiphertextBlob", w.ciphertext_blob)
-            };
-            let ciphertext_blob = c.blob("CiphertextBlob", blob, limits::CIPHERTEXT)?;
+            let (ciphertext_blob, dry_run, ignore_ciphertext) =
+                c.ciphertext_blob(w.ciphertext_blob, w.dry_run, w.dry_run_modifiers)?;
             let source_key_id = c.string("SourceKeyId", w.source_key_id, limits::KEY_ID);
-            let destination = c.required("DestinationKeyId", w.destination_key_id);
-            let destination_key_id = c.string("DestinationKeyId", destination, limits::KEY_ID);
+            let destination_key_id =
+                c.required_string("DestinationKeyId", w.destination_key_id, limits::KEY_ID);
             let source_algorithm = c.enumeration(
                 "SourceEncryptionAlgorithm",
                 w.source_encryption_algorithm,
@@ -668,8 +739,7 @@ pub fn decode(operation: ApiOperation, body: &[u8]) -> Result<KmsRequest, ApiErr
         Op::GenerateDataKey | Op::GenerateDataKeyWithoutPlaintext => {
             let w: GenerateDataKeyWire<'_> = parse(operation, body)?;
             unsupported_recipient(&w.recipient)?;
-            let key_id = c.required("KeyId", w.key_id);
-            let key_id = c.string("KeyId", key_id, limits::KEY_ID);
+            let key_id = c.key_id(w.key_id);
             let number_of_bytes =
                 c.integer("NumberOfBytes", w.number_of_bytes, limits::NUMBER_OF_BYTES);
             let key_spec = c.enumeration("KeySpec", w.key_spec, enums::DATA_KEY_SPEC);
@@ -696,10 +766,9 @@ pub fn decode(operation: ApiOperation, body: &[u8]) -> Result<KmsRequest, ApiErr
         Op::GenerateDataKeyPair | Op::GenerateDataKeyPairWithoutPlaintext => {
             let w: GenerateDataKeyPairWire<'_> = parse(operation, body)?;
             unsupported_recipient(&w.recipient)?;
-            let key_id = c.required("KeyId", w.key_id);
-            let key_id = c.string("KeyId", key_id, limits::KEY_ID);
-            let spec = c.required("KeyPairSpec", w.key_pair_spec);
-            let key_pair_spec = c.enumeration("KeyPairSpec", spec, enums::DATA_KEY_PAIR_SPEC);
+            let key_id = c.key_id(w.key_id);
+            let key_pair_spec =
+                c.required_enumeration("KeyPairSpec", w.key_pair_spec, enums::DATA_KEY_PAIR_SPEC);
             let grant_tokens = c.grant_tokens(w.grant_tokens)?;
             let encryption_context = c.context(w.encryption_context)?;
             c.finish()?;
@@ -743,8 +812,7 @@ pub fn decode(operation: ApiOperation, body: &[u8]) -> Result<KmsRequest, ApiErr
         }
         Op::GetPublicKey | Op::DescribeKey => {
             let w: KeyWire<'_> = parse(operation, body)?;
-            let key_id = c.required("KeyId", w.key_id);
-            let key_id = c.string("KeyId", key_id, limits::KEY_ID);
+            let key_id = c.key_id(w.key_id);
             let grant_tokens = c.grant_tokens(w.grant_tokens)?;
             c.finish()?;
             let Some(key_id) = key_id else {
@@ -762,16 +830,16 @@ pub fn decode(operation: ApiOperation, body: &[u8]) -> Result<KmsRequest, ApiErr
         }
         Op::Sign | Op::Verify => {
             let w: SignWire<'_> = parse(operation, body)?;
-            let key_id = c.required("KeyId", w.key_id);
-            let key_id = c.string("KeyId", key_id, limits::KEY_ID);
-            let message = c.required("Message", w.message);
-            let message = c.secret_blob("Message", message, limits::PLAINTEXT)?;
+            let key_id = c.key_id(w.key_id);
+            let message = c.required_secret_blob("Message", w.message, limits::PLAINTEXT)?;
             let message_type = c.enumeration("MessageType", w.message_type, enums::MESSAGE_TYPE);
-            let algorithm = c.required("SigningAlgorithm", w.signing_algorithm);
-            let algorithm = c.enumeration("SigningAlgorithm", algorithm, enums::SIGNING_ALGORITHM);
+            let algorithm = c.required_enumeration(
+                "SigningAlgorithm",
+                w.signing_algorithm,
+                enums::SIGNING_ALGORITHM,
+            );
             let signature = if operation == Op::Verify {
-                let signature = c.required("Signature", w.signature);
-                c.blob("Signature", signature, limits::CIPHERTEXT)?
+                c.required_blob("Signature", w.signature, limits::CIPHERTEXT)?
             } else {
                 None
             };
@@ -809,15 +877,12 @@ pub fn decode(operation: ApiOperation, body: &[u8]) -> Result<KmsRequest, ApiErr
         }
         Op::GenerateMac | Op::VerifyMac => {
             let w: MacWire<'_> = parse(operation, body)?;
-            let message = c.required("Message", w.message);
-            let message = c.secret_blob("Message", message, limits::PLAINTEXT)?;
-            let key_id = c.required("KeyId", w.key_id);
-            let key_id = c.string("KeyId", key_id, limits::KEY_ID);
-            let algorithm = c.required("MacAlgorithm", w.mac_algorithm);
-            let algorithm = c.enumeration("MacAlgorithm", algorithm, enums::MAC_ALGORITHM);
+            let message = c.required_secret_blob("Message", w.message, limits::PLAINTEXT)?;
+            let key_id = c.key_id(w.key_id);
+            let algorithm =
+                c.required_enumeration("MacAlgorithm", w.mac_algorithm, enums::MAC_ALGORITHM);
             let mac = if operation == Op::VerifyMac {
-                let mac = c.required("Mac", w.mac);
-                c.blob("Mac", mac, limits::CIPHERTEXT)?
+                c.required_blob("Mac", w.mac, limits::CIPHERTEXT)?
             } else {
                 None
             };
@@ -853,16 +918,13 @@ pub fn decode(operation: ApiOperation, body: &[u8]) -> Result<KmsRequest, ApiErr
         Op::DeriveSharedSecret => {
             let w: DeriveSharedSecretWire<'_> = parse(operation, body)?;
             unsupported_recipient(&w.recipient)?;
-            let key_id = c.required("KeyId", w.key_id);
-            let key_id = c.string("KeyId", key_id, limits::KEY_ID);
-            let algorithm = c.required("KeyAgreementAlgorithm", w.key_agreement_algorithm);
-            let algorithm = c.enumeration(
+            let key_id = c.key_id(w.key_id);
+            let algorithm = c.required_enumeration(
                 "KeyAgreementAlgorithm",
-                algorithm,
+                w.key_agreement_algorithm,
                 enums::KEY_AGREEMENT_ALGORITHM,
             );
-            let public_key = c.required("PublicKey", w.public_key);
-            let public_key = c.blob("PublicKey", public_key, limits::PUBLIC_KEY)?;
+            let public_key = c.required_blob("PublicKey", w.public_key, limits::PUBLIC_KEY)?;
             let grant_tokens = c.grant_tokens(w.grant_tokens)?;
             c.finish()?;
             let (Some(key_id), Some(algorithm), Some(public_key)) = (key_id, algorithm, public_key)

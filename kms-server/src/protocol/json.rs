@@ -3,8 +3,6 @@
 //! no second pass to escape characters base64 never contains), which matters on the hot
 //! path of Encrypt and Decrypt.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use time::OffsetDateTime;
 
 /// Writes one JSON object; fields are added in order, nesting with `object`/`array`.
@@ -53,15 +51,7 @@ impl JsonWriter {
     pub fn blob(&mut self, name: &str, bytes: &[u8]) -> &mut Self {
         self.name(name);
         self.out.push(b'"');
-        let start = self.out.len();
-        self.out.resize(
-            start + base64::encoded_len(bytes.len(), true).unwrap_or(0),
-            0,
-        );
-        let written = STANDARD
-            .encode_slice(bytes, &mut self.out[start..])
-            .unwrap_or(0);
-        self.out.truncate(start + written);
+        super::base64::encode_into(&mut self.out, bytes);
         self.out.push(b'"');
         self
     }

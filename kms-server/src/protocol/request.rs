@@ -334,24 +334,25 @@ impl KmsRequest {
 
     /// Every encryption context the request carries (for the reserved-prefix rule and
     /// the audit record).
-    #[must_use]
-    pub fn encryption_contexts(&self) -> Vec<&EncryptionContext> {
-        match self {
-            Self::Encrypt(r) => vec![&r.encryption_context],
-            Self::Decrypt(r) => vec![&r.encryption_context],
-            Self::ReEncrypt(r) => vec![
-                &r.source_encryption_context,
-                &r.destination_encryption_context,
-            ],
+    pub fn encryption_contexts(&self) -> impl Iterator<Item = &EncryptionContext> {
+        let (first, second) = match self {
+            Self::Encrypt(r) => (Some(&r.encryption_context), None),
+            Self::Decrypt(r) => (Some(&r.encryption_context), None),
+            Self::ReEncrypt(r) => (
+                Some(&r.source_encryption_context),
+                Some(&r.destination_encryption_context),
+            ),
             Self::GenerateDataKey(r) | Self::GenerateDataKeyWithoutPlaintext(r) => {
-                vec![&r.encryption_context]
+                (Some(&r.encryption_context), None)
             }
             Self::GenerateDataKeyPair(r) | Self::GenerateDataKeyPairWithoutPlaintext(r) => {
-                vec![&r.encryption_context]
+                (Some(&r.encryption_context), None)
             }
-            _ => Vec::new(),
-        }
+            _ => (None, None),
+        };
+        first.into_iter().chain(second)
     }
+
     /// How many grant tokens the request carries.
     #[must_use]
     pub fn grant_token_count(&self) -> usize {

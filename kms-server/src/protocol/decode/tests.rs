@@ -1,3 +1,5 @@
+use base64::Engine as _;
+
 use super::*;
 use crate::protocol::operation::ApiOperation as Op;
 
@@ -409,4 +411,27 @@ fn model_values_kubekms_does_not_implement_are_unsupported() {
         .0,
         "CustomKeyStoreNotFoundException"
     );
+}
+
+/// Blobs and key ids are read in place from the body: a 4 KiB plaintext is not copied
+/// before it is decoded. A member written with JSON escapes (as some encoders write `/`)
+/// still decodes, from a copy.
+#[test]
+fn string_members_are_borrowed_from_the_body_unless_escaped() {
+    let body = br#"{"KeyId":"alias/a","Plaintext":"aGVsbG8="}"#;
+    let wire: EncryptWire<'_> = parse(Op::Encrypt, body).expect("parse");
+    assert!(matches!(wire.key_id, Some(Cow::Borrowed("alias/a"))));
+    assert!(matches!(wire.plaintext, Some(Cow::Borrowed("aGVsbG8="))));
+    let escaped = br#"{"KeyId":"alias\/a","Plaintext":"aGVs\u0062G8=","GrantTokens":null}"#;
+    let wire: EncryptWire<'_> = parse(Op::Encrypt, escaped).expect("parse");
+    assert!(matches!(wire.key_id, Some(Cow::Owned(ref k)) if k == "alias/a"));
+    let KmsRequest::Encrypt(r) = decode(Op::Encrypt, escaped).expect("decode") else {
+        panic!("encrypt")
+    };
+    assert_eq!(r.plaintext.expose(), b"hello");
+    let (name, _) = err(Op::Encrypt, r#"{"KeyId":7,"Plaintext":"aGVsbG8="}"#);
+    assert_eq!(name, "SerializationException");
+    let (name, message) = err(Op::Encrypt, r#"{"KeyId":null,"Plaintext":"aGVsbG8="}"#);
+    assert_eq!(name, "ValidationException");
+    assert!(message.contains("'keyId' failed to satisfy constraint: Member must not be null"));
 }
