@@ -263,9 +263,21 @@ fn main() -> Result<()> {
             print!("{}", export(&StateDir::new(&state_dir), &target)?);
         }
         Command::Verify { root_key, objects } => {
+            let objects = read_objects(&objects)?;
+            if !root_key.exists() {
+                let needed = objects.root_key_ids();
+                return Err(kms_plugin::PluginError::RootKeyMissing {
+                    path: root_key,
+                    what: format!(
+                        "each of the {} KmsKeyMaterial records",
+                        objects.records.len()
+                    ),
+                    needed: needed.keys().cloned().collect::<Vec<_>>().join(", "),
+                }
+                .into());
+            }
             let store = kms_core::keystore::FileKeyStore::open(&root_key)
                 .context("opening the root key")?;
-            let objects = read_objects(&objects)?;
             let verification = verify(&objects, &store);
             print!(
                 "{}",
