@@ -15,9 +15,10 @@
 //! - `wrong_or_lost_root_key`: every component refuses loudly, naming the root key the
 //!   records need and the one given (or the missing path), and no new key is made.
 //!
-//! The ciphertexts and signatures are made and checked by kms-core on keys unwrapped from
-//! the cluster's objects by `kubekms_k8s::unwrap::key_from_objects`, the function the
-//! keyring of kubekms-server and of the plugin's follow mode unwraps with.
+//! On A the ciphertexts and signatures are made by kms-core on keys unwrapped from the
+//! cluster's objects by `kubekms_k8s::unwrap::key_from_objects`, the function the keyring
+//! of kubekms-server and of the plugin's follow mode unwraps with; on B they are checked
+//! the same way and through a real kubekms-server with the AWS SDK for Rust.
 
 mod envelope;
 
@@ -34,7 +35,7 @@ use kms_plugin::client::connect;
 use kms_plugin::pb::StatusRequest;
 use kms_plugin::restore::BackupObjects;
 use kubekms_e2e::drill::{APISERVER_KEY, SYSTEM_NAMESPACE, Site};
-use kubekms_e2e::secret_etcd_key;
+use kubekms_e2e::{kms_server, secret_etcd_key};
 
 const APP: &str = "dr-app";
 
@@ -261,6 +262,188 @@ fn check(name: &str, made: &Made, on_b: &KmsKey, on_a: &KmsKey) -> Result<usize>
     }
 }
 
+/// kubekms-server on `site` with `root_key`, as its ServiceAccount (deploy/rbac), and an
+/// AWS SDK client with a static credential of the user `dr-admin` (cluster-admin, account
+/// `APP`) that trusts the control plane's CA.
+async fn server_and_client(
+    site: &Site,
+    name: &str,
+    root_key: &Path,
+) -> Result<(kms_server::KmsServer, aws_sdk_kms::Client)> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+    let rbac = kubekms_e2e::repo_root().join("deploy/rbac");
+    site.cp
+        .kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
+    site.cp.apply(&serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "dr-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dr-admin"}],
+    }))?;
+    let dir = site.base.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let credential = kms_server::StaticCredential::new("dr-admin", APP);
+    let credentials = dir.join("static-credentials.json");
+    kms_server::write_static_credentials(&credentials, std::slice::from_ref(&credential))?;
+    let cert = kms_server::ServingCert::issue(&site.cp, &dir.join("tls"))?;
+    let server = kms_server::KmsServer::start(
+        &site.cp,
+        name,
+        &kms_server::ServerOptions {
+            root_key: root_key.to_path_buf(),
+            cert: cert.clone(),
+            static_credentials: Some(credentials),
+            authz_cache_seconds: 1,
+            rust_log: "info".to_owned(),
+            dir,
+        },
+    )?;
+    let http_client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(
+                    TrustStore::empty().with_pem_certificate(std::fs::read(&cert.ca_bundle)?),
+                )
+                .build()?,
+        )
+        .build_https();
+    let config = aws_sdk_kms::Config::builder()
+        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .http_client(http_client)
+        .endpoint_url(&server.endpoint)
+        .region(aws_sdk_kms::config::Region::new(kms_server::REGION))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            credential.access_key_id.clone(),
+            credential.secret_access_key.clone(),
+            None,
+            None,
+            "dr-static",
+        ))
+        .build();
+    Ok((server, aws_sdk_kms::Client::from_conf(config)))
+}
+
+/// Checks through kubekms-server on B what A made (key `id` = `namespace/name`, in the
+/// caller's account `APP`): every blob decrypts, A's signatures and MACs verify, the
+/// public keys are A's, and a signature made by the server verifies under A's key.
+async fn check_through_server(
+    kms: &aws_sdk_kms::Client,
+    key_id: &str,
+    made: &Made,
+    on_a: &KmsKey,
+) -> Result<usize> {
+    use aws_sdk_kms::primitives::Blob;
+    use aws_sdk_kms::types::{EncryptionAlgorithmSpec, MacAlgorithmSpec, SigningAlgorithmSpec};
+    let spec = on_a.metadata.spec;
+    let public_key = || async {
+        let answer = kms.get_public_key().key_id(key_id).send().await?;
+        Ok::<_, anyhow::Error>(answer.public_key.map(Blob::into_inner).unwrap_or_default())
+    };
+    match made {
+        Made::Blobs(blobs) => {
+            for (version, plaintext, blob) in blobs {
+                let answer = kms
+                    .decrypt()
+                    .key_id(key_id)
+                    .ciphertext_blob(Blob::new(blob.clone()))
+                    .encryption_context("purpose", "disaster-recovery-drill")
+                    .send()
+                    .await
+                    .with_context(|| format!("server Decrypt of {key_id} v{version}"))?;
+                ensure!(
+                    answer.plaintext.map(Blob::into_inner).as_deref() == Some(plaintext.as_slice()),
+                    "{key_id} v{version}: the server's plaintext differs"
+                );
+            }
+            Ok(blobs.len())
+        }
+        Made::Oaep {
+            plaintext,
+            ciphertext,
+        } => {
+            let answer = kms
+                .decrypt()
+                .key_id(key_id)
+                .ciphertext_blob(Blob::new(ciphertext.clone()))
+                .encryption_algorithm(EncryptionAlgorithmSpec::RsaesOaepSha256)
+                .send()
+                .await
+                .with_context(|| format!("server RSA-OAEP Decrypt of {key_id}"))?;
+            ensure!(
+                answer.plaintext.map(Blob::into_inner).as_deref() == Some(plaintext.as_slice())
+            );
+            Ok(1)
+        }
+        Made::Signature {
+            message,
+            signature,
+            public_key: old,
+        } => {
+            let algorithm = SigningAlgorithmSpec::from(spec.signing_algorithms()[0].as_str());
+            let answer = kms
+                .verify()
+                .key_id(key_id)
+                .message(Blob::new(message.clone()))
+                .message_type(aws_sdk_kms::types::MessageType::Raw)
+                .signature(Blob::new(signature.clone()))
+                .signing_algorithm(algorithm.clone())
+                .send()
+                .await
+                .with_context(|| format!("server Verify of A's signature, {key_id}"))?;
+            ensure!(
+                answer.signature_valid,
+                "{key_id}: A's signature is not valid on B"
+            );
+            ensure!(
+                &public_key().await? == old,
+                "{key_id}: the server's public key is not A's"
+            );
+            let signed = kms
+                .sign()
+                .key_id(key_id)
+                .message(Blob::new(b"signed by the server on B".to_vec()))
+                .message_type(aws_sdk_kms::types::MessageType::Raw)
+                .signing_algorithm(algorithm)
+                .send()
+                .await?;
+            let fresh = signed.signature.map(Blob::into_inner).unwrap_or_default();
+            ops::verify(
+                on_a,
+                b"signed by the server on B",
+                MessageType::Raw,
+                &fresh,
+                spec.signing_algorithms()[0],
+            )
+            .with_context(|| format!("{key_id}: the server's new signature under A's key"))?;
+            Ok(1)
+        }
+        Made::Mac { message, mac } => {
+            let algorithm = MacAlgorithmSpec::from(spec.mac_algorithms()[0].as_str());
+            let answer = kms
+                .verify_mac()
+                .key_id(key_id)
+                .message(Blob::new(message.clone()))
+                .mac(Blob::new(mac.clone()))
+                .mac_algorithm(algorithm)
+                .send()
+                .await
+                .with_context(|| format!("server VerifyMac, {key_id}"))?;
+            ensure!(answer.mac_valid, "{key_id}: A's MAC is not valid on B");
+            Ok(1)
+        }
+        Made::PublicKey(old) => {
+            ensure!(
+                &public_key().await? == old,
+                "{key_id}: the server's public key is not A's"
+            );
+            Ok(1)
+        }
+    }
+}
+
 /// Status of the plugin as kube-apiserver sees it: (healthz, key_id).
 async fn plugin_status(site: &Site) -> Result<(String, String)> {
     let mut client = connect(&site.socket).await?;
@@ -467,6 +650,23 @@ async fn restore_on_a_new_host() -> Result<()> {
         ),
     );
 
+    // The same through kubekms-server on B, started on the root key put back.
+    let (mut server, kms) = server_and_client(&b, "kubekms-server-b", &root_b).await?;
+    let mut through_server = 0;
+    for (id, evidence) in made
+        .iter()
+        .filter(|(id, _)| id.starts_with(&format!("{APP}/")))
+    {
+        let key_id = keys_a[id].key_id().to_string();
+        through_server += check_through_server(&kms, &key_id, evidence, &keys_a[id]).await?;
+    }
+    server.process.stop()?;
+    phase(
+        started,
+        t,
+        &format!("{through_server} checks through kubekms-server on B"),
+    );
+
     // The operator on B runs the keys: a rotation (after the restored Lease of A's
     // operator expired) adds version 4, and every older one still decrypts.
     b.rotate(APP, "sym", "r3", 4)?;
@@ -605,6 +805,20 @@ async fn wrong_or_lost_root_key() -> Result<()> {
     let a = Site::install("a-key")?;
     let needed = FileKeyStore::open(&a.plugin_state.join("root.key"))?.root_key_id();
     a.cp.create_secret("default", "kept", "value-kept")?;
+    create_keys(
+        &a,
+        APP,
+        &[("sym", serde_json::json!({"keySpec": "SYMMETRIC_DEFAULT"}))],
+    )?;
+    let sym_a = unwrap_all(&a, &a.plugin_state.join("root.key"))?
+        .remove(&format!("{APP}/sym"))
+        .ok_or_else(|| anyhow!("no sym"))?;
+    let blob = ops::encrypt(
+        &sym_a,
+        b"kept by an application",
+        &context(),
+        EncryptionAlgorithm::SymmetricDefault,
+    )?;
     let backup = Backup::take(&a)?;
     a.destroy()?;
     phase(started, t, "host A backed up and destroyed");
@@ -736,17 +950,63 @@ async fn wrong_or_lost_root_key() -> Result<()> {
         "operator with the wrong root key: Invalid, naming both, record untouched",
     );
 
+    // kubekms-server on the wrong root key: ready (it serves the keys it can), but the
+    // key answers KeyUnavailableException and its log names both root keys.
+    let (mut server, kms) = server_and_client(&b, "kubekms-server-wrong", &wrong_key).await?;
+    let refused = kms
+        .decrypt()
+        .key_id(sym_a.key_id().to_string())
+        .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob.clone()))
+        .encryption_context("purpose", "disaster-recovery-drill")
+        .send()
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("the server decrypted under the wrong root key"))?
+        .into_service_error();
+    let code = aws_sdk_kms::error::ProvideErrorMetadata::code(&refused)
+        .unwrap_or_default()
+        .to_owned();
+    let text = aws_sdk_kms::error::ProvideErrorMetadata::message(&refused)
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        code == "KeyUnavailableException" && text.contains("wrapped under another root key"),
+        "server answer with the wrong root key: {code}: {text}"
+    );
+    let log = server.process.log();
+    ensure!(
+        log.contains("KmsKeyMaterial not usable") && log.contains(&needed) && log.contains(&wrong),
+        "the server log does not name both root keys:\n{log}"
+    );
+    server.process.stop()?;
+    phase(
+        started,
+        t,
+        "kubekms-server on the wrong root key: KeyUnavailableException, log names both",
+    );
+
     // `--init-root-key` on a restored cluster whose root key is not there: refused, no file.
     let new_key = scratch.path().join("new-root.key");
-    let out = b
+    // Bounded: an operator that accepted would run on; the new file is the evidence.
+    let mut operator = b
         .operator_command(&new_key, &["--init-root-key"])?
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stderr);
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = operator.try_wait()? {
+            break Some(status);
+        }
+        if new_key.exists() || Instant::now() > deadline {
+            let _ = operator.kill();
+            let _ = operator.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(b.cp.log_path("kubekms-operator"))?;
     ensure!(
-        !out.status.success(),
-        "the operator started with a new root key:\n{text}"
+        status.is_some_and(|s| !s.success()),
+        "the operator did not refuse --init-root-key ({status:?}):\n{text}"
     );
     ensure!(!new_key.exists(), "the operator made a new root key");
     ensure!(
