@@ -103,7 +103,8 @@ enum Command {
         name: String,
     },
     /// Check a backup: unwrap every version of every KmsKeyMaterial in OBJECTS under the
-    /// root key file, each bound to its KmsKey, and print one line per key and a summary
+    /// root key file, each bound to its KmsKey (a record whose KmsKey is gone: alone, with
+    /// a note), and print one line per key and a summary
     /// (ids, specs and counts only, never material). Exits non-zero when any key does not
     /// unwrap. OBJECTS: JSON as etcd stores it (`etcdctl get --prefix /registry/kubekms.io/
     /// --print-value-only`) or a `kubectl get kmskeys,kmskeymaterials -A -o json` List;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use kms_core::keystore::RootKeyStore;
 use kms_core::{KeySpec, KeyUsage};
-use kubekms_k8s::unwrap::{key_from_objects, kubernetes_state};
+use kubekms_k8s::unwrap::{key_from_objects, kubernetes_state, unwrap_record};
 use kubekms_k8s::{KmsKey, KmsKeyMaterial};
 use kubekms_keyring::KeyEntry;
 
@@ -111,6 +111,8 @@ pub struct VerifiedKey {
     pub versions: usize,
     /// Why the key is unusable, if it is.
     pub problem: Option<String>,
+    /// Something to know that does not make it unusable (a record without its KmsKey).
+    pub note: Option<String>,
 }
 
 /// What `verify` found.
@@ -142,8 +144,15 @@ impl Verification {
             let _ = match &key.problem {
                 None => writeln!(
                     out,
-                    "ok        {} key {} {} versions {}",
-                    key.object, key.key_id, key.spec, key.versions
+                    "ok        {} key {} {} versions {}{}",
+                    key.object,
+                    key.key_id,
+                    key.spec,
+                    key.versions,
+                    key.note
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
                 ),
                 Some(p) => writeln!(out, "UNUSABLE  {} key {}: {p}", key.object, key.key_id),
             };
@@ -160,7 +169,7 @@ impl Verification {
 }
 
 /// Unwraps every version of every record of `objects` under `store`, each bound to its
-/// KmsKey (a record without its KmsKey is reported unusable: it could not be served).
+/// KmsKey (a record without its KmsKey alone, with a note).
 #[must_use]
 pub fn verify(objects: &BackupObjects, store: &dyn RootKeyStore) -> Verification {
     let keys = objects
@@ -168,11 +177,21 @@ pub fn verify(objects: &BackupObjects, store: &dyn RootKeyStore) -> Verification
         .iter()
         .map(|((namespace, name), record)| {
             let object = format!("{namespace}/{name}");
-            let checked = match objects.keys.get(&(namespace.clone(), name.clone())) {
-                None => Err(format!("no KmsKey {object} in the backup")),
-                Some(key) => key_from_objects(key, record, store)
-                    .map(|k| k.shared_materials().len())
-                    .map_err(|e| e.to_string()),
+            // A record whose KmsKey is gone (its finalizer forced away) still holds
+            // material that must unwrap: it is checked alone and noted.
+            let (checked, note) = match objects.keys.get(&(namespace.clone(), name.clone())) {
+                None => (
+                    unwrap_record(record, store)
+                        .map(|m| m.len())
+                        .map_err(|e| e.to_string()),
+                    Some(format!("no KmsKey {object}")),
+                ),
+                Some(key) => (
+                    key_from_objects(key, record, store)
+                        .map(|k| k.shared_materials().len())
+                        .map_err(|e| e.to_string()),
+                    None,
+                ),
             };
             VerifiedKey {
                 object,
@@ -180,6 +199,7 @@ pub fn verify(objects: &BackupObjects, store: &dyn RootKeyStore) -> Verification
                 spec: KeySpec::from(record.spec.key_spec).as_str().to_owned(),
                 versions: *checked.as_ref().unwrap_or(&0),
                 problem: checked.err(),
+                note,
             }
         })
         .collect();

@@ -51,7 +51,10 @@ async fn init_over_existing_records_is_refused_naming_their_root_key() {
         .err()
         .expect("records need the backup's root key");
     assert!(
-        matches!(err, RootKeyError::RecordsNeedAnotherRootKey { records: 2, .. }),
+        matches!(
+            err,
+            RootKeyError::RecordsNeedAnotherRootKey { records: 2, .. }
+        ),
         "{err}"
     );
     let text = err.to_string();
@@ -83,6 +86,9 @@ async fn without_init_a_missing_file_is_an_error_naming_it() {
         .await
         .err()
         .expect("missing");
-    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
     assert!(!path.exists());
 }

@@ -142,7 +142,7 @@ fn a_folder_that_lost_its_root_key_says_which_one_it_needs() {
 }
 
 #[test]
-fn verify_counts_every_version_and_a_record_without_its_key() {
+fn verify_counts_every_version_also_of_a_record_without_its_key() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, json) = backup(tmp.path());
     let store = a.open_root_key().expect("root key");
@@ -160,13 +160,13 @@ fn verify_counts_every_version_and_a_record_without_its_key() {
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": record_only});
     let objects = BackupObjects::parse(&list.to_string()).expect("parse list");
     let verification = verify(&objects, &store);
-    assert_eq!(verification.unusable(), 1);
+    assert_eq!((verification.unusable(), verification.versions()), (0, 2));
+    let report = verification.report(&store.root_key_id());
     assert!(
-        verification
-            .report(&store.root_key_id())
-            .contains("no KmsKey kube-system/apiserver-key"),
-        "{}",
-        verification.report(&store.root_key_id())
+        report.contains("versions 2 (no KmsKey kube-system/apiserver-key)"),
+        "{report}"
     );
+    let other = FileKeyStore::init(&tmp.path().join("other.key")).expect("another root key");
+    assert_eq!(verify(&objects, &other).unusable(), 1);
     assert!(BackupObjects::parse("{not json").is_err());
 }
