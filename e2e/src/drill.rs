@@ -99,6 +99,27 @@ pub fn put_back_root_key(from: &Path, to: &Path) -> Result<()> {
     set_mode(to, 0o600)
 }
 
+/// `hack/dr-check-backup.sh`: the runbook's check of a backup (a scratch etcd restored
+/// from `snapshot`, `kubekms-plugin verify` with `root_key`). Its output, whatever its exit.
+///
+/// # Errors
+/// When the script cannot be run.
+pub fn check_backup(snapshot: &Path, root_key: &Path) -> Result<std::process::Output> {
+    let plugin_bin = sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
+    Command::new(repo_root().join("hack/dr-check-backup.sh"))
+        .arg("--snapshot")
+        .arg(snapshot)
+        .arg("--root-key")
+        .arg(root_key)
+        .arg("--tools-bin")
+        .arg(crate::process::tools_bin()?)
+        .arg("--plugin-bin")
+        .arg(plugin_bin)
+        .stdin(Stdio::null())
+        .output()
+        .context("running hack/dr-check-backup.sh")
+}
+
 /// How a restore went when it was expected to fail: the text `control-plane.sh up`
 /// printed (with the plugin's log tail) and the plugin's whole log.
 #[derive(Debug)]

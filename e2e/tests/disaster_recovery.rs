@@ -577,8 +577,17 @@ async fn restore_on_a_new_host() -> Result<()> {
         a.cp.kubectl(["get", "kmskeymaterials", "-A", "-o", "json"])?
             .stdout;
 
-    // Backup, then the disaster: A and its folder are gone.
+    // Backup, checked as the runbook says, then the disaster: A and its folder are gone.
     let backup = Backup::take(&a)?;
+    let checked = kubekms_e2e::drill::check_backup(&backup.snapshot(), &backup.root_key())?;
+    let report = String::from_utf8_lossy(&checked.stdout);
+    ensure!(
+        checked.status.success()
+            && report.contains(&format!("{} keys, ", keys_a.len()))
+            && report.contains("; 0 unusable"),
+        "hack/dr-check-backup.sh: {report}\n{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     a.destroy()?;
     phase(started, t, "snapshot and root key saved; host A destroyed");
 
@@ -826,6 +835,18 @@ async fn wrong_or_lost_root_key() -> Result<()> {
     let scratch = tempfile::tempdir()?;
     let wrong_key = scratch.path().join("wrong-root.key");
     let wrong = FileKeyStore::init(&wrong_key)?.root_key_id();
+
+    // The backup check with the wrong root key fails, naming both root keys.
+    let checked = kubekms_e2e::drill::check_backup(&backup.snapshot(), &wrong_key)?;
+    let report = String::from_utf8_lossy(&checked.stdout);
+    ensure!(
+        !checked.status.success()
+            && report.contains(&format!(
+                "wrapped under root key {needed}, but this root key is {wrong}"
+            )),
+        "hack/dr-check-backup.sh with the wrong root key: {report}\n{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
 
     // A wrong root key: `verify` (the runbook's check before anything is written) refuses,
     // naming the root key the records need and the one given; the plugin never starts and
