@@ -233,8 +233,8 @@ impl Site {
         // control-plane.sh runs this after etcd is up and before kube-apiserver, with
         // KUBEKMS_ETCD_ENDPOINT set: the runbook's steps 4 to 6.
         let plugin_cmd = format!(
-            "set -e; {etcdctl} --endpoints \"$KUBEKMS_ETCD_ENDPOINT\" get --prefix /registry/kubekms.io/ --print-value-only > {objects}; \
-             {plugin} verify --root-key {root} --objects {objects}; \
+            "set -e -o pipefail; {etcdctl} --endpoints \"$KUBEKMS_ETCD_ENDPOINT\" get --prefix /registry/kubekms.io/ --print-value-only \
+             | tee {objects} | {plugin} verify --root-key {root} --objects -; \
              {plugin} restore --state-dir {state} --follow {target} --objects {objects}; \
              {serve}",
             etcdctl = sh_quote(&tools.join("etcdctl")),
