@@ -30,7 +30,9 @@
 #                         log is logs/kms-plugin.log and `down` stops it. With --kms-socket,
 #                         `up` waits for that socket to appear before starting the apiserver.
 #                         It runs with KUBECONFIG set to the admin kubeconfig (written
-#                         before it starts; the API server is not up yet).
+#                         before it starts; the API server is not up yet) and
+#                         KUBEKMS_ETCD_ENDPOINT set to etcd's URL (a restore reads the
+#                         plugin's KmsKeyMaterial from etcd before serving).
 #   --etcd-port N, --etcd-peer-port N, --apiserver-port N
 #                         fixed loopback ports (default: free ports picked at random);
 #                         a busy port is an immediate error
@@ -38,6 +40,9 @@
 #   --watch-pid PID       tear everything down when process PID exits (used by tests so
 #                         nothing outlives them, even after SIGKILL)
 #   --tools-bin DIR       use binaries from DIR instead of running hack/tools/build.sh
+#   --etcd-snapshot FILE  restore etcd from FILE (`etcdctl snapshot save` output) with
+#                         `etcdutl snapshot restore` into a new etcd-data/ before etcd
+#                         starts (docs/disaster-recovery.md); refused if etcd-data/ exists
 #
 # Everything lives in the state folder: pki/, etcd-data/, logs/<process>.log, pids/,
 # kubeconfig, encryption-config.yaml, and env (KEY=VALUE lines read by the e2e harness and
@@ -395,7 +400,9 @@ do_up() {
     TOOLS_BIN="$("${HACK_DIR}/tools/build.sh" --print-dir)"
   fi
   local b
-  for b in etcd etcdctl kube-apiserver kubectl; do
+  local -a needed=(etcd etcdctl kube-apiserver kubectl)
+  [[ -z "${ETCD_SNAPSHOT}" ]] || needed+=(etcdutl)
+  for b in "${needed[@]}"; do
     [[ -x "${TOOLS_BIN}/${b}" ]] || die "${TOOLS_BIN}/${b} is missing; run hack/tools/build.sh"
   done
   command -v openssl >/dev/null || die "openssl is not installed (run hack/install-deps.sh)"
@@ -454,6 +461,18 @@ do_up() {
   fi
 
   log "state folder: ${STATE}"
+  if [[ -n "${ETCD_SNAPSHOT}" ]]; then
+    [[ -f "${ETCD_SNAPSHOT}" ]] || die "--etcd-snapshot ${ETCD_SNAPSHOT}: no such file"
+    [[ ! -e "${STATE}/etcd-data" ]] || die "--etcd-snapshot: ${STATE}/etcd-data exists; a restore needs a new data folder"
+    log "restoring etcd from ${ETCD_SNAPSHOT} into ${STATE}/etcd-data"
+    "${TOOLS_BIN}/etcdutl" snapshot restore "${ETCD_SNAPSHOT}" \
+      --data-dir "${STATE}/etcd-data" \
+      --name kubekms-local \
+      --initial-cluster "kubekms-local=http://127.0.0.1:${ETCD_PEER_PORT}" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORT}" \
+      >>"${STATE}/logs/etcd-restore.log" 2>&1 ||
+      die "etcdutl snapshot restore failed; see ${STATE}/logs/etcd-restore.log"
+  fi
   log "starting etcd on ${etcd_url} (log: ${STATE}/logs/etcd.log)"
   start_proc etcd "${TOOLS_BIN}/etcd" \
     --name kubekms-local \
@@ -470,7 +489,8 @@ do_up() {
     log "starting KMS plugin: ${PLUGIN_CMD} (log: ${STATE}/logs/kms-plugin.log)"
     # The kubeconfig exists already (a plugin that follows the API server may use it); the
     # API server itself comes up after the plugin.
-    KUBECONFIG="${STATE}/kubeconfig" start_proc kms-plugin bash -c "${PLUGIN_CMD}"
+    KUBECONFIG="${STATE}/kubeconfig" KUBEKMS_ETCD_ENDPOINT="${etcd_url}" \
+      start_proc kms-plugin bash -c "${PLUGIN_CMD}"
   fi
   local enc_args=()
   if [[ -n "${KMS_SOCKET}" ]]; then
@@ -526,7 +546,7 @@ KMS_SOCKET="${KUBEKMS_KMS_SOCKET:-}"
 KMS_SOCKET_FROM_ENV=false
 [[ -z "${KMS_SOCKET}" ]] || KMS_SOCKET_FROM_ENV=true
 PLUGIN_CMD="${KUBEKMS_PLUGIN_CMD:-}"
-ETCD_PORT="" ETCD_PEER_PORT="" APISERVER_PORT="" WATCH_PID="" TOOLS_BIN=""
+ETCD_PORT="" ETCD_PEER_PORT="" APISERVER_PORT="" WATCH_PID="" TOOLS_BIN="" ETCD_SNAPSHOT=""
 TIMEOUT="${KUBEKMS_CONTROL_PLANE_TIMEOUT:-90}"
 PROC_NAME=""
 declare -a PROC_CMD=()
@@ -546,6 +566,7 @@ while (($#)); do
     --timeout) TIMEOUT="${2:?}"; shift 2 ;;
     --watch-pid) WATCH_PID="${2:?}"; shift 2 ;;
     --tools-bin) TOOLS_BIN="${2:?}"; shift 2 ;;
+    --etcd-snapshot) ETCD_SNAPSHOT="${2:?}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --)
       [[ "${cmd}" == start-process ]] || die "'--' is for start-process only (see --help)"

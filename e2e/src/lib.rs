@@ -19,6 +19,7 @@
 //!
 //! Each test runs in a namespace of its own (see [`in_namespace`]), deleted afterwards.
 
+pub mod drill;
 pub mod kms_server;
 pub mod process;
 
@@ -325,16 +326,30 @@ impl ControlPlane {
             "-f".as_ref(),
             crds.as_os_str(),
         ])?;
-        self.kubectl([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/kmskeys.kubekms.io",
-            "crd/kmskeymaterials.kubekms.io",
-            "crd/kmsaliases.kubekms.io",
-            "crd/kmsgrants.kubekms.io",
-        ])?;
-        Ok(())
+        // `kubectl wait --for=condition=...` fails at once, instead of waiting, on a CRD
+        // whose status has no conditions yet (".status.conditions accessor error: <nil>"):
+        // seen under load right after the apply. Asked again until the deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.kubectl([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/kmskeys.kubekms.io",
+                "crd/kmskeymaterials.kubekms.io",
+                "crd/kmsaliases.kubekms.io",
+                "crd/kmsgrants.kubekms.io",
+            ]) {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if format!("{e:#}").contains(".status.conditions accessor error")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Writes to `path` a kubeconfig for this API server that authenticates as the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned Kubernetes and etcd binaries from their Go modules:
 #   kube-apiserver, kubectl   (hack/tools/kubernetes/go.mod)
-#   etcd, etcdctl             (hack/tools/etcd/go.mod)
+#   etcd, etcdctl, etcdutl    (hack/tools/etcd/go.mod; etcdutl restores snapshots)
 #
 # Binaries land in ${KUBEKMS_TOOLS_CACHE:-$HOME/.cache/kubekms/tools}/<key>/bin, where
 # <key> is a hash of the pins (go.mod, go.sum), this script and the Go version, so a
@@ -61,7 +61,7 @@ finish() {
 
 all_present() {
   local b
-  for b in kube-apiserver kubectl etcd etcdctl; do
+  for b in kube-apiserver kubectl etcd etcdctl etcdutl; do
     [[ -x "${bin}/${b}" ]] || return 1
   done
 }
@@ -101,11 +101,12 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 start=${SECONDS}
-log "building etcd, etcdctl (hack/tools/etcd) into ${dest}"
+log "building etcd, etcdctl, etcdutl (hack/tools/etcd) into ${dest}"
 (
   cd "${TOOLS_DIR}/etcd"
   go build -trimpath -ldflags="-s -w" -o "${tmp}/bin/etcd" go.etcd.io/etcd/server/v3
   go build -trimpath -ldflags="-s -w" -o "${tmp}/bin/etcdctl" go.etcd.io/etcd/etcdctl/v3
+  go build -trimpath -ldflags="-s -w" -o "${tmp}/bin/etcdutl" go.etcd.io/etcd/etcdutl/v3
 )
 log "etcd done after $((SECONDS - start))s; building kube-apiserver, kubectl ${KUBE_VERSION} (a first build with empty Go caches takes about 12 min on 2 cores)"
 (

@@ -45,6 +45,23 @@ pub enum PluginError {
     /// The state folder was never initialised.
     #[error("the state folder {0} is not initialised; run `kubekms-plugin init --state-dir {0}`")]
     NotInitialized(PathBuf),
+    /// The root key file is gone from a folder (or a restore) whose records need it.
+    #[error(
+        "the root key file {path} is missing, and {what} is wrapped under root key {needed}: \
+         put back the root.key of your backup (32 bytes, mode 0600, owned by this user). Do not \
+         run `kubekms-plugin init`: a new root key unwraps none of the existing material"
+    )]
+    RootKeyMissing {
+        /// Where the root key should be.
+        path: PathBuf,
+        /// What needs it (`the active key <id>`, `KmsKeyMaterial ns/name`).
+        what: String,
+        /// The fingerprint of the root key it needs (not secret).
+        needed: String,
+    },
+    /// `restore` cannot rebuild the folder from the objects given.
+    #[error("restore: {0}")]
+    Restore(String),
     /// `init` would overwrite something.
     #[error("{0} already exists; refusing to overwrite a state folder (keys would be lost)")]
     AlreadyInitialized(PathBuf),
@@ -105,6 +122,8 @@ impl PluginError {
             Self::UnknownKey(_) | Self::UnknownVersion { .. } => Code::NotFound,
             Self::NoKey(_)
             | Self::NotInitialized(_)
+            | Self::RootKeyMissing { .. }
+            | Self::Restore(_)
             | Self::StateFolder(_)
             | Self::FollowedKey { .. }
             | Self::KeySwitch { .. } => Code::FailedPrecondition,

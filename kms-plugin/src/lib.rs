@@ -12,6 +12,8 @@
 //! - [`follow`]: follow mode: a KmsKey and its KmsKeyMaterial through the keyring
 //!   (`kubekms-keyring`), into memory and the state folder; the heartbeat Lease; `export`
 //!   of the bootstrap key for the operator.
+//! - [`restore`]: disaster recovery: `verify` a root key against a backup's records, and
+//!   `restore` a state folder on a new host from a restored etcd (docs/disaster-recovery.md).
 //! - [`client`]: a client over the Unix socket (tests, benchmarks, `status` subcommand).
 //!
 //! See docs/plugin.md.
@@ -21,6 +23,7 @@ pub mod error;
 pub mod follow;
 pub mod http2;
 pub mod metrics;
+pub mod restore;
 pub mod server;
 pub mod service;
 pub mod state;

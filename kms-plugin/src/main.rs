@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use kms_plugin::follow::{FollowConfig, FollowTarget, HeartbeatConfig, export, follow};
 use kms_plugin::metrics::Metrics;
+use kms_plugin::restore::{read_objects, restore, verify};
 use kms_plugin::server::{ServeConfig, serve, shutdown_signal};
 use kms_plugin::{Plugin, StateDir, format_key_id};
 use time::OffsetDateTime;
@@ -100,6 +101,32 @@ enum Command {
         /// Name of the KmsKey (and of its KmsKeyMaterial).
         #[arg(long)]
         name: String,
+    },
+    /// Check a backup: unwrap every version of every KmsKeyMaterial in OBJECTS under the
+    /// root key file, each bound to its KmsKey (a record whose KmsKey is gone: alone, with
+    /// a note), and print one line per key and a summary
+    /// (ids, specs and counts only, never material). Exits non-zero when any key does not
+    /// unwrap. OBJECTS: JSON as etcd stores it (`etcdctl get --prefix /registry/kubekms.io/
+    /// --print-value-only`) or a `kubectl get kmskeys,kmskeymaterials -A -o json` List;
+    /// `-` for standard input.
+    Verify {
+        #[arg(long)]
+        root_key: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        objects: PathBuf,
+    },
+    /// Rebuild a state folder on a new host from a restored etcd, before kube-apiserver
+    /// starts: the folder holds only the root key put back from the backup; the followed
+    /// KmsKey's record (from OBJECTS, as for `verify`) is checked to unwrap under it and
+    /// written as the active key, as follow mode would. Then `serve --follow` the same key.
+    Restore {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The KmsKey the plugin follows (NAMESPACE/NAME).
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        follow: FollowTarget,
+        #[arg(long, value_name = "FILE")]
+        objects: PathBuf,
     },
     /// Ask a running plugin for its Status (as kube-apiserver does).
     Status {
@@ -235,6 +262,53 @@ fn main() -> Result<()> {
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!(e))?;
             print!("{}", export(&StateDir::new(&state_dir), &target)?);
+        }
+        Command::Verify { root_key, objects } => {
+            let objects = read_objects(&objects)?;
+            if !root_key.exists() {
+                let needed = objects.root_key_ids();
+                return Err(kms_plugin::PluginError::RootKeyMissing {
+                    path: root_key,
+                    what: format!(
+                        "each of the {} KmsKeyMaterial records",
+                        objects.records.len()
+                    ),
+                    needed: needed.keys().cloned().collect::<Vec<_>>().join(", "),
+                }
+                .into());
+            }
+            let store = kms_core::keystore::FileKeyStore::open(&root_key)
+                .context("opening the root key")?;
+            let verification = verify(&objects, &store);
+            print!(
+                "{}",
+                verification.report(&kms_core::keystore::RootKeyStore::root_key_id(&store))
+            );
+            if verification.keys.is_empty() {
+                anyhow::bail!("no KmsKeyMaterial in the objects given: nothing was verified");
+            }
+            if verification.unusable() > 0 {
+                anyhow::bail!(
+                    "{} of {} keys do not unwrap under {}",
+                    verification.unusable(),
+                    verification.keys.len(),
+                    root_key.display()
+                );
+            }
+        }
+        Command::Restore {
+            state_dir,
+            follow: target,
+            objects,
+        } => {
+            let objects = read_objects(&objects)?;
+            let restored = restore(&StateDir::new(&state_dir), &target, &objects)?;
+            println!(
+                "restored {}: KmsKey {target}, {} versions, key_id {}",
+                state_dir.display(),
+                restored.versions,
+                restored.key_id
+            );
         }
         Command::Status { socket } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

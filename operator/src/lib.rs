@@ -28,6 +28,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod protection;
 pub mod reencrypt;
+pub mod root_key;
 pub mod run;
 pub mod server;
 

@@ -9,11 +9,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use kms_core::ArnScope;
-use kms_core::keystore::{FileKeyStore, RootKeyStore};
+use kms_core::keystore::RootKeyStore;
 use kubekms_operator::clients::{Clients, clients};
 use kubekms_operator::clock::ALLOW_TEST_CLOCK_ENV;
 use kubekms_operator::leader::{LeaderElector, LeaseConfig};
 use kubekms_operator::reencrypt::ReencryptConfig;
+use kubekms_operator::root_key::open_or_init;
 use kubekms_operator::run::{run_controllers, until_shutdown};
 use kubekms_operator::server::{Health, serve};
 use kubekms_operator::{Clock, Context, Metrics, OffsetFileClock, SystemClock};
@@ -27,6 +28,7 @@ struct Args {
     #[arg(long, env = "KUBEKMS_ROOT_KEY")]
     root_key: PathBuf,
     /// Create the root key file if it does not exist (first start of a new installation).
+    /// Refused when KmsKeyMaterial records exist: they need the root key of the backup.
     #[arg(long)]
     init_root_key: bool,
     /// Watch only this namespace (default: every namespace).
@@ -147,12 +149,6 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
     let clock = clock(&args)?;
-    let root_keys: Arc<dyn RootKeyStore> = if args.init_root_key && !args.root_key.exists() {
-        tracing::info!(path = %args.root_key.display(), "creating a new root key");
-        Arc::new(FileKeyStore::init(&args.root_key).context("creating the root key")?)
-    } else {
-        Arc::new(FileKeyStore::open(&args.root_key).context("opening the root key")?)
-    };
     let config = kube::Config::infer()
         .await
         .context("reading the Kubernetes client configuration")?;
@@ -162,6 +158,14 @@ async fn main() -> anyhow::Result<()> {
         rewrites: rewrite_client,
     } = clients(config, Duration::from_secs(args.api_read_timeout_seconds))
         .context("building the Kubernetes clients")?;
+    let root_keys: Arc<dyn RootKeyStore> = open_or_init(
+        &args.root_key,
+        args.init_root_key,
+        &client,
+        args.namespace.as_deref(),
+    )
+    .await
+    .context("the root key")?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
 

@@ -248,6 +248,15 @@ impl StateDir {
     pub fn open_root_key(&self) -> Result<FileKeyStore, PluginError> {
         let path = self.root_key_path();
         if !path.exists() {
+            // A folder with keys but no root key lost it (a restore that forgot it, a wrong
+            // path): say which root key the keys need, never suggest `init`.
+            if let Ok(record) = self.active_record() {
+                return Err(PluginError::RootKeyMissing {
+                    path,
+                    what: format!("the active key {}", record.key_id),
+                    needed: record.root_key_id,
+                });
+            }
             return Err(PluginError::NotInitialized(self.root.clone()));
         }
         FileKeyStore::open(&path).map_err(PluginError::Core)

@@ -1,0 +1,94 @@
+//! `--init-root-key` against the fake API server: a root key is created only when no
+//! KmsKeyMaterial exists; with records (a restored cluster whose root key was not put back)
+//! the operator refuses and names the root key they need; a hung API server is not taken
+//! for an empty one.
+
+mod fake_api;
+
+use fake_api::{FakeApi, NAMESPACE};
+use kubekms_k8s::KmsKeyMaterial;
+use kubekms_operator::root_key::{RootKeyError, open_or_init};
+use serde_json::json;
+
+fn record(name: &str, root_key_id: &str) -> KmsKeyMaterial {
+    serde_json::from_value(json!({
+        "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKeyMaterial",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "keyId": "0d41a7c2-5b1e-4c3a-9f10-2b3c4d5e6f70", "keySpec": "SYMMETRIC_DEFAULT",
+            "keyUsage": "ENCRYPT_DECRYPT", "origin": "AWS_KMS",
+            "createdAt": "2026-12-01T00:00:00Z", "rootKeyId": root_key_id, "versions": [],
+        },
+    }))
+    .expect("record")
+}
+
+#[tokio::test]
+async fn init_on_an_empty_cluster_creates_the_root_key() {
+    let (client, _fake) = FakeApi::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("root.key");
+    let store = open_or_init(&path, true, &client, Some(NAMESPACE))
+        .await
+        .expect("a new installation");
+    assert!(path.is_file());
+    // The second start opens the same key.
+    let again = open_or_init(&path, true, &client, Some(NAMESPACE))
+        .await
+        .expect("open");
+    assert_eq!(store.root_key_id(), again.root_key_id());
+}
+
+#[tokio::test]
+async fn init_over_existing_records_is_refused_naming_their_root_key() {
+    let (client, fake) = FakeApi::start();
+    fake.put_record(&record("a", "5f3a9c0e12d4b7a8"));
+    fake.put_record(&record("b", "5f3a9c0e12d4b7a8"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("root.key");
+    let err = open_or_init(&path, true, &client, Some(NAMESPACE))
+        .await
+        .err()
+        .expect("records need the backup's root key");
+    assert!(
+        matches!(
+            err,
+            RootKeyError::RecordsNeedAnotherRootKey { records: 2, .. }
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("5f3a9c0e12d4b7a8 (2 records)"), "{text}");
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(!path.exists(), "no root key may be created");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_api_server_is_not_an_empty_cluster() {
+    let (client, fake) = FakeApi::start();
+    fake.stall();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("root.key");
+    let err = open_or_init(&path, true, &client, Some(NAMESPACE))
+        .await
+        .err()
+        .expect("no answer");
+    assert!(matches!(err, RootKeyError::CannotList(_)), "{err}");
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn without_init_a_missing_file_is_an_error_naming_it() {
+    let (client, _fake) = FakeApi::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("root.key");
+    let err = open_or_init(&path, false, &client, Some(NAMESPACE))
+        .await
+        .err()
+        .expect("missing");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(!path.exists());
+}
