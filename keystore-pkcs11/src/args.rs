@@ -74,6 +74,17 @@ impl RootKeyLocation {
         })
     }
 
+    /// Whether the root key exists: the file, or both key objects in the token.
+    ///
+    /// # Errors
+    /// `KeyUnavailableException` when the token cannot be asked.
+    pub fn exists(&self) -> KmsResult<bool> {
+        match self {
+            Self::File(path) => Ok(path.exists()),
+            Self::Pkcs11(config) => Pkcs11KeyStore::root_keys_present(config),
+        }
+    }
+
     /// Creates the root key (file or token objects).
     ///
     /// # Errors

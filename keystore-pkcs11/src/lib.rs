@@ -409,6 +409,30 @@ impl Pkcs11KeyStore {
         Self::with_module(config, pkcs11, pin)
     }
 
+    /// Whether the token holds the root keys (both objects); for the operator's
+    /// `--init-root-key`, which creates them only when absent.
+    ///
+    /// # Errors
+    /// `KeyUnavailableException` when the token cannot be reached or logged into, or holds
+    /// one root key object without the other.
+    pub fn root_keys_present(config: &Pkcs11Config) -> KmsResult<bool> {
+        let pin = read_pin(config)?;
+        let pkcs11 = load(config)?;
+        let slot = find_slot(&pkcs11, config)?;
+        let session = pkcs11
+            .open_ro_session(slot)
+            .map_err(|e| config.unavailable(describe(&e)))?;
+        login(&session, &pin, config)?;
+        let wrap = find_key(&session, config, WRAP_KEY_LABEL)?.is_some();
+        let derive = find_key(&session, config, DERIVE_KEY_LABEL)?.is_some();
+        if wrap != derive {
+            return Err(config.unavailable(format_args!(
+                "the token holds only one of the key objects {WRAP_KEY_LABEL:?} and {DERIVE_KEY_LABEL:?}"
+            )));
+        }
+        Ok(wrap)
+    }
+
     /// Opens the root keys of a token initialized by [`Pkcs11KeyStore::init`].
     ///
     /// # Errors

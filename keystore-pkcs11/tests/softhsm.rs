@@ -268,7 +268,17 @@ fn a_second_open_unwraps_and_derives_the_same_keys() {
 #[test]
 fn init_twice_is_refused() {
     in_own_softhsm("init_twice_is_refused", |token| {
+        let location = RootKeyLocation::Pkcs11(token.config());
+        assert!(
+            !location.exists().expect("ask the token"),
+            "no keys before init"
+        );
         let store = Pkcs11KeyStore::init(&token.config()).expect("init");
+        assert!(location.exists().expect("ask the token"), "keys after init");
+        let Err(err) = location.init() else {
+            panic!("init through the flags over existing keys");
+        };
+        assert_eq!(err.aws_exception_name(), "AlreadyExistsException");
         let err = Pkcs11KeyStore::init(&token.config()).expect_err("second init");
         assert_eq!(err.aws_exception_name(), "AlreadyExistsException");
         assert!(err.to_string().contains(WRAP_KEY_LABEL), "{err}");

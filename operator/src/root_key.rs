@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kms_core::keystore::{FileKeyStore, RootKeyStore};
+use keystore_pkcs11::args::RootKeyLocation;
+use kms_core::keystore::RootKeyStore;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use kubekms_k8s::KmsKeyMaterial;
@@ -69,8 +70,28 @@ pub async fn open_or_init(
     client: &Client,
     namespace: Option<&str>,
 ) -> Result<Arc<dyn RootKeyStore>, RootKeyError> {
-    if !init || path.exists() {
-        return Ok(Arc::new(FileKeyStore::open(path)?));
+    open_or_init_at(
+        &RootKeyLocation::File(path.to_owned()),
+        init,
+        client,
+        namespace,
+    )
+    .await
+}
+
+/// As [`open_or_init`] for a root key file or root keys in a PKCS#11 token (created in
+/// the token under the same guard).
+///
+/// # Errors
+/// [`RootKeyError`].
+pub async fn open_or_init_at(
+    location: &RootKeyLocation,
+    init: bool,
+    client: &Client,
+    namespace: Option<&str>,
+) -> Result<Arc<dyn RootKeyStore>, RootKeyError> {
+    if !init || location.exists()? {
+        return Ok(location.open()?);
     }
     let api: Api<KmsKeyMaterial> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -90,11 +111,11 @@ pub async fn open_or_init(
     };
     if !records.is_empty() {
         return Err(RootKeyError::RecordsNeedAnotherRootKey {
-            path: path.display().to_string(),
+            path: location.to_string(),
             records: records.len(),
             needed: describe_root_keys(&records),
         });
     }
-    tracing::info!(path = %path.display(), "creating a new root key (no KmsKeyMaterial exists)");
-    Ok(Arc::new(FileKeyStore::init(path)?))
+    tracing::info!(root_key = %location, "creating a new root key (no KmsKeyMaterial exists)");
+    Ok(location.init()?)
 }
