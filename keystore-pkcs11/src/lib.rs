@@ -228,7 +228,10 @@ fn find_slot(pkcs11: &Pkcs11, config: &Pkcs11Config) -> KmsResult<Slot> {
         if label == config.token_label {
             return Ok(slot);
         }
-        labels.push(label);
+        // SoftHSM2 and others show a free slot with an uninitialized, unlabelled token.
+        if info.token_initialized() {
+            labels.push(label);
+        }
     }
     Err(config.unavailable(format_args!(
         "no token has this label; the module shows tokens {labels:?}"

@@ -70,8 +70,8 @@ pub struct Settings {
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The root key could not be opened.
-    #[error("{path}: {error}")]
+    /// The root key could not be opened (the store's error names the file or token).
+    #[error("{error}")]
     RootKey {
         /// Its path.
         path: String,
