@@ -25,11 +25,11 @@ pub enum RootKeyError {
     #[error(
         "refusing to create a new root key at {path}: the cluster holds {records} KmsKeyMaterial \
          records wrapped under root key {needed}, which a new root key cannot unwrap. Put back \
-         the root key file of your backup at {path} (32 bytes, mode 0600) and start without \
-         --init-root-key"
+         the root key of your backup at {path} (a root key file: 32 bytes, mode 0600; a \
+         PKCS#11 token: its keys from the HSM's own backup) and start without --init-root-key"
     )]
     RecordsNeedAnotherRootKey {
-        /// The root key path given.
+        /// Where the root key was looked for (a file or a PKCS#11 token).
         path: String,
         /// How many records exist.
         records: usize,
