@@ -68,7 +68,7 @@ pub fn plugin_fixture() -> &'static PluginFixture {
         let root = dir.path().join("plugin-state");
         copy_private(&fixtures().join("plugin-state"), &root);
         let state = StateDir::new(&root);
-        let store = state.open_root_key().expect("root key");
+        let store = FileKeyStore::open(&root.join("root.key")).expect("root key");
         let plugin = Plugin::open(StateDir::new(&root), Arc::new(Metrics::new())).expect("open");
         let active: ActiveKey = serde_json::from_slice(
             &std::fs::read(root.join("active-key.json")).expect("active-key.json"),

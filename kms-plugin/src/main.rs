@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use keystore_pkcs11::args::{Pkcs11Args, RootKeyLocation};
 use kms_plugin::follow::{FollowConfig, FollowTarget, HeartbeatConfig, export, follow};
 use kms_plugin::metrics::Metrics;
 use kms_plugin::restore::{read_objects, restore, verify};
@@ -42,6 +43,11 @@ enum Command {
     Init {
         #[arg(long)]
         state_dir: PathBuf,
+        /// Generate the root keys in this PKCS#11 token instead of a root.key file; the
+        /// folder records where they are (root-key-pkcs11.json), so later commands need
+        /// no flags.
+        #[command(flatten)]
+        pkcs11: Pkcs11Args,
     },
     /// Rotate the active key on demand: a new material version becomes current (running
     /// servers on this folder pick it up within seconds; kube-apiserver within a minute).
@@ -110,8 +116,15 @@ enum Command {
     /// --print-value-only`) or a `kubectl get kmskeys,kmskeymaterials -A -o json` List;
     /// `-` for standard input.
     Verify {
-        #[arg(long)]
-        root_key: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "pkcs11_module",
+            conflicts_with = "pkcs11_module"
+        )]
+        root_key: Option<PathBuf>,
+        /// The root key is in this PKCS#11 token instead of a file.
+        #[command(flatten)]
+        pkcs11: Pkcs11Args,
         #[arg(long, value_name = "FILE")]
         objects: PathBuf,
     },
@@ -153,9 +166,9 @@ fn main() -> Result<()> {
     init_tracing(cli.log_format);
     let now = OffsetDateTime::now_utc();
     match cli.command {
-        Command::Init { state_dir } => {
+        Command::Init { state_dir, pkcs11 } => {
             let dir = StateDir::new(&state_dir);
-            let key = dir.init(now)?;
+            let key = dir.init_with(now, pkcs11.config().as_ref())?;
             println!(
                 "initialised {}: key {key}, key_id {}",
                 state_dir.display(),
@@ -263,12 +276,19 @@ fn main() -> Result<()> {
                 .map_err(|e: String| anyhow::anyhow!(e))?;
             print!("{}", export(&StateDir::new(&state_dir), &target)?);
         }
-        Command::Verify { root_key, objects } => {
+        Command::Verify {
+            root_key,
+            pkcs11,
+            objects,
+        } => {
             let objects = read_objects(&objects)?;
-            if !root_key.exists() {
+            let location = RootKeyLocation::from_flags(root_key.unwrap_or_default(), &pkcs11);
+            if let RootKeyLocation::File(root_key) = &location
+                && !root_key.exists()
+            {
                 let needed = objects.root_key_ids();
                 return Err(kms_plugin::PluginError::RootKeyMissing {
-                    path: root_key,
+                    path: root_key.clone(),
                     what: format!(
                         "each of the {} KmsKeyMaterial records",
                         objects.records.len()
@@ -277,13 +297,9 @@ fn main() -> Result<()> {
                 }
                 .into());
             }
-            let store = kms_core::keystore::FileKeyStore::open(&root_key)
-                .context("opening the root key")?;
-            let verification = verify(&objects, &store);
-            print!(
-                "{}",
-                verification.report(&kms_core::keystore::RootKeyStore::root_key_id(&store))
-            );
+            let store = location.open().context("opening the root key")?;
+            let verification = verify(&objects, &*store);
+            print!("{}", verification.report(&store.root_key_id()));
             if verification.keys.is_empty() {
                 anyhow::bail!("no KmsKeyMaterial in the objects given: nothing was verified");
             }
@@ -292,7 +308,7 @@ fn main() -> Result<()> {
                     "{} of {} keys do not unwrap under {}",
                     verification.unusable(),
                     verification.keys.len(),
-                    root_key.display()
+                    location
                 );
             }
         }

@@ -242,7 +242,7 @@ pub fn restore(
         .get(&id)
         .ok_or_else(|| PluginError::Restore(format!("no KmsKey {target} in the objects given")))?;
     let root_key = dir.path().join(crate::state::ROOT_KEY_FILE);
-    if !root_key.exists() {
+    if !dir.has_root_key() {
         return Err(PluginError::RootKeyMissing {
             path: root_key,
             what: format!("KmsKeyMaterial {target}"),
@@ -256,7 +256,8 @@ pub fn restore(
         )));
     }
     let store = dir.open_root_key()?;
-    let key = key_from_objects(object, record, &store)
+    let store = &*store;
+    let key = key_from_objects(object, record, store)
         .map_err(|e| PluginError::Restore(format!("KmsKey {target}: {e}")))?;
     if key.metadata.spec != KeySpec::SymmetricDefault
         || key.metadata.usage != KeyUsage::EncryptDecrypt

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use keystore_pkcs11::args::{Pkcs11Args, RootKeyLocation};
 use kms_core::ArnScope;
 use kubekms_server::Transport;
 use kubekms_server::kubernetes::{AuditTarget, Settings, run};
@@ -20,8 +21,16 @@ use kubekms_server::kubernetes::{AuditTarget, Settings, run};
 )]
 struct Args {
     /// The root key file (32 bytes, mode 0600): the one the operator wraps material under.
-    #[arg(long, env = "KUBEKMS_ROOT_KEY")]
-    root_key: PathBuf,
+    #[arg(
+        long,
+        env = "KUBEKMS_ROOT_KEY",
+        required_unless_present = "pkcs11_module",
+        conflicts_with = "pkcs11_module"
+    )]
+    root_key: Option<PathBuf>,
+    /// Or the root keys in a PKCS#11 token (the operator's token).
+    #[command(flatten)]
+    pkcs11: Pkcs11Args,
     /// Address of the KMS and STS API.
     #[arg(long, env = "KUBEKMS_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
@@ -112,7 +121,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         path => AuditTarget::File(PathBuf::from(path)),
     };
     Ok(Settings {
-        root_key: args.root_key,
+        root_key: RootKeyLocation::from_flags(args.root_key.unwrap_or_default(), &args.pkcs11),
         kubeconfig: args.kubeconfig,
         listen: args.listen,
         transport,

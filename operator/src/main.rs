@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use keystore_pkcs11::args::{Pkcs11Args, RootKeyLocation};
 use kms_core::ArnScope;
 use kms_core::keystore::RootKeyStore;
 use kubekms_operator::clients::{Clients, clients};
 use kubekms_operator::clock::ALLOW_TEST_CLOCK_ENV;
 use kubekms_operator::leader::{LeaderElector, LeaseConfig};
 use kubekms_operator::reencrypt::ReencryptConfig;
-use kubekms_operator::root_key::open_or_init;
+use kubekms_operator::root_key::open_or_init_at;
 use kubekms_operator::run::{run_controllers, until_shutdown};
 use kubekms_operator::server::{Health, serve};
 use kubekms_operator::{Clock, Context, Metrics, OffsetFileClock, SystemClock};
@@ -25,8 +26,16 @@ use tokio::sync::watch;
 #[command(version, about)]
 struct Args {
     /// The root key file (32 bytes, mode 0600) that wraps all key material.
-    #[arg(long, env = "KUBEKMS_ROOT_KEY")]
-    root_key: PathBuf,
+    #[arg(
+        long,
+        env = "KUBEKMS_ROOT_KEY",
+        required_unless_present = "pkcs11_module",
+        conflicts_with = "pkcs11_module"
+    )]
+    root_key: Option<PathBuf>,
+    /// Or the root keys in a PKCS#11 token (generated there by --init-root-key).
+    #[command(flatten)]
+    pkcs11: Pkcs11Args,
     /// Create the root key file if it does not exist (first start of a new installation).
     /// Refused when KmsKeyMaterial records exist: they need the root key of the backup.
     #[arg(long)]
@@ -158,8 +167,10 @@ async fn main() -> anyhow::Result<()> {
         rewrites: rewrite_client,
     } = clients(config, Duration::from_secs(args.api_read_timeout_seconds))
         .context("building the Kubernetes clients")?;
-    let root_keys: Arc<dyn RootKeyStore> = open_or_init(
-        &args.root_key,
+    let location =
+        RootKeyLocation::from_flags(args.root_key.clone().unwrap_or_default(), &args.pkcs11);
+    let root_keys: Arc<dyn RootKeyStore> = open_or_init_at(
+        &location,
         args.init_root_key,
         &client,
         args.namespace.as_deref(),

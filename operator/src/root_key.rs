@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kms_core::keystore::{FileKeyStore, RootKeyStore};
+use keystore_pkcs11::args::RootKeyLocation;
+use kms_core::keystore::RootKeyStore;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use kubekms_k8s::KmsKeyMaterial;
@@ -24,11 +25,11 @@ pub enum RootKeyError {
     #[error(
         "refusing to create a new root key at {path}: the cluster holds {records} KmsKeyMaterial \
          records wrapped under root key {needed}, which a new root key cannot unwrap. Put back \
-         the root key file of your backup at {path} (32 bytes, mode 0600) and start without \
-         --init-root-key"
+         the root key of your backup at {path} (a root key file: 32 bytes, mode 0600; a \
+         PKCS#11 token: its keys from the HSM's own backup) and start without --init-root-key"
     )]
     RecordsNeedAnotherRootKey {
-        /// The root key path given.
+        /// Where the root key was looked for (a file or a PKCS#11 token).
         path: String,
         /// How many records exist.
         records: usize,
@@ -69,8 +70,28 @@ pub async fn open_or_init(
     client: &Client,
     namespace: Option<&str>,
 ) -> Result<Arc<dyn RootKeyStore>, RootKeyError> {
-    if !init || path.exists() {
-        return Ok(Arc::new(FileKeyStore::open(path)?));
+    open_or_init_at(
+        &RootKeyLocation::File(path.to_owned()),
+        init,
+        client,
+        namespace,
+    )
+    .await
+}
+
+/// As [`open_or_init`] for a root key file or root keys in a PKCS#11 token (created in
+/// the token under the same guard).
+///
+/// # Errors
+/// [`RootKeyError`].
+pub async fn open_or_init_at(
+    location: &RootKeyLocation,
+    init: bool,
+    client: &Client,
+    namespace: Option<&str>,
+) -> Result<Arc<dyn RootKeyStore>, RootKeyError> {
+    if !init || location.exists()? {
+        return Ok(location.open()?);
     }
     let api: Api<KmsKeyMaterial> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -90,11 +111,11 @@ pub async fn open_or_init(
     };
     if !records.is_empty() {
         return Err(RootKeyError::RecordsNeedAnotherRootKey {
-            path: path.display().to_string(),
+            path: location.to_string(),
             records: records.len(),
             needed: describe_root_keys(&records),
         });
     }
-    tracing::info!(path = %path.display(), "creating a new root key (no KmsKeyMaterial exists)");
-    Ok(Arc::new(FileKeyStore::init(path)?))
+    tracing::info!(root_key = %location, "creating a new root key (no KmsKeyMaterial exists)");
+    Ok(location.init()?)
 }

@@ -24,7 +24,8 @@ use crate::state::StateDir;
 pub fn export(dir: &StateDir, target: &FollowTarget) -> Result<String, PluginError> {
     let record = dir.active_record()?;
     let store = dir.open_root_key()?;
-    let key = crate::state::record_to_key(&store, &record)?;
+    let store = &*store;
+    let key = crate::state::record_to_key(store, &record)?;
     let parse = |what: &str, text: &str| PluginError::StateFolder(format!("{what} {text:?}"));
     let spec: KeySpec = record
         .key_spec
@@ -50,7 +51,7 @@ pub fn export(dir: &StateDir, target: &FollowTarget) -> Result<String, PluginErr
             ))
         })?;
         let wrapped = kms_core::keystore::RootKeyStore::wrap(
-            &store,
+            store,
             &crate::state::wrap_context(&key.metadata, Some(&owner), v.version),
             material.serialized(),
         )
@@ -77,7 +78,7 @@ pub fn export(dir: &StateDir, target: &FollowTarget) -> Result<String, PluginErr
             key_usage: KeyUsageName::from(usage),
             origin: OriginName::from(origin),
             created_at: record.created.clone(),
-            root_key_id: kms_core::keystore::RootKeyStore::root_key_id(&store),
+            root_key_id: kms_core::keystore::RootKeyStore::root_key_id(store),
             versions,
             on_demand_rotations: record.on_demand_rotations,
             last_on_demand_token: None,

@@ -150,7 +150,7 @@ pub async fn follow(plugin: Plugin, config: FollowConfig, mut stop: watch::Recei
         stop.clone(),
     ));
     let _abort_heartbeat = AbortOnDrop(beating);
-    let root: Arc<dyn RootKeyStore> = Arc::new(root);
+    let root: Arc<dyn RootKeyStore> = root;
     let (keyring, mut snapshots) =
         Keyring::start_with_metrics(watch_client, root, keyring_config, metrics);
     let mut follower = Some(Follower::new(target.clone(), config.allow_key_switch));

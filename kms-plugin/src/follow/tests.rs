@@ -54,8 +54,7 @@ fn snapshot(
     key: Option<&KmsKey>,
     material: Option<&KmsKeyMaterial>,
 ) -> Arc<KeySet> {
-    let store: Arc<dyn RootKeyStore> =
-        Arc::new(plugin.state_dir().open_root_key().expect("root key"));
+    let store: Arc<dyn RootKeyStore> = plugin.state_dir().open_root_key().expect("root key");
     KeySetBuilder::new(store, Arc::new(KeyringMetrics::new())).build(&Objects {
         keys: key.map(|k| Arc::new(k.clone())).into_iter().collect(),
         records: material.map(|m| Arc::new(m.clone())).into_iter().collect(),
@@ -173,7 +172,7 @@ fn export_is_adopted_with_the_same_key_id_and_material() {
                 .expect("base64"),
         )
         .expect("the exported version unwraps as the KmsKey's");
-    let local_key = crate::state::record_to_key(&store, &local).expect("local");
+    let local_key = crate::state::record_to_key(&*store, &local).expect("local");
     assert_eq!(
         &exported,
         local_key.material(1).expect("v1").serialized(),

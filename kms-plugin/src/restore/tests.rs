@@ -147,7 +147,7 @@ fn verify_counts_every_version_also_of_a_record_without_its_key() {
     let (a, json) = backup(tmp.path());
     let store = a.open_root_key().expect("root key");
     let objects = BackupObjects::parse(&json).expect("parse");
-    let verification = verify(&objects, &store);
+    let verification = verify(&objects, &*store);
     assert_eq!((verification.keys.len(), verification.versions()), (1, 2));
     assert_eq!(verification.unusable(), 0);
 
@@ -159,7 +159,7 @@ fn verify_counts_every_version_also_of_a_record_without_its_key() {
         .collect();
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": record_only});
     let objects = BackupObjects::parse(&list.to_string()).expect("parse list");
-    let verification = verify(&objects, &store);
+    let verification = verify(&objects, &*store);
     assert_eq!((verification.unusable(), verification.versions()), (0, 2));
     let report = verification.report(&store.root_key_id());
     assert!(

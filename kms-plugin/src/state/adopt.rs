@@ -205,7 +205,7 @@ impl StateDir {
             let (Some(store), Some(metadata)) = (&store, &metadata) else {
                 continue;
             };
-            let material = unwrap_version(store, old, metadata, version)?;
+            let material = unwrap_version(&**store, old, metadata, version)?;
             if let Some(material) = &material {
                 check_keeps_versions(target, [(version.version, material)], key)?;
             }

@@ -6,7 +6,10 @@
 //!
 //! ```text
 //! <state-dir>/            mode 0700, owned by the plugin's user (checked on every load)
-//!   root.key              32 random bytes, 0600 (kms-core FileKeyStore)
+//!   root.key              32 random bytes, 0600 (kms-core FileKeyStore); or, when the root
+//!                         key is in an HSM:
+//!   root-key-pkcs11.json  {"format":1,"module":..,"token_label":..,"pin_file":..}, 0600: where
+//!                         the PKCS#11 store (kubekms-keystore-pkcs11) finds the root keys
 //!   active-key.json       {"format":1,"key_id":"<uuid>","source":"local"}: the key Encrypt uses
 //!   keys/<uuid>.json      one record per key: metadata + every retained material version,
 //!                         each wrapped under the root key with the key's identity as AAD
@@ -29,6 +32,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use keystore_pkcs11::{Pkcs11Config, Pkcs11KeyStore};
 use kms_core::keystore::{FileKeyStore, RootKeyStore};
 use kms_core::{KeyId, KeySpec, KeyUsage, KmsKey, RotationType};
 use time::OffsetDateTime;
@@ -45,6 +49,8 @@ use record::{SeededRecord, fmt_time, parse_time};
 
 /// File name of the root key.
 pub const ROOT_KEY_FILE: &str = "root.key";
+/// File naming the PKCS#11 token that holds the root keys, in place of [`ROOT_KEY_FILE`].
+pub const PKCS11_FILE: &str = "root-key-pkcs11.json";
 /// File naming the key that Encrypt uses.
 pub const ACTIVE_KEY_FILE: &str = "active-key.json";
 /// Folder of key records.
@@ -147,6 +153,16 @@ impl StateDir {
         self.root.join(ROOT_KEY_FILE)
     }
 
+    fn pkcs11_path(&self) -> PathBuf {
+        self.root.join(PKCS11_FILE)
+    }
+
+    /// Whether the folder names a root key: the file, or a PKCS#11 token.
+    #[must_use]
+    pub fn has_root_key(&self) -> bool {
+        self.root_key_path().exists() || self.pkcs11_path().exists()
+    }
+
     pub(crate) fn active_path(&self) -> PathBuf {
         self.root.join(ACTIVE_KEY_FILE)
     }
@@ -178,14 +194,48 @@ impl StateDir {
     /// # Errors
     /// `AlreadyInitialized`, or I/O and key-store errors.
     pub fn init(&self, now: OffsetDateTime) -> Result<KeyId, PluginError> {
-        for existing in [self.active_path(), self.root_key_path()] {
+        self.init_with(now, None)
+    }
+
+    /// As [`StateDir::init`], with the root keys generated in the PKCS#11 token `pkcs11`
+    /// (recorded in [`PKCS11_FILE`]) when given, else in a root key file.
+    ///
+    /// # Errors
+    /// As [`StateDir::init`]; `AlreadyExists` when the token already holds root keys.
+    pub fn init_with(
+        &self,
+        now: OffsetDateTime,
+        pkcs11: Option<&Pkcs11Config>,
+    ) -> Result<KeyId, PluginError> {
+        for existing in [self.active_path(), self.root_key_path(), self.pkcs11_path()] {
             if existing.exists() {
                 return Err(PluginError::AlreadyInitialized(existing));
             }
         }
         files::ensure_private_folder(&self.root)?;
         let _lock = self.lock()?;
-        let store = FileKeyStore::init(&self.root_key_path()).map_err(PluginError::Core)?;
+        let store: Box<dyn RootKeyStore> = match pkcs11 {
+            None => Box::new(FileKeyStore::init(&self.root_key_path()).map_err(PluginError::Core)?),
+            Some(config) => {
+                let config = Pkcs11Config {
+                    module: absolute(&config.module)?,
+                    token_label: config.token_label.clone(),
+                    pin_file: absolute(&config.pin_file)?,
+                };
+                let store = Pkcs11KeyStore::init(&config).map_err(PluginError::Core)?;
+                let record = Pkcs11Record {
+                    format: FORMAT,
+                    module: config.module.display().to_string(),
+                    token_label: config.token_label.clone(),
+                    pin_file: config.pin_file.display().to_string(),
+                };
+                let bytes = serde_json::to_vec_pretty(&record)
+                    .map_err(|e| PluginError::StateFolder(e.to_string()))?;
+                write_atomic(&self.pkcs11_path(), &bytes)?;
+                Box::new(store)
+            }
+        };
+        let store = &*store;
         let key_id = KeyId::generate().map_err(PluginError::Core)?;
         let mut key = KmsKey::generate(
             key_id,
@@ -195,7 +245,7 @@ impl StateDir {
         )
         .map_err(PluginError::Core)?;
         key.metadata.description = "KubeKMS bootstrap key for kube-apiserver (local state)".into();
-        self.write_key(&store, &key, SOURCE_LOCAL)?;
+        self.write_key(store, &key, SOURCE_LOCAL)?;
         self.write_active(&ActiveKey {
             format: FORMAT,
             key_id: key_id.to_string(),
@@ -215,6 +265,7 @@ impl StateDir {
         }
         let _lock = self.lock()?;
         let store = self.open_root_key()?;
+        let store = &*store;
         let active = self.read_active()?;
         let record = self.read_record(&active)?;
         if record.source == SOURCE_KUBERNETES {
@@ -224,11 +275,11 @@ impl StateDir {
                 record.kubernetes_object.as_deref().unwrap_or("?")
             )));
         }
-        let mut key = record_to_key(&store, &record)?;
+        let mut key = record_to_key(store, &record)?;
         let version = key
             .rotate(now, RotationType::OnDemand)
             .map_err(PluginError::Core)?;
-        self.write_key(&store, &key, &record.source)?;
+        self.write_key(store, &key, &record.source)?;
         Ok((active, version))
     }
 
@@ -245,9 +296,22 @@ impl StateDir {
     ///
     /// # Errors
     /// `KeyUnavailable` from the key store.
-    pub fn open_root_key(&self) -> Result<FileKeyStore, PluginError> {
+    pub fn open_root_key(&self) -> Result<Arc<dyn RootKeyStore>, PluginError> {
         let path = self.root_key_path();
         if !path.exists() {
+            if let Some(bytes) = read_private(&self.pkcs11_path())? {
+                let record: Pkcs11Record = serde_json::from_slice(&bytes).map_err(|e| {
+                    PluginError::StateFolder(format!("{}: {e}", self.pkcs11_path().display()))
+                })?;
+                let config = Pkcs11Config {
+                    module: record.module.into(),
+                    token_label: record.token_label,
+                    pin_file: record.pin_file.into(),
+                };
+                return Ok(Arc::new(
+                    Pkcs11KeyStore::open(&config).map_err(PluginError::Core)?,
+                ));
+            }
             // A folder with keys but no root key lost it (a restore that forgot it, a wrong
             // path): say which root key the keys need, never suggest `init`.
             if let Ok(record) = self.active_record() {
@@ -259,7 +323,9 @@ impl StateDir {
             }
             return Err(PluginError::NotInitialized(self.root.clone()));
         }
-        FileKeyStore::open(&path).map_err(PluginError::Core)
+        Ok(Arc::new(
+            FileKeyStore::open(&path).map_err(PluginError::Core)?,
+        ))
     }
 
     fn parse_active(&self, bytes: &[u8]) -> Result<(KeyId, ActiveKey), PluginError> {
@@ -370,7 +436,7 @@ impl StateDir {
             .collect();
         paths.sort();
         let before = cache.records.len();
-        let mut store: Option<Result<FileKeyStore, String>> = None;
+        let mut store: Option<Result<Arc<dyn RootKeyStore>, String>> = None;
         let mut records = BTreeMap::new();
         for (path, key_id) in paths {
             let bytes = match read_private(&path) {
@@ -393,7 +459,7 @@ impl StateDir {
                 store.get_or_insert_with(|| self.open_root_key().map_err(|e| e.to_string()));
             let loaded = match store {
                 Ok(store) => Self::parse_record(&path, &key_id, &bytes)
-                    .and_then(|record| LoadedKey::from_record(store, &record)),
+                    .and_then(|record| LoadedKey::from_record(&**store, &record)),
                 Err(e) => Err(PluginError::StateFolder(e.clone())),
             };
             records.insert(path, (bytes, loaded.map_err(|e| e.to_string())));
@@ -495,3 +561,17 @@ impl StateDir {
 
 #[cfg(test)]
 mod tests;
+
+/// The content of [`PKCS11_FILE`]: paths as absolute strings.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Pkcs11Record {
+    format: u32,
+    module: String,
+    token_label: String,
+    pin_file: String,
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, PluginError> {
+    std::path::absolute(path)
+        .map_err(|e| PluginError::StateFolder(format!("{}: {e}", path.display())))
+}

@@ -93,7 +93,7 @@ fn second_key(dir: &StateDir) -> KeyId {
         now(),
     )
     .expect("key");
-    dir.write_key(&store, &key, SOURCE_LOCAL).expect("write");
+    dir.write_key(&*store, &key, SOURCE_LOCAL).expect("write");
     key.key_id()
 }
 
@@ -106,22 +106,22 @@ fn a_version_relabelled_to_another_key_or_owner_under_the_same_root_key_does_not
     let second = second_key(&dir);
     let store = dir.open_root_key().expect("root");
     let mut record = dir.read_record(&second).expect("record");
-    assert!(record_to_key(&store, &record).is_ok());
+    assert!(record_to_key(&*store, &record).is_ok());
     // Key 1's version 1 relabelled as key 2's version 1.
     record.versions[0].wrapped_material = dir.read_record(&first).expect("first").versions[0]
         .wrapped_material
         .clone();
-    let err = record_to_key(&store, &record).expect_err("relabelled to another key id");
+    let err = record_to_key(&*store, &record).expect_err("relabelled to another key id");
     assert!(err.to_string().contains("failed authentication"), "{err}");
     // Key 2's own bytes, claimed for a KmsKey (an owner it was not wrapped for).
     let mut owned = dir.read_record(&second).expect("record");
     owned.kubernetes_object = Some("kube-system/apiserver-key".to_owned());
-    let err = record_to_key(&store, &owned).expect_err("relabelled to an owner");
+    let err = record_to_key(&*store, &owned).expect_err("relabelled to an owner");
     assert!(err.to_string().contains("failed authentication"), "{err}");
     // Key 2's version 1 claimed as its version 2.
     let mut renumbered = dir.read_record(&second).expect("record");
     renumbered.versions[0].version = 2;
-    assert!(record_to_key(&store, &renumbered).is_err());
+    assert!(record_to_key(&*store, &renumbered).is_err());
 }
 
 #[test]

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keystore_pkcs11::args::RootKeyLocation;
 use kms_core::ArnScope;
-use kms_core::keystore::{FileKeyStore, RootKeyStore};
+use kms_core::keystore::RootKeyStore;
 use kubekms_keyring::client::{self, ClientError};
 use kubekms_keyring::{Keyring, KeyringConfig, KeyringMetrics, Scope, WatchTimeouts};
 use tokio::sync::watch;
@@ -40,8 +41,8 @@ pub enum AuditTarget {
 /// What the server runs with (the binary's flags).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The root key file.
-    pub root_key: PathBuf,
+    /// The root key: a file, or root keys in a PKCS#11 token.
+    pub root_key: RootKeyLocation,
     /// A kubeconfig; none: in-cluster, else `$KUBECONFIG` / `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     /// The API address.
@@ -69,8 +70,8 @@ pub struct Settings {
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The root key could not be opened.
-    #[error("root key {path}: {error}")]
+    /// The root key could not be opened (the store's error names the file or token).
+    #[error("{error}")]
     RootKey {
         /// Its path.
         path: String,
@@ -129,15 +130,19 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let root: Arc<dyn RootKeyStore> = Arc::new(FileKeyStore::open(&settings.root_key).map_err(
-        |error| RunError::RootKey {
-            path: settings.root_key.display().to_string(),
-            error,
-        },
-    )?);
+    // The PKCS#11 store's calls block; opening it is one C_Sign after the login, and
+    // the sealer derives its key once here.
+    let root: Arc<dyn RootKeyStore> =
+        settings
+            .root_key
+            .open()
+            .map_err(|error| RunError::RootKey {
+                path: settings.root_key.to_string(),
+                error,
+            })?;
     let sealer =
         SessionSealer::from_root_store(root.as_ref()).map_err(|error| RunError::RootKey {
-            path: settings.root_key.display().to_string(),
+            path: settings.root_key.to_string(),
             error,
         })?;
     let credentials = match &settings.static_credentials {
