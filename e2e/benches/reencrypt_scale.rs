@@ -432,29 +432,6 @@ impl Plane {
         })
     }
 
-    fn kubectl_stdin(&self, args: &[&str], stdin: &[u8]) -> Result<String> {
-        use std::io::Write as _;
-        let mut child = Command::new(self.cp.tool("kubectl"))
-            .env("KUBECONFIG", &self.cp.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin"))?
-            .write_all(stdin)?;
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
     /// The plugin's Decrypt calls so far (its /metrics).
     fn plugin_decrypts(&self) -> Result<f64> {
         use std::io::{Read as _, Write as _};
@@ -1046,7 +1023,9 @@ async fn run(opts: &Options) -> Result<()> {
     plane.cp.kubectl(["create", "namespace", KEY_NS])?;
     plane.cp.apply_crds()?;
     let rbac = std::fs::read_to_string(repo_root().join("deploy/rbac/operator.yaml"))?;
-    plane.kubectl_stdin(&["apply", "-f", "-"], rbac.as_bytes())?;
+    plane
+        .cp
+        .kubectl_stdin(&["apply", "-f", "-"], rbac.as_bytes())?;
     let plugin_bin = sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
     let export = Command::new(&plugin_bin)
         .args([
@@ -1065,7 +1044,9 @@ async fn run(opts: &Options) -> Result<()> {
         "export: {}",
         String::from_utf8_lossy(&export.stderr)
     );
-    plane.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &export.stdout)?;
+    plane
+        .cp
+        .kubectl_stdin(&["apply", "--server-side", "-f", "-"], &export.stdout)?;
     let keys_dir = plane.plugin_state.join("keys");
     wait_until(
         "the plugin adopting the KmsKey",

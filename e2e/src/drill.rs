@@ -6,7 +6,6 @@
 //! ([`Site::restore`]: an etcd snapshot and the root key file, nothing else, following the
 //! runbook's steps in its order). [`Site::destroy`] removes a host's whole folder.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -182,7 +181,8 @@ impl Site {
             "kubekms-plugin export: {}",
             String::from_utf8_lossy(&exported.stderr)
         );
-        site.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &exported.stdout)?;
+        site.cp
+            .kubectl_stdin(&["apply", "--server-side", "-f", "-"], &exported.stdout)?;
         let root_key = site.plugin_state.join("root.key");
         site.start_operator(&root_key, &[])?;
         site.wait_key(SYSTEM_NAMESPACE, APISERVER_KEY, "Enabled", |k| {
@@ -389,32 +389,6 @@ impl Site {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-    }
-
-    /// `kubectl ARGS` with `stdin` on its standard input; its standard output.
-    ///
-    /// # Errors
-    /// When kubectl fails.
-    pub fn kubectl_stdin(&self, args: &[&str], stdin: &[u8]) -> Result<String> {
-        let mut child = Command::new(self.cp.tool("kubectl"))
-            .env("KUBECONFIG", &self.cp.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin"))?
-            .write_all(stdin)?;
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `kubectl get KIND NAME -n NS -o json`.

@@ -343,9 +343,8 @@ impl ControlPlane {
             other => vec![other.clone()],
         };
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
-        let mut child = Command::new(self.tool("kubectl"))
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args([
+        self.kubectl_stdin(
+            &[
                 "apply",
                 "--server-side",
                 "--force-conflicts",
@@ -353,23 +352,15 @@ impl ControlPlane {
                 "kubekms-e2e",
                 "-f",
                 "-",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin"))?
-            .write_all(&serde_json::to_vec(&list)?)?;
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "kubectl apply failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            serde_json::to_string_pretty(&list)?
-        );
+            ],
+            &serde_json::to_vec(&list)?,
+        )
+        .with_context(|| {
+            format!(
+                "applying {}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            )
+        })?;
         Ok(())
     }
 }

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
@@ -201,6 +201,34 @@ impl ControlPlane {
         let mut cmd = Command::new(self.tool("kubectl"));
         cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
         self.run_checked(cmd)
+    }
+
+    /// Runs the built kubectl with `stdin` as its input (`apply -f -`); its stdout, or an
+    /// error with its stderr on a non-zero exit.
+    ///
+    /// # Errors
+    /// When kubectl cannot start or fails.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &[u8]) -> Result<String> {
+        use std::io::Write as _;
+        let mut child = Command::new(self.tool("kubectl"))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin"))?
+            .write_all(stdin)?;
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Runs the built etcdctl against this control plane's etcd.

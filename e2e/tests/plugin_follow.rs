@@ -111,28 +111,6 @@ impl Plane {
         }
     }
 
-    fn kubectl_stdin(&self, args: &[&str], stdin: &[u8]) -> Result<String> {
-        let mut child = Command::new(self.cp.tool("kubectl"))
-            .env("KUBECONFIG", &self.cp.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin"))?
-            .write_all(stdin)?;
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
     /// The key_id a Secret is stored under in etcd (checked: KMS v2 envelope, no plaintext,
     /// DEK source a KubeKMS blob of that key and version).
     fn stored_key_id(&self, ns: &str, name: &str, plaintext: &str) -> Result<String> {
@@ -423,7 +401,9 @@ async fn bootstrap_key_handed_over_to_the_operator_and_followed() -> Result<()> 
     );
     let yaml = String::from_utf8(export.stdout)?;
     ensure!(yaml.contains(&key_uuid), "export does not name {key_uuid}");
-    plane.kubectl_stdin(&["apply", "--server-side", "-f", "-"], yaml.as_bytes())?;
+    plane
+        .cp
+        .kubectl_stdin(&["apply", "--server-side", "-f", "-"], yaml.as_bytes())?;
     phase(
         t0,
         "exported bootstrap key applied as KmsKeyMaterial + KmsKey",
@@ -929,7 +909,9 @@ async fn kill_mid_reencryption_and_resume(
     api.create(&kube::api::PostParams::default(), &frozen)
         .await?;
     let k2 = plane.stored_key_id(ns, "frozen", &frozen_value)?;
-    plane.kubectl_stdin(&["apply", "-f", "-"], FREEZE_POLICY.as_bytes())?;
+    plane
+        .cp
+        .kubectl_stdin(&["apply", "-f", "-"], FREEZE_POLICY.as_bytes())?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while plane
         .kubectl_refused(&[
