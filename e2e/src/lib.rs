@@ -19,6 +19,7 @@
 //!
 //! Each test runs in a namespace of its own (see [`in_namespace`]), deleted afterwards.
 
+pub mod crash;
 pub mod drill;
 pub mod kms_server;
 pub mod process;

@@ -1,0 +1,817 @@
+//! Crash drill (issue 11, part 1): while a rotation of kube-apiserver's KmsKey and the
+//! operator's re-encryption of every Secret are under way and clients keep writing and
+//! reading Secrets, one component is killed with SIGKILL at a seeded random point and
+//! started again with the same command line. After each trial every acknowledged write
+//! must read back with its last acknowledged value (or with a later write whose answer
+//! was lost in the crash: it may have been applied), the pass must reach `Done` for the
+//! new version, etcd must hold every Secret under the new key_id, and the KmsKey's record
+//! must hold versions 1..n that all unwrap under the root key.
+//!
+//! Components: the plugin (`kms-plugin`, follow mode), the operator, kube-apiserver and
+//! etcd, in turn from a seeded offset. kubekms-server is not part of this drill yet (it
+//! is not on the Secrets' path; see docs/reliability.md).
+//!
+//! `KUBEKMS_CRASH_TRIALS` (3), `KUBEKMS_CRASH_SEED` (random, printed first),
+//! `KUBEKMS_CRASH_SECRETS` (500 Secrets created before the first trial, which every
+//! pass rewrites). `hack/crash-drill.sh` runs the longer drill.
+//!
+//! A process that exits by itself (the operator does when its Lease cannot be renewed
+//! while kube-apiserver or etcd is down, by design) is started again the way a
+//! Deployment or systemd would, and counted separately from the kills.
+
+mod envelope;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use base64::Engine as _;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Secret;
+use kms_core::keystore::{FileKeyStore, RootKeyStore as _};
+use kms_plugin::restore::{BackupObjects, verify};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, Config};
+use kubekms_e2e::crash::{DrillRng, fresh_seed};
+use kubekms_e2e::drill::{APISERVER_KEY, SYSTEM_NAMESPACE, Site};
+use serde_json::json;
+
+const BULK_NS: &str = "crash-bulk";
+const LIVE_NS: &str = "crash-live";
+/// Writer tasks; each owns the live names `i` with `i % WRITERS == its index`, so the
+/// writes of one name are sequential and "its last acknowledged value" is well defined.
+const WRITERS: usize = 3;
+const LIVE_NAMES: usize = 60;
+/// A client call that takes longer has an unknown outcome (as a crash makes it).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rotation, seeding (kube-apiserver polls the plugin's Status once a minute) and the
+/// pass, with restarts in between.
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Pages of 100 and at most 300 rewrites a second, so that a kill lands inside a pass.
+const OPERATOR_ARGS: &[&str] = &[
+    "--reencrypt-page-size",
+    "100",
+    "--reencrypt-secrets-per-second",
+    "300",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Component {
+    Plugin,
+    Operator,
+    KubeApiserver,
+    Etcd,
+}
+
+const COMPONENTS: [Component; 4] = [
+    Component::Plugin,
+    Component::Operator,
+    Component::KubeApiserver,
+    Component::Etcd,
+];
+
+impl Component {
+    /// The launcher's process name (its pid file and log).
+    fn process(self) -> &'static str {
+        match self {
+            Self::Plugin => "kms-plugin",
+            Self::Operator => "kubekms-operator",
+            Self::KubeApiserver => "kube-apiserver",
+            Self::Etcd => "etcd",
+        }
+    }
+}
+
+struct Options {
+    trials: usize,
+    seed: u64,
+    secrets: usize,
+}
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow!("{name}={v:?} is not a number")),
+        _ => Ok(None),
+    }
+}
+
+fn options() -> Result<Options> {
+    Ok(Options {
+        trials: env_number("KUBEKMS_CRASH_TRIALS")?.unwrap_or(3),
+        seed: env_number("KUBEKMS_CRASH_SEED")?.unwrap_or_else(fresh_seed),
+        secrets: env_number("KUBEKMS_CRASH_SECRETS")?.unwrap_or(500),
+    })
+}
+
+fn log(t0: Instant, what: &str) {
+    eprintln!("[crash-drill] {:>7.1}s {what}", t0.elapsed().as_secs_f64());
+}
+
+/// What the clients know of one Secret they write.
+#[derive(Debug, Default)]
+struct NameLedger {
+    /// The value of the last write kube-apiserver acknowledged.
+    acked: Option<String>,
+    /// Writes whose answer never came (error, timeout, connection cut): each may or may
+    /// not have been applied, possibly after a later acknowledged one.
+    unsure: BTreeSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    names: BTreeMap<String, NameLedger>,
+    written: u64,
+    acked: u64,
+    unacked: u64,
+    reads_ok: u64,
+    /// A read right after an acknowledged write that returned an older value.
+    stale_reads: Vec<String>,
+}
+
+type SharedLedger = Arc<Mutex<Ledger>>;
+
+fn lock(ledger: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
+    ledger
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn secret_value(secret: &Secret) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("value"))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+}
+
+/// One writer: server-side apply of a new value to one of its names, then a read of it.
+async fn writer(
+    api: Api<Secret>,
+    owner: usize,
+    seed: u64,
+    trial: usize,
+    stop: Arc<AtomicBool>,
+    ledger: SharedLedger,
+) {
+    let mut rng = DrillRng::new(seed);
+    let params = PatchParams::apply("kubekms-crash-writer").force();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let per_owner = (LIVE_NAMES / WRITERS) as u64;
+        let index = owner + WRITERS * usize::try_from(rng.below(per_owner)).unwrap_or(0);
+        let name = format!("live-{index:03}");
+        seq += 1;
+        let value = format!("trial{trial}-writer{owner}-{seq}");
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name},
+            "data": {"value": b64.encode(&value)},
+        });
+        lock(&ledger).written += 1;
+        let answer = tokio::time::timeout(
+            CALL_TIMEOUT,
+            api.patch(&name, &params, &Patch::Apply(&body)),
+        )
+        .await;
+        if !matches!(answer, Ok(Ok(_))) {
+            {
+                let mut l = lock(&ledger);
+                l.unacked += 1;
+                l.names.entry(name).or_default().unsure.insert(value);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        {
+            let mut l = lock(&ledger);
+            l.acked += 1;
+            l.names.entry(name.clone()).or_default().acked = Some(value.clone());
+        }
+        if let Ok(Ok(read)) = tokio::time::timeout(CALL_TIMEOUT, api.get(&name)).await {
+            let got = secret_value(&read);
+            let mut l = lock(&ledger);
+            let overtaken = got
+                .as_ref()
+                .is_some_and(|g| l.names.get(&name).is_some_and(|n| n.unsure.contains(g)));
+            if got.as_deref() == Some(value.as_str()) || overtaken {
+                l.reads_ok += 1;
+            } else {
+                l.stale_reads.push(format!(
+                    "{name}: wrote {value:?} (acknowledged), read {got:?}"
+                ));
+            }
+        }
+    }
+}
+
+async fn client_for(kubeconfig: &std::path::Path) -> Result<Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let mut config =
+        Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(CALL_TIMEOUT);
+    config.write_timeout = Some(CALL_TIMEOUT);
+    Ok(Client::try_from(config)?)
+}
+
+/// Creates `count` Secrets in [`BULK_NS`]; returns name → value.
+async fn create_bulk(client: &Client, count: usize, seed: u64) -> Result<BTreeMap<String, String>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), BULK_NS);
+    let results: Vec<Result<(String, String)>> = futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("bulk-{i:05}");
+                let value = format!("bulk-{seed}-{i}-{}", "x".repeat(200));
+                let secret = Secret {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    },
+                    data: Some(BTreeMap::from([(
+                        "value".to_owned(),
+                        k8s_openapi::ByteString(value.clone().into_bytes()),
+                    )])),
+                    ..Secret::default()
+                };
+                api.create(&PostParams::default(), &secret)
+                    .await
+                    .with_context(|| format!("creating {BULK_NS}/{name}"))?;
+                Ok((name, value))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Every Secret of a namespace: name → value, listed through kube-apiserver (retried
+/// while it is not answering, up to a minute).
+async fn read_all(client: &Client, ns: &str) -> Result<BTreeMap<String, Option<String>>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match api.list(&ListParams::default()).await {
+            Ok(list) => {
+                return Ok(list
+                    .items
+                    .iter()
+                    .filter_map(|s| s.metadata.name.clone().map(|n| (n, secret_value(s))))
+                    .collect());
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("[crash-drill] listing {ns}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("listing Secrets of {ns}")),
+        }
+    }
+}
+
+/// Restarts what was killed and what exited by itself.
+struct Supervisor<'a> {
+    site: &'a Site,
+    argv: BTreeMap<&'static str, Vec<String>>,
+    root_key: PathBuf,
+    operator: Option<Child>,
+    /// Exits nobody asked for, by component.
+    exited: BTreeMap<&'static str, u32>,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(site: &'a Site) -> Result<Self> {
+        let mut argv = BTreeMap::new();
+        for c in [Component::Etcd, Component::Plugin, Component::KubeApiserver] {
+            argv.insert(c.process(), site.cp.argv_of(c.process())?);
+        }
+        let mut sup = Self {
+            site,
+            argv,
+            root_key: site.plugin_state.join("root.key"),
+            operator: None,
+            exited: BTreeMap::new(),
+        };
+        sup.start(Component::Operator)?;
+        Ok(sup)
+    }
+
+    fn start(&mut self, c: Component) -> Result<()> {
+        let cp = &self.site.cp;
+        match c {
+            Component::Operator => {
+                let child = self
+                    .site
+                    .operator_command(&self.root_key, OPERATOR_ARGS)?
+                    .spawn()
+                    .context("starting the operator")?;
+                self.operator = Some(child);
+            }
+            other => {
+                let argv = self
+                    .argv
+                    .get(other.process())
+                    .ok_or_else(|| anyhow!("no command line for {other:?}"))?;
+                cp.start_process(other.process(), argv)?;
+                if other == Component::Etcd {
+                    cp.wait_etcd_healthy()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self, c: Component) -> Result<()> {
+        match c {
+            Component::Operator => {
+                let mut child = self
+                    .operator
+                    .take()
+                    .ok_or_else(|| anyhow!("the operator is not running"))?;
+                // Child::kill is SIGKILL.
+                child.kill().context("SIGKILL to the operator")?;
+                child.wait()?;
+                Ok(())
+            }
+            other => self.site.cp.kill_process(other.process()),
+        }
+    }
+
+    /// Starts again whatever is not running (counted in `exited`), then waits for
+    /// kube-apiserver's /readyz.
+    fn ensure_running(&mut self) -> Result<()> {
+        let mut any = false;
+        for c in [Component::Etcd, Component::Plugin, Component::KubeApiserver] {
+            if !self.site.cp.is_running(c.process()) {
+                eprintln!(
+                    "[crash-drill] {} exited by itself; starting it again",
+                    c.process()
+                );
+                *self.exited.entry(c.process()).or_default() += 1;
+                self.start(c)?;
+                any = true;
+            }
+        }
+        let exited = match self.operator.as_mut() {
+            None => true,
+            Some(child) => child.try_wait()?.is_some(),
+        };
+        if exited {
+            let status = self
+                .operator
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            eprintln!(
+                "[crash-drill] the operator exited by itself ({status:?}); starting it again"
+            );
+            *self
+                .exited
+                .entry(Component::Operator.process())
+                .or_default() += 1;
+            self.start(Component::Operator)?;
+        }
+        if any {
+            self.site.cp.wait_apiserver_ready()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Supervisor<'_> {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.operator.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` (every 200 ms, restarting what exited) until it yields a value.
+fn wait_for<T>(
+    sup: &mut Supervisor<'_>,
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+    evidence: impl Fn() -> String,
+) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        sup.ensure_running()?;
+        let last = match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => String::new(),
+            Err(e) => format!(" (last error: {e:#})"),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "{what}: not within {}s{last}\n{}\n{}",
+                limit.as_secs(),
+                evidence(),
+                sup.site.cp.where_to_look()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn key_status(site: &Site) -> Result<serde_json::Value> {
+    Ok(site
+        .get_json("kmskey", SYSTEM_NAMESPACE, APISERVER_KEY)?
+        .get("status")
+        .cloned()
+        .unwrap_or_default())
+}
+
+fn plugin_lease(site: &Site) -> String {
+    site.get_json("lease", SYSTEM_NAMESPACE, "kubekms-plugin-cp-1")
+        .ok()
+        .and_then(|l| l.pointer("/metadata/annotations").cloned())
+        .map_or_else(
+            || "no plugin Lease".to_owned(),
+            |a| format!("plugin Lease: {a}"),
+        )
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    kills: BTreeMap<&'static str, u32>,
+    bulk: usize,
+    lost: Vec<String>,
+    overtaken: u64,
+}
+
+/// One trial: writers on, rotation to `version`, one kill and restart, writers off, then
+/// the checks.
+#[allow(clippy::too_many_arguments)]
+fn trial(
+    rt: &tokio::runtime::Runtime,
+    sup: &mut Supervisor<'_>,
+    client: &Client,
+    rng: &mut DrillRng,
+    seed: u64,
+    number: usize,
+    component: Component,
+    bulk: &BTreeMap<String, String>,
+    ledger: &SharedLedger,
+    totals: &mut Totals,
+    t0: Instant,
+) -> Result<()> {
+    let site = sup.site;
+    let version = u64::try_from(number).unwrap_or(u64::MAX) + 2;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|owner| {
+            rt.spawn(writer(
+                Api::namespaced(client.clone(), LIVE_NS),
+                owner,
+                rng.next_u64(),
+                number,
+                stop.clone(),
+                ledger.clone(),
+            ))
+        })
+        .collect();
+    let acked_before = lock(ledger).acked;
+    wait_for(
+        sup,
+        "the writers' first acknowledged write",
+        Duration::from_secs(60),
+        || Ok((lock(ledger).acked > acked_before).then_some(())),
+        || format!("{:?}", lock(ledger).unacked),
+    )?;
+
+    let token = format!("crash-{seed}-{number}");
+    site.cp.kubectl([
+        "patch",
+        "kmskey",
+        APISERVER_KEY,
+        "-n",
+        SYSTEM_NAMESPACE,
+        "--type",
+        "merge",
+        "-p",
+        &json!({"spec": {"rotation": {"onDemandToken": token}}}).to_string(),
+    ])?;
+    // Where the kill lands: shortly after the rotation (the operator making the version,
+    // the plugin reloading it, kube-apiserver not yet seeded), or inside the pass.
+    let in_pass = rng.below(2) == 1;
+    let step = if in_pass {
+        wait_for(
+            sup,
+            &format!("the pass for v{version} to start"),
+            TRIAL_TIMEOUT,
+            || {
+                let st = key_status(site)?;
+                let r = &st["reencryption"];
+                Ok((r["targetVersion"].as_u64() == Some(version)
+                    && matches!(r["phase"].as_str(), Some("Rewriting" | "Done")))
+                .then_some(()))
+            },
+            || {
+                format!(
+                    "{}; {}",
+                    key_status(site).unwrap_or_default(),
+                    plugin_lease(site)
+                )
+            },
+        )?;
+        let delay = rng.millis(Duration::from_millis(1500));
+        std::thread::sleep(delay);
+        let st = key_status(site).unwrap_or_default();
+        format!(
+            "pass +{}ms ({} {} rewritten)",
+            delay.as_millis(),
+            st["reencryption"]["phase"].as_str().unwrap_or("?"),
+            st["reencryption"]["secretsRewritten"]
+        )
+    } else {
+        let delay = rng.millis(Duration::from_millis(4000));
+        std::thread::sleep(delay);
+        let st = key_status(site).unwrap_or_default();
+        format!(
+            "rotation +{}ms (currentVersion {}, pass {} v{})",
+            delay.as_millis(),
+            st["currentVersion"],
+            st["reencryption"]["phase"].as_str().unwrap_or("?"),
+            st["reencryption"]["targetVersion"]
+        )
+    };
+    let outage = rng.millis(Duration::from_millis(2000));
+    log(
+        t0,
+        &format!(
+            "trial {number}: SIGKILL {} at {step}, down {}ms",
+            component.process(),
+            outage.as_millis()
+        ),
+    );
+    {
+        sup.kill(component)?;
+        *totals.kills.entry(component.process()).or_default() += 1;
+        std::thread::sleep(outage);
+        sup.start(component)?;
+        sup.site.cp.wait_apiserver_ready()?;
+        // Evidence that clients get through again before they stop.
+        let acked = lock(ledger).acked;
+        wait_for(
+            sup,
+            "an acknowledged write after the restart",
+            Duration::from_secs(120),
+            || Ok((lock(ledger).acked > acked).then_some(())),
+            || format!("unacknowledged so far: {}", lock(ledger).unacked),
+        )?;
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            rt.block_on(w)?;
+        }
+
+        let st = wait_for(
+            sup,
+            &format!("re-encryption Done for v{version}"),
+            TRIAL_TIMEOUT,
+            || {
+                let st = key_status(site)?;
+                let r = &st["reencryption"];
+                Ok((st["currentVersion"].as_u64() == Some(version)
+                    && r["targetVersion"].as_u64() == Some(version)
+                    && r["phase"] == "Done")
+                    .then_some(st))
+            },
+            || {
+                format!(
+                    "{}; {}",
+                    key_status(site).unwrap_or_default(),
+                    plugin_lease(site)
+                )
+            },
+        )?;
+        let pass = &st["reencryption"];
+        ensure!(
+            pass["secretsFailed"].as_u64().unwrap_or(0) == 0,
+            "the pass refused Secrets: {pass}"
+        );
+        let key_id = format!(
+            "{}/v{version}",
+            st["keyId"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no keyId: {st}"))?
+        );
+        check_reads(rt, client, bulk, ledger, totals)?;
+        let stored = check_etcd(site, &key_id)?;
+        let versions = check_versions(site, &sup.root_key, version)?;
+        log(
+            t0,
+            &format!(
+                "trial {number}: ok: pass Done ({} rewritten), {stored} Secrets in etcd under {key_id}, versions 1..{versions} unwrap",
+                pass["secretsRewritten"]
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Every acknowledged Secret reads back with its last acknowledged value (or a later
+/// unacknowledged one); missing or older values are lost.
+fn check_reads(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    bulk: &BTreeMap<String, String>,
+    ledger: &SharedLedger,
+    totals: &mut Totals,
+) -> Result<()> {
+    let bulk_now = rt.block_on(read_all(client, BULK_NS))?;
+    for (name, value) in bulk {
+        let got = bulk_now.get(name).cloned().flatten();
+        if got.as_deref() != Some(value.as_str()) {
+            totals.lost.push(format!(
+                "{BULK_NS}/{name}: expected its created value, read {got:?}"
+            ));
+        }
+    }
+    let live_now = rt.block_on(read_all(client, LIVE_NS))?;
+    let l = lock(ledger);
+    for (name, known) in &l.names {
+        let got = live_now.get(name).cloned().flatten();
+        let Some(acked) = &known.acked else { continue };
+        if got.as_deref() == Some(acked.as_str()) {
+            continue;
+        }
+        if got.as_ref().is_some_and(|g| known.unsure.contains(g)) {
+            totals.overtaken += 1;
+            continue;
+        }
+        totals.lost.push(format!(
+            "{LIVE_NS}/{name}: last acknowledged {acked:?}, read {got:?}"
+        ));
+    }
+    drop(l);
+    ensure!(
+        totals.lost.is_empty(),
+        "Secrets lost: {}",
+        totals.lost.join("; ")
+    );
+    Ok(())
+}
+
+/// Every Secret etcd holds is under `key_id`; returns how many.
+fn check_etcd(site: &Site, key_id: &str) -> Result<usize> {
+    let out = site
+        .cp
+        .etcdctl(["get", "/registry/secrets/", "--prefix", "-w", "json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut other = BTreeMap::<String, Vec<String>>::new();
+    let mut count = 0;
+    for kv in v
+        .get("kvs")
+        .and_then(|k| k.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let key = String::from_utf8(b64.decode(kv["key"].as_str().unwrap_or_default())?)?;
+        let value = b64.decode(kv["value"].as_str().unwrap_or_default())?;
+        let stored = envelope::parse_stored(&value, &[]).with_context(|| format!("etcd {key}"))?;
+        count += 1;
+        if stored.key_id != key_id {
+            other.entry(stored.key_id).or_default().push(key);
+        }
+    }
+    ensure!(
+        other.is_empty(),
+        "Secrets in etcd not under {key_id} after Done: {:?}",
+        other
+            .iter()
+            .map(|(id, keys)| format!("{id}: {} ({:?}...)", keys.len(), keys.first()))
+            .collect::<Vec<_>>()
+    );
+    Ok(count)
+}
+
+/// The KmsKeyMaterial holds versions 1..=`version`, each unwrapping under the root key.
+fn check_versions(site: &Site, root_key: &std::path::Path, version: u64) -> Result<u64> {
+    let record = site.get_json("kmskeymaterial", SYSTEM_NAMESPACE, APISERVER_KEY)?;
+    let numbers: Vec<u64> = record
+        .pointer("/spec/versions")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["version"].as_u64())
+        .collect();
+    ensure!(
+        numbers == (1..=version).collect::<Vec<_>>(),
+        "KmsKeyMaterial versions {numbers:?}, expected 1..={version}"
+    );
+    let store = FileKeyStore::open(root_key)?;
+    let objects = BackupObjects::parse(&site.objects_json()?)?;
+    let verification = verify(&objects, &store);
+    let ours = verification
+        .keys
+        .iter()
+        .find(|k| k.object == format!("{SYSTEM_NAMESPACE}/{APISERVER_KEY}"))
+        .ok_or_else(|| anyhow!("verify did not see the key: {verification:?}"))?;
+    ensure!(
+        verification.unusable() == 0 && ours.versions == usize::try_from(version)?,
+        "not every version unwraps:\n{}",
+        verification.report(&store.root_key_id())
+    );
+    Ok(version)
+}
+
+#[test]
+fn crash_drill_kills_each_component_during_rotation_and_reencryption() -> Result<()> {
+    let opts = options()?;
+    let t0 = Instant::now();
+    eprintln!(
+        "[crash-drill] seed {} trials {} secrets {} (replay: KUBEKMS_CRASH_SEED={} KUBEKMS_CRASH_TRIALS={} KUBEKMS_CRASH_SECRETS={})",
+        opts.seed, opts.trials, opts.secrets, opts.seed, opts.trials, opts.secrets
+    );
+    let mut rng = DrillRng::new(opts.seed);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut site = Site::install("crash")?;
+    // Our own operator (smaller pages), supervised.
+    site.stop_operator();
+    let site = site;
+    log(
+        t0,
+        "control plane up, the plugin following the API server's KmsKey",
+    );
+    let mut sup = Supervisor::new(&site)?;
+    let client = rt.block_on(client_for(&site.cp.kubeconfig))?;
+    site.cp.kubectl(["create", "namespace", BULK_NS])?;
+    site.cp.kubectl(["create", "namespace", LIVE_NS])?;
+    let bulk = rt.block_on(create_bulk(&client, opts.secrets, opts.seed))?;
+    log(t0, &format!("{} Secrets created", bulk.len()));
+
+    let ledger = SharedLedger::default();
+    let mut totals = Totals {
+        bulk: bulk.len(),
+        ..Totals::default()
+    };
+    let offset = usize::try_from(rng.below(COMPONENTS.len() as u64))?;
+    for number in 0..opts.trials {
+        let component = COMPONENTS[(offset + number) % COMPONENTS.len()];
+        trial(
+            &rt,
+            &mut sup,
+            &client,
+            &mut rng,
+            opts.seed,
+            number,
+            component,
+            &bulk,
+            &ledger,
+            &mut totals,
+            t0,
+        )
+        .with_context(|| {
+            format!(
+                "trial {number} of seed {} ({} killed); logs in {}",
+                opts.seed,
+                component.process(),
+                site.cp.state_dir.join("logs").display()
+            )
+        })?;
+    }
+    let l = lock(&ledger);
+    eprintln!(
+        "[crash-drill] SUMMARY seed {} trials {} kills {:?} exits-by-themselves {:?} secrets-written {} (bulk {} + writes {}) acknowledged {} (bulk {} + writes {}) unacknowledged {} overtaken-by-unacknowledged {} reads-after-write-ok {} stale-reads {} lost {} time {:.0}s",
+        opts.seed,
+        opts.trials,
+        totals.kills,
+        sup.exited,
+        totals.bulk as u64 + l.written,
+        totals.bulk,
+        l.written,
+        totals.bulk as u64 + l.acked,
+        totals.bulk,
+        l.acked,
+        l.unacked,
+        totals.overtaken,
+        l.reads_ok,
+        l.stale_reads.len(),
+        totals.lost.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    ensure!(
+        l.stale_reads.is_empty(),
+        "reads older than an acknowledged write (seed {}): {:?}",
+        opts.seed,
+        l.stale_reads
+    );
+    ensure!(totals.lost.is_empty(), "lost: {:?}", totals.lost);
+    Ok(())
+}
