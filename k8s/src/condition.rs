@@ -59,4 +59,36 @@ impl Condition {
             None => conditions.push(new),
         }
     }
+
+    /// `upsert`, telling whether the condition's status or reason changed: a change
+    /// worth an Event, where a new message or generation alone is not.
+    pub fn upsert_changed(conditions: &mut Vec<Condition>, new: Condition) -> bool {
+        let changed = !conditions
+            .iter()
+            .any(|c| c.type_ == new.type_ && c.status == new.status && c.reason == new.reason);
+        Self::upsert(conditions, new);
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Condition;
+
+    #[test]
+    fn a_change_of_status_or_reason_is_reported_and_a_new_message_alone_is_not() {
+        let mut conditions = Vec::new();
+        let first = Condition::ready(false, "TargetNotFound", "a", "t1", Some(1));
+        assert!(Condition::upsert_changed(&mut conditions, first));
+        let same = Condition::ready(false, "TargetNotFound", "other words", "t2", Some(2));
+        assert!(!Condition::upsert_changed(&mut conditions, same));
+        assert_eq!(conditions[0].last_transition_time, "t1");
+        assert_eq!(conditions[0].message, "other words");
+        let reason = Condition::ready(false, "TargetDeleted", "b", "t3", Some(2));
+        assert!(Condition::upsert_changed(&mut conditions, reason));
+        let ready = Condition::ready(true, "Ready", "c", "t4", Some(2));
+        assert!(Condition::upsert_changed(&mut conditions, ready));
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].last_transition_time, "t4");
+    }
 }

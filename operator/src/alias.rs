@@ -123,33 +123,19 @@ async fn reconcile_alias(alias: &KmsAlias, ctx: &Context) -> Result<Action, Erro
             Some(target) => resolve(alias, &target, &previous, &keys, &mut status).await?,
         }
     };
-    let now = format_time(ctx.clock.now());
-    let previous_ready = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone()));
-    Condition::upsert(
+    let changed = Condition::upsert_changed(
         &mut status.conditions,
         Condition::ready(
             ready,
             reason,
             message.clone(),
-            &now,
+            &format_time(ctx.clock.now()),
             alias.meta().generation,
         ),
     );
     crate::apply_status(&aliases, alias, alias.status.as_ref(), &status).await?;
-    let now_ready = (
-        if ready { "True" } else { "False" }.to_owned(),
-        reason.to_owned(),
-    );
-    if previous_ready.as_ref() != Some(&now_ready) {
-        let note = if ready {
-            Note::normal("Resolved", "Resolve", message)
-        } else {
-            Note::warning(reason, "Resolve", message)
-        };
+    if changed {
+        let note = Note::ready_changed(ready, "Resolved", reason, "Resolve", message);
         publish(ctx, &alias.object_ref(&()), vec![note]).await;
     }
     Ok(Action::await_change())

@@ -42,6 +42,23 @@ impl Note {
             text: text.into(),
         }
     }
+
+    /// The Event of a Ready condition that changed: Normal with `became_ready` when the
+    /// object became ready, a Warning with the condition's reason when it did not.
+    #[must_use]
+    pub fn ready_changed(
+        ready: bool,
+        became_ready: &'static str,
+        reason: &'static str,
+        action: &'static str,
+        text: impl Into<String>,
+    ) -> Self {
+        if ready {
+            Self::normal(became_ready, action, text)
+        } else {
+            Self::warning(reason, action, text)
+        }
+    }
 }
 
 /// Publishes `notes` about `reference`, in order.

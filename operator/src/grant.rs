@@ -123,12 +123,7 @@ async fn reconcile_grant(grant: &KmsGrant, ctx: &Context) -> Result<Action, Erro
             }
         }
     };
-    let previous_ready = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone()));
-    Condition::upsert(
+    let changed = Condition::upsert_changed(
         &mut status.conditions,
         Condition::ready(
             ready,
@@ -139,16 +134,8 @@ async fn reconcile_grant(grant: &KmsGrant, ctx: &Context) -> Result<Action, Erro
         ),
     );
     crate::apply_status(&grants, grant, grant.status.as_ref(), &status).await?;
-    let now_ready = (
-        if ready { "True" } else { "False" }.to_owned(),
-        reason.to_owned(),
-    );
-    if previous_ready.as_ref() != Some(&now_ready) {
-        let note = if ready {
-            Note::normal("Granted", "CreateGrant", message)
-        } else {
-            Note::warning(reason, "CreateGrant", message)
-        };
+    if changed {
+        let note = Note::ready_changed(ready, "Granted", reason, "CreateGrant", message);
         publish(ctx, &grant.object_ref(&()), vec![note]).await;
     }
     Ok(Action::await_change())
