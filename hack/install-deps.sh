@@ -20,6 +20,12 @@ PACKAGES=(
   cmake
   pkg-config
   shellcheck       # lints hack/ scripts in hack/test.sh
+  # the node (hack/node.sh)
+  containerd       # the node's container runtime (CRI)
+  runc
+  containernetworking-plugins  # CNI bridge, host-local, loopback
+  iptables         # kube-proxy (iptables mode)
+  conntrack        # kube-proxy
   softhsm2         # PKCS#11 key store tests (later issues)
   opensc           # pkcs11-tool
 )
