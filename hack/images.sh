@@ -198,11 +198,15 @@ start_containerd() {
   die "containerd did not answer on ${dir}/containerd.sock within 20 s (log above)"
 }
 
-# Runs image $1 as container $2 with the given command; prints its output.
+# Runs image $1 as container $2: ctr run options (those starting with -), then the
+# command; prints its output.
 run_in() {
-  local ref="$1" id="$2"
+  local ref="$1" id="$2" options=()
   shift 2
-  timeout 60 "${ctr[@]}" run --rm "${ref}" "${id}" "$@"
+  while [[ $# -gt 0 && "$1" == -* ]]; do
+    if [[ "$1" == --mount ]]; then options+=("$1" "$2"); shift 2; else options+=("$1"); shift; fi
+  done
+  timeout 60 "${ctr[@]}" run --rm "${options[@]}" "${ref}" "${id}" "$@"
 }
 
 check_pause() {
@@ -227,12 +231,41 @@ check_busybox() {
 }
 
 check_kubekms() {
-  local ref="$1" binary
+  local ref="$1" binary state="${work}/kubekms-state" socket="${work}/kubekms-socket" _
   for binary in kubekms-plugin kubekms-operator kubekms-server; do
-    run_in "${ref}" "${binary}-check" "/usr/local/bin/${binary}" --help >/dev/null ||
+    run_in "${ref}" "${binary}-check" --read-only "/usr/local/bin/${binary}" --help >/dev/null ||
       die "kubekms: ${binary} --help failed in the image"
   done
-  log "kubekms: kubekms-plugin, kubekms-operator and kubekms-server --help ran as user ${KUBEKMS_UID}"
+  # As the static pod runs it (deploy/static-pod/kubekms-plugin.yaml): read-only root, the
+  # state and socket folders bind-mounted from the host and owned by the image's user.
+  install -d -m 0700 -o "${KUBEKMS_UID}" -g "${KUBEKMS_UID}" "${state}" "${socket}"
+  local mounts=(--read-only
+    --mount "type=bind,src=${state},dst=/var/lib/kubekms,options=rbind:rw"
+    --mount "type=bind,src=${socket},dst=/run/kubekms,options=rbind:rw")
+  run_in "${ref}" kubekms-init "${mounts[@]}" \
+    /usr/local/bin/kubekms-plugin init --state-dir /var/lib/kubekms >/dev/null ||
+    die "kubekms: kubekms-plugin init failed in the image"
+  [[ "$(stat -c '%u %a' "${state}/root.key")" == "${KUBEKMS_UID} 600" ]] ||
+    die "kubekms: root.key is not ${KUBEKMS_UID}'s with mode 0600: $(stat -c '%u %a' "${state}/root.key")"
+  timeout 60 "${ctr[@]}" run --rm "${mounts[@]}" "${ref}" kubekms-serve \
+    /usr/local/bin/kubekms-plugin serve --state-dir /var/lib/kubekms \
+    --socket /run/kubekms/kms.sock >"${work}/kubekms-serve.log" 2>&1 &
+  local serve_pid=$!
+  for _ in $(seq 1 150); do
+    [[ -S "${socket}/kms.sock" ]] && break
+    kill -0 "${serve_pid}" 2>/dev/null || break
+    sleep 0.2
+  done
+  local status rc=0
+  status="$(run_in "${ref}" kubekms-status "${mounts[@]}" \
+    /usr/local/bin/kubekms-plugin status --socket /run/kubekms/kms.sock 2>&1)" || rc=$?
+  "${ctr[@]}" task kill --signal SIGTERM kubekms-serve >/dev/null 2>&1 || true
+  wait "${serve_pid}" || true
+  if [[ "${rc}" != 0 || "${status}" != *ok* ]]; then
+    tail -n 20 "${work}/kubekms-serve.log" >&2
+    die "kubekms: the plugin served from the image, but status said (exit ${rc}): ${status}"
+  fi
+  log "kubekms: the three binaries' --help, and kubekms-plugin init, serve and status ran as user ${KUBEKMS_UID} on a read-only root"
 }
 
 if [[ "${command}" == check ]]; then
@@ -278,7 +311,8 @@ build_kubekms() {
   if [[ -z "${KUBEKMS_IMAGES_NO_CARGO:-}" ]]; then
     local cargo_args=(build -p kubekms-plugin -p kubekms-operator -p kubekms-server --bins)
     [[ "${profile}" == dev ]] || cargo_args+=(--release)
-    (cd "${REPO_ROOT}" && cargo "${cargo_args[@]}") >&2
+    # Without SOURCE_DATE_EPOCH, which build scripts watch: the same build as the tests'.
+    (cd "${REPO_ROOT}" && env -u SOURCE_DATE_EPOCH cargo "${cargo_args[@]}") >&2
   fi
   mkdir -p "${root}/usr/local/bin" "${deb_dir}"
   base_rootfs "${root}" "${KUBEKMS_UID}"
