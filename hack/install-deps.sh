@@ -28,6 +28,10 @@ PACKAGES=(
   conntrack        # kube-proxy
   softhsm2         # PKCS#11 key store tests (later issues)
   opensc           # pkcs11-tool
+  # images (hack/images.sh)
+  umoci            # writes the OCI layers, config and manifest
+  skopeo           # copies/inspects OCI archives (docs/images.md)
+  busybox-static   # the busybox test image
 )
 
 log() { echo "[install-deps] $*" >&2; }
