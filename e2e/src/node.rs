@@ -4,7 +4,9 @@
 //!
 //! One node per test process, started on first use and torn down by the launcher's
 //! watchdog when the process exits (pods, network namespaces, mounts and iptables chains
-//! included). Secrets are encrypted by the kubekms plugin as in [`ControlPlane::shared`].
+//! included). Secrets are not encrypted at first: a test that runs the kubekms plugin as
+//! a static pod restarts kube-apiserver with a KMS v2 EncryptionConfiguration
+//! ([`NodeCluster::restart_apiserver`]).
 //!
 //! Images: every `NAME.oci.tar` of `KUBEKMS_IMAGES_DIR` (default `<repo>/target/images`)
 //! is imported as `kubekms.local/NAME:dev`. Without `KUBEKMS_IMAGES_DIR`, `hack/images.sh
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
-use crate::process::{init_plugin_state, sh_quote, sibling_bin, tools_bin};
+use crate::process::tools_bin;
 use crate::{ControlPlane, repo_root};
 
 /// Environment variable naming the state folder of a running control plane with a node.
@@ -97,17 +99,6 @@ impl NodeCluster {
             dir.display(),
             images.display()
         );
-        let plugin_bin = sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let plugin_state = dir.join("kubekms-plugin");
-        init_plugin_state(&plugin_bin, &plugin_state)?;
-        let socket = dir.join("kms.sock");
-        let plugin_cmd = format!(
-            "exec {} serve --state-dir {} --socket {}",
-            sh_quote(&plugin_bin),
-            sh_quote(&plugin_state),
-            sh_quote(&socket)
-        );
         let started = Instant::now();
         let out = Command::new(repo_root().join("hack/control-plane.sh"))
             .arg("up")
@@ -119,10 +110,6 @@ impl NodeCluster {
             .arg("--tools-bin")
             .arg(tools_bin()?)
             .args(["--watch-pid", &std::process::id().to_string()])
-            .arg("--kms-socket")
-            .arg(&socket)
-            .arg("--plugin-cmd")
-            .arg(&plugin_cmd)
             .stdin(Stdio::null())
             .output()?;
         ensure!(
@@ -136,6 +123,40 @@ impl NodeCluster {
             started.elapsed().as_secs_f64()
         );
         Self::from_state_dir(&dir)
+    }
+
+    /// Imports `NAME.oci.tar` archives into the node's containerd as
+    /// `kubekms.local/NAME:dev` (`hack/control-plane.sh import-image`).
+    ///
+    /// # Errors
+    /// When the import fails.
+    pub fn import_images(&self, archives: &[PathBuf]) -> Result<()> {
+        let out = Command::new(repo_root().join("hack/control-plane.sh"))
+            .arg("import-image")
+            .arg("--state-dir")
+            .arg(&self.cp.state_dir)
+            .args(archives)
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "control-plane.sh import-image {archives:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Stops kube-apiserver and starts it again with its command line plus `extra_args`
+    /// (given twice, a flag's last value wins), then waits until it is ready.
+    ///
+    /// # Errors
+    /// When it does not come back ready.
+    pub fn restart_apiserver(&self, extra_args: &[String]) -> Result<()> {
+        let mut argv = self.cp.argv_of("kube-apiserver")?;
+        argv.extend_from_slice(extra_args);
+        self.cp.stop_process("kube-apiserver")?;
+        self.cp.start_process("kube-apiserver", &argv)?;
+        self.cp.wait_apiserver_ready()
     }
 
     /// Runs `ctr` against the node's containerd, namespace `k8s.io` (the CRI's).

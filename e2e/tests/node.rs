@@ -3,27 +3,48 @@
 //! image becomes Ready and answers through its ClusterIP Service from the host
 //! (kube-proxy); deleting the Deployment removes its ReplicaSet and pods (garbage
 //! collection) and the namespace goes away (namespace deletion); a pod reads a projected
-//! ServiceAccount token of the audience it asked for.
+//! ServiceAccount token of the audience it asked for; the kubekms KMS v2 plugin runs as a
+//! static pod of the kubelet (deploy/static-pod/kubekms-plugin.yaml, hostPath state and
+//! socket folders), kube-apiserver encrypts Secrets through it, and when its container is
+//! killed the kubelet starts it again and Secrets still read (through a restarted
+//! kube-apiserver, which holds no cached key).
 //!
 //! Needs root, containerd, runc, the CNI plugins and iptables (hack/install-deps.sh), and
-//! the pause and busybox images (`KUBEKMS_IMAGES_DIR`, or built by hack/images.sh).
+//! the pause, busybox and kubekms images (`KUBEKMS_IMAGES_DIR`, or built by
+//! hack/images.sh).
 
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use base64::Engine as _;
-use kubekms_e2e::node::{BUSYBOX_IMAGE, NodeCluster, http_get, wait_until};
-use kubekms_e2e::unique_name;
+use kubekms_e2e::node::{BUSYBOX_IMAGE, NodeCluster, http_get, images_dir, wait_until};
+use kubekms_e2e::process::{init_plugin_state, sibling_bin};
+use kubekms_e2e::{
+    KMS_PROVIDER_NAME, check_kms_encrypted, repo_root, secret_etcd_key, unique_name,
+};
 
 const POD_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn node() -> &'static NodeCluster {
-    NodeCluster::shared().expect("a control plane with a node")
+/// The static-pod test restarts kube-apiserver; the other tests must not run meanwhile.
+static APISERVER_RESTARTS: RwLock<()> = RwLock::new(());
+
+fn node() -> (&'static NodeCluster, RwLockReadGuard<'static, ()>) {
+    let guard = APISERVER_RESTARTS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    (
+        NodeCluster::shared().expect("a control plane with a node"),
+        guard,
+    )
 }
 
 #[test]
 fn node_registers_ready_with_the_pinned_kubelet() -> Result<()> {
-    let node = node();
+    let (node, _shared) = node();
     let obj = node.get_json(&["node", &node.node_name])?;
     let ready = obj
         .pointer("/status/conditions")
@@ -59,7 +80,7 @@ fn node_registers_ready_with_the_pinned_kubelet() -> Result<()> {
 
 #[test]
 fn deployment_answers_through_its_cluster_ip_and_is_collected() -> Result<()> {
-    let node = node();
+    let (node, _shared) = node();
     let ns = node.new_namespace("web")?;
     // A value only this run serves: an answer cannot come from anything else.
     let token = unique_name("served");
@@ -161,7 +182,7 @@ spec:
 
 #[test]
 fn pod_reads_a_projected_token_of_its_audience() -> Result<()> {
-    let node = node();
+    let (node, _shared) = node();
     let ns = node.new_namespace("token")?;
     let audience = unique_name("kubekms-audience");
     let manifest = format!(
@@ -219,4 +240,171 @@ spec:
     node.cp
         .kubectl(["delete", "namespace", &ns, "--wait=false"])?;
     Ok(())
+}
+
+/// The user the kubekms image runs as (hack/images.sh).
+const KUBEKMS_UID: u32 = 65532;
+
+#[test]
+fn kms_plugin_as_a_static_pod_encrypts_secrets_and_comes_back_after_a_kill() -> Result<()> {
+    let _exclusive = APISERVER_RESTARTS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let node = NodeCluster::shared()?;
+    let cp = &node.cp;
+
+    // The image of the binaries this test build uses.
+    let plugin_bin = sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
+    let images = images_dir()?;
+    let out = Command::new(repo_root().join("hack/images.sh"))
+        .args(["build", "--out"])
+        .arg(&images)
+        .arg("kubekms")
+        .env("KUBEKMS_IMAGES_NO_CARGO", "1")
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "hack/images.sh build kubekms: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.import_images(&[images.join("kubekms.oci.tar")])?;
+
+    // The host folders of the manifest's hostPath volumes, as its header says to make
+    // them: the state made by `kubekms-plugin init`, both owned by the image's user.
+    let base = cp.state_dir.join("kubekms-static");
+    let state = base.join("state");
+    let run = base.join("run");
+    init_plugin_state(&plugin_bin, &state)?;
+    std::fs::create_dir_all(&run)?;
+    for dir in [&state, &run] {
+        let status = Command::new("chown")
+            .args(["-R", &format!("{KUBEKMS_UID}:{KUBEKMS_UID}")])
+            .arg(dir)
+            .status()?;
+        ensure!(status.success(), "chown {}", dir.display());
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let socket = run.join("kms.sock");
+    let health_port = free_port()?;
+    let manifest = static_pod_manifest(&state, &run, health_port)?;
+    std::fs::write(node.manifests.join("kubekms-plugin.yaml"), manifest)?;
+
+    let mirror = format!("kubekms-plugin-{}", node.node_name);
+    wait_until(
+        &format!("static pod {mirror} Ready and {} served", socket.display()),
+        POD_TIMEOUT,
+        || {
+            let status = plugin_status(node, &mirror)?;
+            Ok(status.ready && socket.exists())
+        },
+    )
+    .with_context(|| node.where_to_look("kubelet"))?;
+
+    // kube-apiserver encrypts Secrets through the plugin from now on.
+    let config = base.join("encryption-config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+             - resources: [secrets]\n  providers:\n  - kms:\n      apiVersion: v2\n      \
+             name: {KMS_PROVIDER_NAME}\n      endpoint: unix://{}\n      timeout: 3s\n  \
+             - identity: {{}}\n",
+            socket.display()
+        ),
+    )?;
+    node.restart_apiserver(&[format!("--encryption-provider-config={}", config.display())])?;
+    let ns = node.new_namespace("static-kms")?;
+    let value = unique_name("secret-value");
+    cp.create_secret(&ns, "before-kill", &value)?;
+    let stored = cp
+        .etcd_get(&secret_etcd_key(&ns, "before-kill"))?
+        .ok_or_else(|| anyhow!("etcd has no Secret {ns}/before-kill"))?;
+    check_kms_encrypted(&stored, KMS_PROVIDER_NAME, &[value.as_bytes()])?;
+
+    // Kill the plugin's container behind the kubelet's back.
+    let before = plugin_status(node, &mirror)?;
+    let id = before
+        .container_id
+        .strip_prefix("containerd://")
+        .ok_or_else(|| anyhow!("container id {:?}", before.container_id))?
+        .to_owned();
+    node.ctr(&["tasks", "kill", "--signal", "SIGKILL", &id])?;
+    wait_until(
+        &format!("the kubelet to start {mirror} again after the kill"),
+        POD_TIMEOUT,
+        || {
+            let now = plugin_status(node, &mirror)?;
+            Ok(now.restarts > before.restarts
+                && now.ready
+                && now.container_id != before.container_id)
+        },
+    )
+    .with_context(|| node.where_to_look("kubelet"))?;
+
+    // A new kube-apiserver holds no key in memory: reading the Secret needs the plugin.
+    node.restart_apiserver(&[])?;
+    let read = cp.read_secret(&ns, "before-kill")?;
+    ensure!(read == value, "{ns}/before-kill reads {read:?}");
+    let value2 = unique_name("secret-value");
+    cp.create_secret(&ns, "after-kill", &value2)?;
+    let stored = cp
+        .etcd_get(&secret_etcd_key(&ns, "after-kill"))?
+        .ok_or_else(|| anyhow!("etcd has no Secret {ns}/after-kill"))?;
+    check_kms_encrypted(&stored, KMS_PROVIDER_NAME, &[value2.as_bytes()])?;
+    Ok(())
+}
+
+/// deploy/static-pod/kubekms-plugin.yaml with its host folders and health port replaced.
+fn static_pod_manifest(state: &Path, run: &Path, health_port: u16) -> Result<String> {
+    let path = repo_root().join("deploy/static-pod/kubekms-plugin.yaml");
+    let mut text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    for (from, to) in [
+        (
+            "path: /var/lib/kubekms\n",
+            format!("path: {}\n", state.display()),
+        ),
+        ("path: /run/kubekms\n", format!("path: {}\n", run.display())),
+        ("9464", health_port.to_string()),
+    ] {
+        if !text.contains(from) {
+            bail!(
+                "{} no longer holds {from:?}; update this test",
+                path.display()
+            );
+        }
+        text = text.replace(from, &to);
+    }
+    Ok(text)
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+struct PluginStatus {
+    ready: bool,
+    restarts: u64,
+    container_id: String,
+}
+
+fn plugin_status(node: &NodeCluster, mirror: &str) -> Result<PluginStatus> {
+    let pod = node.get_json(&["pod", mirror, "-n", "kube-system"])?;
+    let status = pod
+        .pointer("/status/containerStatuses/0")
+        .ok_or_else(|| anyhow!("{mirror} has no container status yet"))?;
+    Ok(PluginStatus {
+        ready: status.get("ready").and_then(serde_json::Value::as_bool) == Some(true),
+        restarts: status
+            .get("restartCount")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
+        container_id: status
+            .get("containerID")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+    })
 }
