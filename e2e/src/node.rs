@@ -220,9 +220,10 @@ impl NodeCluster {
     #[must_use]
     pub fn where_to_look(&self, component: &str) -> String {
         format!(
-            "{} log: {}; {}",
+            "{} log: {}; containers' logs under {}; {}",
             component,
             self.cp.log_path(component).display(),
+            self.cp.state_dir.join("pod-logs").display(),
             self.cp.where_to_look()
         )
     }

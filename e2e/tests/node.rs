@@ -9,6 +9,10 @@
 //! killed the kubelet starts it again and Secrets still read (through a restarted
 //! kube-apiserver, which holds no cached key).
 //!
+//! Not in `cargo test --workspace` (hack/test.sh): every test is `#[ignore]`d, because
+//! the file needs root and takes about 3.5 minutes. Run it with
+//! `cargo test -p kubekms-e2e --test node -- --include-ignored`.
+//!
 //! Needs root, containerd, runc, the CNI plugins and iptables (hack/install-deps.sh), and
 //! the pause, busybox and kubekms images (`KUBEKMS_IMAGES_DIR`, or built by
 //! hack/images.sh).
@@ -43,6 +47,7 @@ fn node() -> (&'static NodeCluster, RwLockReadGuard<'static, ()>) {
 }
 
 #[test]
+#[ignore = "needs root and starts a node (about 3.5 min): cargo test -p kubekms-e2e --test node -- --include-ignored"]
 fn node_registers_ready_with_the_pinned_kubelet() -> Result<()> {
     let (node, _shared) = node();
     let obj = node.get_json(&["node", &node.node_name])?;
@@ -79,6 +84,7 @@ fn node_registers_ready_with_the_pinned_kubelet() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root and starts a node (about 3.5 min): cargo test -p kubekms-e2e --test node -- --include-ignored"]
 fn deployment_answers_through_its_cluster_ip_and_is_collected() -> Result<()> {
     let (node, _shared) = node();
     let ns = node.new_namespace("web")?;
@@ -181,6 +187,7 @@ spec:
 }
 
 #[test]
+#[ignore = "needs root and starts a node (about 3.5 min): cargo test -p kubekms-e2e --test node -- --include-ignored"]
 fn pod_reads_a_projected_token_of_its_audience() -> Result<()> {
     let (node, _shared) = node();
     let ns = node.new_namespace("token")?;
@@ -246,6 +253,7 @@ spec:
 const KUBEKMS_UID: u32 = 65532;
 
 #[test]
+#[ignore = "needs root and starts a node (about 3.5 min): cargo test -p kubekms-e2e --test node -- --include-ignored"]
 fn kms_plugin_as_a_static_pod_encrypts_secrets_and_comes_back_after_a_kill() -> Result<()> {
     let _exclusive = APISERVER_RESTARTS
         .write()
