@@ -431,6 +431,12 @@ node_down() {
   while read -r m; do
     umount "${m}" 2>/dev/null || umount -l "${m}" 2>/dev/null || true
   done < <(awk -v s="${STATE}/" 'index($2, s) == 1 { print $2 }' /proc/self/mounts | sort -r)
+  # containerd's content and snapshots (hundreds of MB per node; the logs stay), unless
+  # something under them is still mounted: never delete through a mount.
+  if [[ -d "${STATE}/containerd" ]] &&
+    ! awk -v s="${STATE}/containerd/" 'index($2, s) == 1 { found = 1 } END { exit !found }' /proc/self/mounts; then
+    rm -rf "${STATE}/containerd"
+  fi
   ip link delete "${NODE_BRIDGE}" 2>/dev/null || true
   # kube-proxy's own chains, then what `kube-proxy --cleanup` leaves: the canaries of the
   # kubelet and kube-proxy, and KUBE-FIREWALL (kube-proxy's "block incoming localnet
