@@ -43,6 +43,15 @@
 #   --etcd-snapshot FILE  restore etcd from FILE (`etcdctl snapshot save` output) with
 #                         `etcdutl snapshot restore` into a new etcd-data/ before etcd
 #                         starts (docs/disaster-recovery.md); refused if etcd-data/ exists
+#   --node                also start a node (hack/node.sh, docs/node.md): containerd,
+#                         kubelet, kube-proxy, a CNI bridge, kube-controller-manager and
+#                         kube-scheduler; `up` returns once the node is Ready. Needs root.
+#   --images DIR          (with --node) import every DIR/NAME.oci.tar as
+#                         kubekms.local/NAME:dev; DIR must hold pause.oci.tar (default
+#                         <repo>/target/images, written by hack/images.sh)
+#
+#   hack/control-plane.sh import-image [--state-dir DIR] FILE...
+#                         import more NAME.oci.tar archives into the node's containerd
 #
 # Everything lives in the state folder: pki/, etcd-data/, logs/<process>.log, pids/,
 # kubeconfig, encryption-config.yaml, and env (KEY=VALUE lines read by the e2e harness and
@@ -60,6 +69,9 @@ POINTER="${REPO_ROOT}/.state/control-plane"
 
 log() { echo "[control-plane] $*" >&2; }
 die() { echo "[control-plane] error: $*" >&2; exit 1; }
+
+# shellcheck source=hack/node.sh
+. "${HACK_DIR}/node.sh"
 
 # The header comment, up to the first line that is not a comment.
 usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }
@@ -220,7 +232,7 @@ resolve_state_for_existing() {
 is_core_proc() {
   case "$1" in
     etcd | kms-plugin | kube-apiserver | watchdog) return 0 ;;
-    *) return 1 ;;
+    *) is_node_proc "$1" ;;
   esac
 }
 
@@ -234,6 +246,8 @@ do_down() {
     name="$(basename "${f}" .pid)"
     is_core_proc "${name}" || stop_proc "${name}"
   done
+  # Then the node (its containers, network namespaces, mounts, iptables chains, bridge).
+  node_down
   # Then the plugin (a plugin that follows objects holds a watch, which would hold
   # kube-apiserver's graceful shutdown for a minute; kube-apiserver needs no KMS to stop),
   # kube-apiserver, and etcd last.
@@ -272,7 +286,7 @@ do_env() {
 
 do_status() {
   local name f rc=0
-  local -a names=(etcd kms-plugin kube-apiserver watchdog)
+  local -a names=(etcd kms-plugin kube-apiserver watchdog "${NODE_PROCS[@]}")
   for f in "${STATE}"/pids/*.pid; do
     [[ -e "${f}" ]] || continue
     name="$(basename "${f}" .pid)"
@@ -402,6 +416,7 @@ do_up() {
   local b
   local -a needed=(etcd etcdctl kube-apiserver kubectl)
   [[ -z "${ETCD_SNAPSHOT}" ]] || needed+=(etcdutl)
+  if ${NODE}; then needed+=(kubelet kube-proxy kube-controller-manager kube-scheduler); fi
   for b in "${needed[@]}"; do
     [[ -x "${TOOLS_BIN}/${b}" ]] || die "${TOOLS_BIN}/${b} is missing; run hack/tools/build.sh"
   done
@@ -492,7 +507,14 @@ do_up() {
     KUBECONFIG="${STATE}/kubeconfig" KUBEKMS_ETCD_ENDPOINT="${etcd_url}" \
       start_proc kms-plugin bash -c "${PLUGIN_CMD}"
   fi
-  local enc_args=()
+  local enc_args=() node_args=()
+  if ${NODE}; then
+    # kubectl logs/exec reach the kubelet at the node's InternalIP (its hostname resolves nowhere).
+    node_args=(--kubelet-client-certificate "${STATE}/pki/admin.crt"
+      --kubelet-client-key "${STATE}/pki/admin.key"
+      --kubelet-certificate-authority "${STATE}/pki/ca.crt"
+      --kubelet-preferred-address-types InternalIP)
+  fi
   if [[ -n "${KMS_SOCKET}" ]]; then
     write_encryption_config
     enc_args=(--encryption-provider-config "${STATE}/encryption-config.yaml"
@@ -521,9 +543,10 @@ do_up() {
     --service-cluster-ip-range 10.0.0.0/24 \
     --cert-dir "${pki}" \
     --profiling=false \
-    "${enc_args[@]}"
+    "${enc_args[@]}" "${node_args[@]}"
   wait_for kube-apiserver "${TIMEOUT}" \
     "${TOOLS_BIN}/kubectl" --kubeconfig "${STATE}/kubeconfig" --request-timeout 5s get --raw /readyz
+  if ${NODE}; then node_up; fi
 
   trap - INT TERM
   log "ready: kube-apiserver https://127.0.0.1:${APISERVER_PORT}, etcd ${etcd_url}"
@@ -547,6 +570,8 @@ KMS_SOCKET_FROM_ENV=false
 [[ -z "${KMS_SOCKET}" ]] || KMS_SOCKET_FROM_ENV=true
 PLUGIN_CMD="${KUBEKMS_PLUGIN_CMD:-}"
 ETCD_PORT="" ETCD_PEER_PORT="" APISERVER_PORT="" WATCH_PID="" TOOLS_BIN="" ETCD_SNAPSHOT=""
+NODE=false NODE_IMAGES="${REPO_ROOT}/target/images"
+declare -a IMPORT_FILES=()
 TIMEOUT="${KUBEKMS_CONTROL_PLANE_TIMEOUT:-90}"
 PROC_NAME=""
 declare -a PROC_CMD=()
@@ -567,6 +592,8 @@ while (($#)); do
     --watch-pid) WATCH_PID="${2:?}"; shift 2 ;;
     --tools-bin) TOOLS_BIN="${2:?}"; shift 2 ;;
     --etcd-snapshot) ETCD_SNAPSHOT="${2:?}"; shift 2 ;;
+    --node) NODE=true; shift ;;
+    --images) NODE_IMAGES="${2:?--images needs a folder}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --)
       [[ "${cmd}" == start-process ]] || die "'--' is for start-process only (see --help)"
@@ -574,9 +601,15 @@ while (($#)); do
       PROC_CMD=("$@")
       break
       ;;
-    *) die "unknown argument: $1 (see --help)" ;;
+    -*) die "unknown argument: $1 (see --help)" ;;
+    *)
+      [[ "${cmd}" == import-image ]] || die "unknown argument: $1 (see --help)"
+      IMPORT_FILES+=("$1")
+      shift
+      ;;
   esac
 done
+if [[ "${NODE_IMAGES}" != /* ]]; then NODE_IMAGES="$(pwd)/${NODE_IMAGES}"; fi
 if [[ -n "${KMS_SOCKET}" && "${KMS_SOCKET}" != /* ]]; then
   KMS_SOCKET="$(pwd)/${KMS_SOCKET}"
 fi
@@ -587,6 +620,12 @@ case "${cmd}" in
   env) resolve_state_for_existing; do_env ;;
   status) resolve_state_for_existing; do_status ;;
   start-process) resolve_state_for_existing; do_start_process ;;
+  import-image)
+    resolve_state_for_existing
+    alive containerd || die "the node of ${STATE} is not running (start it with '$0 up --node')"
+    ((${#IMPORT_FILES[@]})) || die "import-image: no NAME.oci.tar given"
+    node_import "${IMPORT_FILES[@]}"
+    ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
 esac

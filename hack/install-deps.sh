@@ -20,8 +20,18 @@ PACKAGES=(
   cmake
   pkg-config
   shellcheck       # lints hack/ scripts in hack/test.sh
+  # the node (hack/node.sh)
+  containerd       # the node's container runtime (CRI)
+  runc
+  containernetworking-plugins  # CNI bridge, host-local, loopback
+  iptables         # kube-proxy (iptables mode)
+  conntrack        # kube-proxy
   softhsm2         # PKCS#11 key store tests (later issues)
   opensc           # pkcs11-tool
+  # images (hack/images.sh)
+  umoci            # writes the OCI layers, config and manifest
+  skopeo           # copies/inspects OCI archives (docs/images.md)
+  busybox-static   # the busybox test image
 )
 
 log() { echo "[install-deps] $*" >&2; }

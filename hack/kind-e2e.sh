@@ -10,6 +10,13 @@
 # Usage: hack/kind-e2e.sh [--keep]
 #   By default the kubekms plugin is built (cargo build -p kubekms-plugin), initialised in
 #   the work folder and served on the host.
+#   The images of hack/images.sh (kubekms, busybox; the same OCI archives the local node
+#   imports into its containerd) are built and loaded into the kind node with
+#   `kind load image-archive`. After the suite, with the kubekms plugin, the operator and
+#   the server run from that image as the Deployments of deploy/operator and deploy/server
+#   (root key: the plugin's, copied into the node; a self-signed certificate for the
+#   server) and must become Available.
+#   KUBEKMS_KIND_NO_DEPLOY=1  skip that last step
 #   KUBEKMS_PLUGIN_CMD='some-plugin --listen {socket}'  another plugin instead ({socket}
 #                        is replaced by the host path of the socket)
 #   KUBEKMS_KIND_NO_KMS=1  no plugin: Secrets stay unencrypted, the KMS test is skipped
@@ -26,7 +33,7 @@ keep=false
 [[ "${1:-}" == "--keep" ]] && keep=true
 
 log() { echo "[kind-e2e] $*" >&2; }
-for tool in docker kind cargo go; do
+for tool in docker kind cargo go openssl; do
   command -v "${tool}" >/dev/null || { log "error: ${tool} is not installed"; exit 1; }
 done
 docker info >/dev/null 2>&1 || { log "error: no Docker engine answers (docker info failed)"; exit 1; }
@@ -72,9 +79,16 @@ else
     >"${work}/encryption/encryption-config.yaml"
 fi
 
+log "building the images (hack/images.sh, log ${work}/logs/images.log)"
+hack/images.sh build --out "${work}/images" kubekms busybox >"${work}/logs/images.log" 2>&1 ||
+  { tail -n 40 "${work}/logs/images.log" >&2; exit 1; }
+
 sed "s|__WORK_DIR__|${work}|g" e2e/kind/cluster.yaml >"${work}/cluster.yaml"
 kind create cluster --name "${NAME}" --image "${IMAGE}" --config "${work}/cluster.yaml" \
   --kubeconfig "${work}/kubeconfig" --wait 180s
+for archive in "${work}/images/kubekms.oci.tar" "${work}/images/busybox.oci.tar"; do
+  kind load image-archive --name "${NAME}" "${archive}"
+done
 
 kubectl=("${TOOLS_BIN}/kubectl" --kubeconfig "${work}/kubeconfig")
 server_version="$("${kubectl[@]}" version -o json | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | tail -n 1)"
@@ -94,3 +108,31 @@ if [[ -n "${KUBEKMS_KIND_NO_KMS:-}" ]]; then
   skip=(-- --skip secrets_are_encrypted_by_the_kubekms_plugin)
 fi
 KUBEKMS_E2E_STATE="${work}" cargo test -p kubekms-e2e "${skip[@]}"
+
+# The operator and the server as users deploy them: from the loaded image, with the
+# manifests of deploy/. The root key is the plugin's (the same 32 bytes, owned by the
+# image's user 65532 in the node, as on a control-plane host: docs/images.md).
+if [[ -z "${KUBEKMS_KIND_NO_DEPLOY:-}" && -f "${work}/kubekms-plugin/root.key" ]]; then
+  node="${NAME}-control-plane"
+  docker exec -i "${node}" sh -c 'install -d -m 0700 -o 65532 -g 65532 /var/lib/kubekms &&
+    cat >/var/lib/kubekms/root.key && chown 65532:65532 /var/lib/kubekms/root.key &&
+    chmod 0600 /var/lib/kubekms/root.key' <"${work}/kubekms-plugin/root.key"
+  "${kubectl[@]}" apply --server-side --force-conflicts -f crds/
+  "${kubectl[@]}" wait --for=condition=Established --timeout=60s crd --all
+  "${kubectl[@]}" apply -f deploy/rbac/
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj "/CN=kubekms-server.kubekms-system.svc" \
+    -addext "subjectAltName=DNS:kubekms-server.kubekms-system.svc,DNS:kubekms-server.kubekms-system.svc.cluster.local" \
+    -keyout "${work}/server-tls.key" -out "${work}/server-tls.crt" 2>/dev/null
+  "${kubectl[@]}" -n kubekms-system create secret tls kubekms-server-tls \
+    --cert "${work}/server-tls.crt" --key "${work}/server-tls.key"
+  "${kubectl[@]}" apply -f deploy/operator/ -f deploy/server/
+  if ! "${kubectl[@]}" -n kubekms-system wait --for=condition=Available --timeout=180s \
+    deployment/kubekms-operator deployment/kubekms-server; then
+    "${kubectl[@]}" -n kubekms-system get pods -o wide >&2 || true
+    "${kubectl[@]}" -n kubekms-system logs --all-containers --prefix --tail=40 \
+      -l app.kubernetes.io/part-of=kubekms >&2 || true
+    exit 1
+  fi
+  log "kubekms-operator and kubekms-server run from kubekms.local/kubekms:dev"
+fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned Kubernetes and etcd binaries from their Go modules:
-#   kube-apiserver, kubectl   (hack/tools/kubernetes/go.mod)
+#   kube-apiserver, kubectl, and for the node (hack/node.sh) kubelet, kube-proxy,
+#   kube-controller-manager, kube-scheduler   (hack/tools/kubernetes/go.mod)
 #   etcd, etcdctl, etcdutl    (hack/tools/etcd/go.mod; etcdutl restores snapshots)
 #
 # Binaries land in ${KUBEKMS_TOOLS_CACHE:-$HOME/.cache/kubekms/tools}/<key>/bin, where
@@ -22,7 +23,7 @@ print_dir=false
 for arg in "$@"; do
   case "${arg}" in
     --print-dir) print_dir=true ;;
-    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "build.sh: unknown argument: ${arg}" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +62,8 @@ finish() {
 
 all_present() {
   local b
-  for b in kube-apiserver kubectl etcd etcdctl etcdutl; do
+  for b in kube-apiserver kubectl kubelet kube-proxy kube-controller-manager kube-scheduler \
+    etcd etcdctl etcdutl; do
     [[ -x "${bin}/${b}" ]] || return 1
   done
 }
@@ -108,11 +110,13 @@ log "building etcd, etcdctl, etcdutl (hack/tools/etcd) into ${dest}"
   go build -trimpath -ldflags="-s -w" -o "${tmp}/bin/etcdctl" go.etcd.io/etcd/etcdctl/v3
   go build -trimpath -ldflags="-s -w" -o "${tmp}/bin/etcdutl" go.etcd.io/etcd/etcdutl/v3
 )
-log "etcd done after $((SECONDS - start))s; building kube-apiserver, kubectl ${KUBE_VERSION} (a first build with empty Go caches takes about 12 min on 2 cores)"
+log "etcd done after $((SECONDS - start))s; building kube-apiserver, kubectl, kubelet, kube-proxy, kube-controller-manager, kube-scheduler ${KUBE_VERSION} (a first build with empty Go caches takes about 15 min on 2 cores)"
 (
   cd "${TOOLS_DIR}/kubernetes"
   go build -trimpath -ldflags="-s -w ${version_ldflags}" -o "${tmp}/bin/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
 )
 log "all tools built in $((SECONDS - start))s"
 

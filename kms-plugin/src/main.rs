@@ -85,7 +85,9 @@ enum Command {
         /// This plugin's name in its heartbeat Lease `kubekms-plugin-<instance>` (with
         /// --follow), which protects the KmsKey and tells the operator when a rotation is
         /// live. One per kube-apiserver: default the node name, else the host name.
-        #[arg(long, env = "NODE_NAME", requires = "follow")]
+        /// Unused without --follow; not refused then, because a pod sets NODE_NAME from
+        /// the Downward API whether or not it follows (deploy/static-pod/).
+        #[arg(long, env = "NODE_NAME")]
         instance: Option<String>,
         /// With --follow: accept a KmsKeyMaterial of the followed KmsKey that names another
         /// key than the one this plugin adopted from it. Without it such a record is

@@ -278,6 +278,38 @@ fn serve_reports_health_and_metrics_follows_rotation_and_stops_on_sigterm() {
     );
 }
 
+/// The static pod (deploy/static-pod/) sets NODE_NAME from the Downward API for --follow;
+/// without --follow the plugin must still start.
+#[test]
+fn serve_without_follow_starts_when_node_name_is_set() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    assert!(run(&["init", "--state-dir", p(&state)]).status.success());
+    let socket = tmp.path().join("kms.sock");
+    let log = tmp.path().join("serve.log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--state-dir", p(&state), "--socket", p(&socket)])
+        .env("NODE_NAME", "node-1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!(
+                "serve exited ({status}); log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn serve_refuses_an_uninitialised_folder_and_a_regular_file_as_socket() {
     let tmp = tempfile::tempdir().expect("tempdir");
