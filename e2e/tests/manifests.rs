@@ -8,9 +8,12 @@
 //! - every pod runs the kubekms image with `IfNotPresent`, as non-root with a read-only
 //!   root filesystem, no capabilities and the RuntimeDefault seccomp profile; the
 //!   Deployments use a ServiceAccount that deploy/rbac creates;
-//! - every container's `command` is accepted by the binary it names (the built binary runs
-//!   with the same arguments and `--help` appended: clap refuses an unknown flag or
-//!   subcommand before it prints help).
+//! - every container's `command` is accepted by the binary it names: the built binary runs
+//!   with the same arguments and `--help` appended (clap refuses an unknown flag or
+//!   subcommand before it prints help), then as the pod starts it, with the container's
+//!   environment and host paths moved to a missing folder, and must not exit with clap's
+//!   usage error (how flags and `env` go together: a static pod that set NODE_NAME
+//!   without --follow was refused by the plugin this way).
 //!
 //! Runs on the suite's control plane (no node needed: dry-run creates nothing).
 
@@ -185,6 +188,76 @@ fn check_command(object: &Value, container: &Value) -> Result<()> {
         "{}: {name} refuses the manifest's arguments {args:?}: {}",
         id(object),
         String::from_utf8_lossy(&out.stderr)
+    );
+    check_arguments_validate(object, container, &bin, args)
+}
+
+/// `--help` stops clap before it checks how arguments go together (`requires`,
+/// `conflicts_with`) and what the environment adds (an `env` of the container sets a
+/// flag too). So the command also runs as the pod would start it, with the container's
+/// environment (values from the Downward API as placeholders) and every host path moved
+/// under a folder that does not exist: it must get past clap (which exits 2 on a usage
+/// error) and stop on the missing files, or still be running after a few seconds.
+fn check_arguments_validate(
+    object: &Value,
+    container: &Value,
+    bin: &Path,
+    args: &[&str],
+) -> Result<()> {
+    let missing = std::env::temp_dir().join(kubekms_e2e::unique_name("kubekms-manifests-absent"));
+    let args: Vec<String> = args
+        .iter()
+        .map(|arg| match arg.split_once("=/") {
+            Some((flag, path)) if flag.starts_with("--") => {
+                format!("{flag}={}", missing.join(path).display())
+            }
+            _ => (*arg).to_owned(),
+        })
+        .collect();
+    let mut cmd = Command::new(bin);
+    cmd.args(&args)
+        .env_clear()
+        .env("KUBECONFIG", missing.join("kubeconfig"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for var in container
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let value = var
+            .get("value")
+            .and_then(Value::as_str)
+            .unwrap_or("from-the-downward-api");
+        cmd.env(text(var, "/name"), value);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            child.wait()?;
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read as _;
+        pipe.read_to_string(&mut stderr)?;
+    }
+    ensure!(
+        status.and_then(|s| s.code()) != Some(2),
+        "{}: {} refuses the manifest's arguments and environment {args:?}: {stderr}",
+        id(object),
+        bin.display()
     );
     Ok(())
 }
