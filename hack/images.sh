@@ -294,7 +294,10 @@ fetch_deb() {
   arch="$(dpkg-query -W -f='${Architecture}' "${pkg}")"
   file="${deb_dir}/${pkg}_${version//:/%3a}_${arch}.deb"
   if [[ ! -f "${file}" ]]; then
-    (cd "${deb_dir}" && apt-get download "${pkg}=${version}") >&2 ||
+    # As root apt drops to _apt, who cannot write to the deb folder (and says so).
+    local sandbox=()
+    [[ "$(id -u)" != 0 ]] || sandbox=(-o APT::Sandbox::User=root)
+    (cd "${deb_dir}" && apt-get "${sandbox[@]}" download "${pkg}=${version}") >&2 ||
       die "apt-get download ${pkg}=${version} failed (put ${file} there by hand when offline)"
   fi
   [[ -f "${file}" ]] || die "apt-get download did not write ${file}"
@@ -327,7 +330,7 @@ build_kubekms() {
   for pkg in "${KUBEKMS_DEBS[@]}"; do
     deb="$(fetch_deb "${pkg}" "${deb_dir}")"
     dpkg-deb -x "${deb}" "${root}"
-    labels+=(--config.label "org.kubekms.debian.${pkg}=$(dpkg-deb -f "${deb}" Version)")
+    labels+=(--config.label "io.kubekms.debian.${pkg}=$(dpkg-deb -f "${deb}" Version)")
   done
   rm -rf "${root:?}/usr/share" "${root:?}/usr/lib/x86_64-linux-gnu/gconv" "${root:?}/sbin" \
     "${root:?}/usr/sbin" "${root:?}/usr/bin" "${root:?}/etc/ld.so.conf.d"
@@ -346,7 +349,7 @@ build_kubekms() {
   pack_image kubekms "${root}" --config.user "${KUBEKMS_UID}:${KUBEKMS_UID}" \
     --config.workingdir / --config.env PATH=/usr/local/bin \
     --config.cmd /usr/local/bin/kubekms-plugin --config.cmd --help \
-    --config.label "org.kubekms.profile=${profile}" "${labels[@]}"
+    --config.label "io.kubekms.profile=${profile}" "${labels[@]}"
 }
 
 built=()
