@@ -78,8 +78,15 @@ created="$(date -u -d "@${SOURCE_DATE_EPOCH}" +%Y-%m-%dT%H:%M:%SZ)"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/kubekms-images.XXXXXX")"
 containerd_pid=""
+ctr=(ctr)
 cleanup() {
   if [[ -n "${containerd_pid}" ]]; then
+    # A task's shim outlives containerd: stop every task of a failed check first.
+    local task
+    for task in $(timeout 10 "${ctr[@]}" tasks ls -q 2>/dev/null); do
+      timeout 10 "${ctr[@]}" tasks kill --signal SIGKILL "${task}" >/dev/null 2>&1 || true
+      timeout 10 "${ctr[@]}" tasks delete --force "${task}" >/dev/null 2>&1 || true
+    done
     kill "${containerd_pid}" 2>/dev/null || true
     wait "${containerd_pid}" 2>/dev/null || true
   fi
