@@ -120,14 +120,20 @@ pack_image() {
   local name="$1" rootfs="$2"
   shift 2
   local layout="${work}/${name}-layout" ref="${REGISTRY}/${name}:${TAG}"
-  normalize_tree "${rootfs}"
+  local bundle="${work}/${name}-bundle"
   # umoci writes progress to stdout; stdout of this function is its one result line.
+  # unpack + repack rather than `umoci insert`: 0.4.7's insert leaves the layer's tar
+  # without its end (the last file's padding and the two zero blocks), which Go's tar
+  # reader forgives and GNU tar and Python's tarfile do not.
   {
     umoci init --layout "${layout}"
     umoci new --image "${layout}:${ref}"
-    umoci insert "${umoci_owner[@]}" --image "${layout}:${ref}" \
+    umoci unpack "${umoci_owner[@]}" --image "${layout}:${ref}" "${bundle}"
+    cp -a "${rootfs}/." "${bundle}/rootfs/"
+    normalize_tree "${bundle}/rootfs"
+    umoci repack --image "${layout}:${ref}" \
       --history.created "${created}" --history.created_by "hack/images.sh build ${name}" \
-      "${rootfs}" /
+      "${bundle}"
     umoci config "${umoci_owner[@]}" --image "${layout}:${ref}" --no-history \
       --created "${created}" --architecture amd64 --os linux \
       --config.label "org.opencontainers.image.created=${created}" \
@@ -135,6 +141,14 @@ pack_image() {
       "$@"
     umoci gc --layout "${layout}"
   } >&2
+  # Every layer must read to its end with GNU tar, not only with Go's forgiving reader.
+  local blob
+  for blob in "${layout}"/blobs/sha256/*; do
+    if gzip -t "${blob}" 2>/dev/null; then
+      tar -tzf "${blob}" >/dev/null 2>"${work}/tar-check.log" ||
+        die "${name}: layer ${blob##*/} does not read to its end: $(tail -n 2 "${work}/tar-check.log")"
+    fi
+  done
   # The archive itself is also byte-for-byte reproducible: sorted, fixed mtime and owner.
   tar --sort=name --mtime="@${SOURCE_DATE_EPOCH}" --owner=0 --group=0 --numeric-owner \
     --format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
