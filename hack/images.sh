@@ -27,6 +27,8 @@
 #   KUBEKMS_IMAGES_NO_CARGO=1  kubekms: use the binaries already in target/ (no cargo build)
 #   KUBEKMS_IMAGES_DEB_DIR     where downloaded .deb files are kept (default DIR/debs)
 set -euo pipefail
+# The images are built in command substitutions: a failing step must stop them too.
+shopt -s inherit_errexit
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TAG="dev"
@@ -100,8 +102,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# As root umoci records the owners on disk (all root here); otherwise --rootless maps the
-# caller to 0:0 (which is what the files are meant to be owned by).
+# As root umoci records the owners on disk (all root here); otherwise `unpack --rootless`
+# makes the bundle map the caller to 0:0 (which is what the files are meant to be owned
+# by) when it is repacked.
 umoci_owner=()
 [[ "$(id -u)" == 0 ]] || umoci_owner=(--rootless)
 
@@ -134,7 +137,7 @@ pack_image() {
     umoci repack --image "${layout}:${ref}" \
       --history.created "${created}" --history.created_by "hack/images.sh build ${name}" \
       "${bundle}"
-    umoci config "${umoci_owner[@]}" --image "${layout}:${ref}" --no-history \
+    umoci config --image "${layout}:${ref}" --no-history \
       --created "${created}" --architecture amd64 --os linux \
       --config.label "org.opencontainers.image.created=${created}" \
       --config.label "org.opencontainers.image.title=${name}" \
