@@ -249,7 +249,8 @@ check_pause() {
 
 check_busybox() {
   local ref="$1" out
-  out="$(run_in "${ref}" busybox-check sh -c 'echo hi >/tmp/f && cat /tmp/f && httpd --help 2>&1 | head -n 1 && sleep 0')"
+  out="$(run_in "${ref}" busybox-check sh -c 'echo hi >/tmp/f && cat /tmp/f && httpd --help 2>&1 | head -n 1 && sleep 0')" ||
+    die "busybox: the shell command failed: ${out:-}"
   [[ "${out}" == hi*BusyBox* ]] || die "busybox: unexpected output: ${out}"
   log "busybox: sh, cat, httpd and sleep ran"
 }
