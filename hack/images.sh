@@ -27,6 +27,8 @@
 #   KUBEKMS_IMAGES_NO_CARGO=1  kubekms: use the binaries already in target/ (no cargo build)
 #   KUBEKMS_IMAGES_DEB_DIR     where downloaded .deb files are kept (default DIR/debs)
 set -euo pipefail
+# The images are built in command substitutions: a failing step must stop them too.
+shopt -s inherit_errexit
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TAG="dev"
@@ -78,8 +80,15 @@ created="$(date -u -d "@${SOURCE_DATE_EPOCH}" +%Y-%m-%dT%H:%M:%SZ)"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/kubekms-images.XXXXXX")"
 containerd_pid=""
+ctr=(ctr)
 cleanup() {
   if [[ -n "${containerd_pid}" ]]; then
+    # A task's shim outlives containerd: stop every task of a failed check first.
+    local task
+    for task in $(timeout 10 "${ctr[@]}" tasks ls -q 2>/dev/null); do
+      timeout 10 "${ctr[@]}" tasks kill --signal SIGKILL "${task}" >/dev/null 2>&1 || true
+      timeout 10 "${ctr[@]}" tasks delete --force "${task}" >/dev/null 2>&1 || true
+    done
     kill "${containerd_pid}" 2>/dev/null || true
     wait "${containerd_pid}" 2>/dev/null || true
   fi
@@ -93,8 +102,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# As root umoci records the owners on disk (all root here); otherwise --rootless maps the
-# caller to 0:0 (which is what the files are meant to be owned by).
+# As root umoci records the owners on disk (all root here); otherwise `unpack --rootless`
+# makes the bundle map the caller to 0:0 (which is what the files are meant to be owned
+# by) when it is repacked.
 umoci_owner=()
 [[ "$(id -u)" == 0 ]] || umoci_owner=(--rootless)
 
@@ -113,21 +123,35 @@ pack_image() {
   local name="$1" rootfs="$2"
   shift 2
   local layout="${work}/${name}-layout" ref="${REGISTRY}/${name}:${TAG}"
-  normalize_tree "${rootfs}"
+  local bundle="${work}/${name}-bundle"
   # umoci writes progress to stdout; stdout of this function is its one result line.
+  # unpack + repack rather than `umoci insert`: 0.4.7's insert leaves the layer's tar
+  # without its end (the last file's padding and the two zero blocks), which Go's tar
+  # reader forgives and GNU tar and Python's tarfile do not.
   {
     umoci init --layout "${layout}"
     umoci new --image "${layout}:${ref}"
-    umoci insert "${umoci_owner[@]}" --image "${layout}:${ref}" \
+    umoci unpack "${umoci_owner[@]}" --image "${layout}:${ref}" "${bundle}"
+    cp -a "${rootfs}/." "${bundle}/rootfs/"
+    normalize_tree "${bundle}/rootfs"
+    umoci repack --image "${layout}:${ref}" \
       --history.created "${created}" --history.created_by "hack/images.sh build ${name}" \
-      "${rootfs}" /
-    umoci config "${umoci_owner[@]}" --image "${layout}:${ref}" --no-history \
+      "${bundle}"
+    umoci config --image "${layout}:${ref}" --no-history \
       --created "${created}" --architecture amd64 --os linux \
       --config.label "org.opencontainers.image.created=${created}" \
       --config.label "org.opencontainers.image.title=${name}" \
       "$@"
     umoci gc --layout "${layout}"
   } >&2
+  # Every layer must read to its end with GNU tar, not only with Go's forgiving reader.
+  local blob
+  for blob in "${layout}"/blobs/sha256/*; do
+    if gzip -t "${blob}" 2>/dev/null; then
+      tar -tzf "${blob}" >/dev/null 2>"${work}/tar-check.log" ||
+        die "${name}: layer ${blob##*/} does not read to its end: $(tail -n 2 "${work}/tar-check.log")"
+    fi
+  done
   # The archive itself is also byte-for-byte reproducible: sorted, fixed mtime and owner.
   tar --sort=name --mtime="@${SOURCE_DATE_EPOCH}" --owner=0 --group=0 --numeric-owner \
     --format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
@@ -225,7 +249,8 @@ check_pause() {
 
 check_busybox() {
   local ref="$1" out
-  out="$(run_in "${ref}" busybox-check sh -c 'echo hi >/tmp/f && cat /tmp/f && httpd --help 2>&1 | head -n 1 && sleep 0')"
+  out="$(run_in "${ref}" busybox-check sh -c 'echo hi >/tmp/f && cat /tmp/f && httpd --help 2>&1 | head -n 1 && sleep 0')" ||
+    die "busybox: the shell command failed: ${out:-}"
   [[ "${out}" == hi*BusyBox* ]] || die "busybox: unexpected output: ${out}"
   log "busybox: sh, cat, httpd and sleep ran"
 }
@@ -294,7 +319,10 @@ fetch_deb() {
   arch="$(dpkg-query -W -f='${Architecture}' "${pkg}")"
   file="${deb_dir}/${pkg}_${version//:/%3a}_${arch}.deb"
   if [[ ! -f "${file}" ]]; then
-    (cd "${deb_dir}" && apt-get download "${pkg}=${version}") >&2 ||
+    # As root apt drops to _apt, who cannot write to the deb folder (and says so).
+    local sandbox=()
+    [[ "$(id -u)" != 0 ]] || sandbox=(-o APT::Sandbox::User=root)
+    (cd "${deb_dir}" && apt-get "${sandbox[@]}" download "${pkg}=${version}") >&2 ||
       die "apt-get download ${pkg}=${version} failed (put ${file} there by hand when offline)"
   fi
   [[ -f "${file}" ]] || die "apt-get download did not write ${file}"
@@ -327,7 +355,7 @@ build_kubekms() {
   for pkg in "${KUBEKMS_DEBS[@]}"; do
     deb="$(fetch_deb "${pkg}" "${deb_dir}")"
     dpkg-deb -x "${deb}" "${root}"
-    labels+=(--config.label "org.kubekms.debian.${pkg}=$(dpkg-deb -f "${deb}" Version)")
+    labels+=(--config.label "io.kubekms.debian.${pkg}=$(dpkg-deb -f "${deb}" Version)")
   done
   rm -rf "${root:?}/usr/share" "${root:?}/usr/lib/x86_64-linux-gnu/gconv" "${root:?}/sbin" \
     "${root:?}/usr/sbin" "${root:?}/usr/bin" "${root:?}/etc/ld.so.conf.d"
@@ -346,7 +374,7 @@ build_kubekms() {
   pack_image kubekms "${root}" --config.user "${KUBEKMS_UID}:${KUBEKMS_UID}" \
     --config.workingdir / --config.env PATH=/usr/local/bin \
     --config.cmd /usr/local/bin/kubekms-plugin --config.cmd --help \
-    --config.label "org.kubekms.profile=${profile}" "${labels[@]}"
+    --config.label "io.kubekms.profile=${profile}" "${labels[@]}"
 }
 
 built=()
