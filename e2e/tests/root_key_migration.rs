@@ -42,20 +42,35 @@ const CHILD_ENV: &str = "KUBEKMS_E2E_MIGRATION_CHILD";
 const TIMEOUT: Duration = Duration::from_secs(240);
 
 fn phase(started: Instant, what: &str) {
-    eprintln!("[e2e migrate] {:>6.1}s {what}", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[e2e migrate] {:>6.1}s {what}",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn app_keys() -> Vec<(String, serde_json::Value)> {
     let key = |spec: &str, usage: &str| serde_json::json!({"keySpec": spec, "keyUsage": usage});
     let mut keys = vec![
-        ("sym".to_owned(), key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT")),
-        ("rsa-2048-enc".to_owned(), key("RSA_2048", "ENCRYPT_DECRYPT")),
+        (
+            "sym".to_owned(),
+            key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"),
+        ),
+        (
+            "rsa-2048-enc".to_owned(),
+            key("RSA_2048", "ENCRYPT_DECRYPT"),
+        ),
         ("p256-sign".to_owned(), key("ECC_NIST_P256", "SIGN_VERIFY")),
-        ("hmac-256".to_owned(), key("HMAC_256", "GENERATE_VERIFY_MAC")),
+        (
+            "hmac-256".to_owned(),
+            key("HMAC_256", "GENERATE_VERIFY_MAC"),
+        ),
     ];
     // More records, so that a kill at 2 records a second lands mid-migration.
     for i in 0..8 {
-        keys.push((format!("extra-{i}"), key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT")));
+        keys.push((
+            format!("extra-{i}"),
+            key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"),
+        ));
     }
     keys
 }
@@ -72,12 +87,22 @@ fn make(key: &KmsKey) -> Result<serde_json::Value> {
         kms_core::KeyUsage::EncryptDecrypt if spec == KeySpec::SymmetricDefault => {
             let version = key.current_material()?.0;
             let plaintext = format!("secret under v{version}").into_bytes();
-            let blob = ops::encrypt(key, &plaintext, &context(), EncryptionAlgorithm::SymmetricDefault)?;
+            let blob = ops::encrypt(
+                key,
+                &plaintext,
+                &context(),
+                EncryptionAlgorithm::SymmetricDefault,
+            )?;
             serde_json::json!({"kind": "blob", "version": version, "plaintext": B64.encode(plaintext), "blob": B64.encode(blob)})
         }
         kms_core::KeyUsage::EncryptDecrypt => {
             let plaintext = b"a data key wrapped by RSA".to_vec();
-            let ciphertext = ops::encrypt(key, &plaintext, &EncryptionContext::new(), EncryptionAlgorithm::RsaesOaepSha256)?;
+            let ciphertext = ops::encrypt(
+                key,
+                &plaintext,
+                &EncryptionContext::new(),
+                EncryptionAlgorithm::RsaesOaepSha256,
+            )?;
             serde_json::json!({"kind": "oaep", "plaintext": B64.encode(plaintext), "ciphertext": B64.encode(ciphertext)})
         }
         kms_core::KeyUsage::SignVerify => {
@@ -97,7 +122,11 @@ fn make(key: &KmsKey) -> Result<serde_json::Value> {
 }
 
 fn bytes(v: &serde_json::Value, field: &str) -> Result<Vec<u8>> {
-    Ok(B64.decode(v[field].as_str().ok_or_else(|| anyhow!("no {field} in {v}"))?)?)
+    Ok(B64.decode(
+        v[field]
+            .as_str()
+            .ok_or_else(|| anyhow!("no {field} in {v}"))?,
+    )?)
 }
 
 /// Checks what `make` made with the key as unwrapped now.
@@ -105,20 +134,48 @@ fn check(name: &str, made: &serde_json::Value, key: &KmsKey) -> Result<()> {
     let spec = key.metadata.spec;
     match made["kind"].as_str() {
         Some("blob") => {
-            let (got, used) = ops::decrypt(key, &bytes(made, "blob")?, &context(), EncryptionAlgorithm::SymmetricDefault)
-                .with_context(|| format!("{name}: decrypt"))?;
-            ensure!(got.expose() == bytes(made, "plaintext")?.as_slice(), "{name}: wrong plaintext");
-            ensure!(Some(u64::from(used)) == made["version"].as_u64(), "{name}: version {used}");
+            let (got, used) = ops::decrypt(
+                key,
+                &bytes(made, "blob")?,
+                &context(),
+                EncryptionAlgorithm::SymmetricDefault,
+            )
+            .with_context(|| format!("{name}: decrypt"))?;
+            ensure!(
+                got.expose() == bytes(made, "plaintext")?.as_slice(),
+                "{name}: wrong plaintext"
+            );
+            ensure!(
+                Some(u64::from(used)) == made["version"].as_u64(),
+                "{name}: version {used}"
+            );
         }
         Some("oaep") => {
-            let (got, _) = ops::decrypt(key, &bytes(made, "ciphertext")?, &EncryptionContext::new(), EncryptionAlgorithm::RsaesOaepSha256)
-                .with_context(|| format!("{name}: RSA-OAEP decrypt"))?;
-            ensure!(got.expose() == bytes(made, "plaintext")?.as_slice(), "{name}: wrong plaintext");
+            let (got, _) = ops::decrypt(
+                key,
+                &bytes(made, "ciphertext")?,
+                &EncryptionContext::new(),
+                EncryptionAlgorithm::RsaesOaepSha256,
+            )
+            .with_context(|| format!("{name}: RSA-OAEP decrypt"))?;
+            ensure!(
+                got.expose() == bytes(made, "plaintext")?.as_slice(),
+                "{name}: wrong plaintext"
+            );
         }
         Some("signature") => {
             let algorithm = spec.signing_algorithms()[0];
-            ensure!(ops::get_public_key(key)?.public_key == bytes(made, "public_key")?, "{name}: public key changed");
-            ops::verify(key, &bytes(made, "message")?, MessageType::Raw, &bytes(made, "signature")?, algorithm)?;
+            ensure!(
+                ops::get_public_key(key)?.public_key == bytes(made, "public_key")?,
+                "{name}: public key changed"
+            );
+            ops::verify(
+                key,
+                &bytes(made, "message")?,
+                MessageType::Raw,
+                &bytes(made, "signature")?,
+                algorithm,
+            )?;
             // A new signature by the private key as unwrapped now verifies under the old
             // public key: the private material is the same.
             let fresh = ops::sign(key, b"signed after", MessageType::Raw, algorithm)?;
@@ -129,7 +186,10 @@ fn check(name: &str, made: &serde_json::Value, key: &KmsKey) -> Result<()> {
             ensure!(mac == bytes(made, "mac")?, "{name}: another MAC");
         }
         Some("public_key") => {
-            ensure!(ops::get_public_key(key)?.public_key == bytes(made, "public_key")?, "{name}: public key changed");
+            ensure!(
+                ops::get_public_key(key)?.public_key == bytes(made, "public_key")?,
+                "{name}: public key changed"
+            );
         }
         other => anyhow::bail!("{name}: unknown evidence {other:?}"),
     }
@@ -137,10 +197,16 @@ fn check(name: &str, made: &serde_json::Value, key: &KmsKey) -> Result<()> {
 }
 
 /// Every key of `objects`, unwrapped under `store`.
-fn unwrap_all(objects: &BackupObjects, store: &dyn RootKeyStore) -> Result<BTreeMap<String, KmsKey>> {
+fn unwrap_all(
+    objects: &BackupObjects,
+    store: &dyn RootKeyStore,
+) -> Result<BTreeMap<String, KmsKey>> {
     let mut keys = BTreeMap::new();
     for ((ns, name), record) in &objects.records {
-        let object = objects.keys.get(&(ns.clone(), name.clone())).ok_or_else(|| anyhow!("no KmsKey {ns}/{name}"))?;
+        let object = objects
+            .keys
+            .get(&(ns.clone(), name.clone()))
+            .ok_or_else(|| anyhow!("no KmsKey {ns}/{name}"))?;
         let key = kubekms_k8s::unwrap::key_from_objects(object, record, store)
             .with_context(|| format!("unwrapping {ns}/{name}"))?;
         keys.insert(format!("{ns}/{name}"), key);
@@ -148,21 +214,40 @@ fn unwrap_all(objects: &BackupObjects, store: &dyn RootKeyStore) -> Result<BTree
     Ok(keys)
 }
 
+/// Per record (`namespace/name`): its `rootKeyId`, and per version the wrap format and
+/// the root key id in the wrapped material's header.
+type RecordWraps = BTreeMap<String, (String, Vec<(u8, String)>)>;
+
 /// `kubectl get kmskeymaterials -A`: (namespace/name, root key id, first byte and root key
 /// id of each version's wrapped material).
-fn record_wraps(site: &Site) -> Result<BTreeMap<String, (String, Vec<(u8, String)>)>> {
-    let out = site.cp.kubectl(["get", "kmskeymaterials", "-A", "-o", "json"])?;
+fn record_wraps(site: &Site) -> Result<RecordWraps> {
+    let out = site
+        .cp
+        .kubectl(["get", "kmskeymaterials", "-A", "-o", "json"])?;
     let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let mut records = BTreeMap::new();
     for item in list["items"].as_array().into_iter().flatten() {
         let id = format!(
             "{}/{}",
-            item.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or_default(),
-            item.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or_default()
+            item.pointer("/metadata/namespace")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default(),
+            item.pointer("/metadata/name")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
         );
-        let root = item.pointer("/spec/rootKeyId").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        let root = item
+            .pointer("/spec/rootKeyId")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
         let mut versions = Vec::new();
-        for v in item.pointer("/spec/versions").and_then(|v| v.as_array()).into_iter().flatten() {
+        for v in item
+            .pointer("/spec/versions")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
             let wrapped = B64.decode(v["wrapped"].as_str().unwrap_or_default())?;
             versions.push((
                 wrapped.first().copied().unwrap_or(0),
@@ -175,17 +260,27 @@ fn record_wraps(site: &Site) -> Result<BTreeMap<String, (String, Vec<(u8, String
 }
 
 /// Records whose every version is format 3 under `hsm_id`, and the others.
-fn split_moved(records: &BTreeMap<String, (String, Vec<(u8, String)>)>, hsm_id: &str) -> (usize, usize) {
+fn split_moved(records: &RecordWraps, hsm_id: &str) -> (usize, usize) {
     let moved = records
         .values()
-        .filter(|(root, versions)| root == hsm_id && versions.iter().all(|(f, id)| *f == 3 && id == hsm_id))
+        .filter(|(root, versions)| {
+            root == hsm_id && versions.iter().all(|(f, id)| *f == 3 && id == hsm_id)
+        })
         .count();
     (moved, records.len() - moved)
 }
 
-fn operator(site: &Site, token: &SoftHsmToken, previous: Option<&Path>, extra: &[&str]) -> Result<Child> {
+fn operator(
+    site: &Site,
+    token: &SoftHsmToken,
+    previous: Option<&Path>,
+    extra: &[&str],
+) -> Result<Child> {
     let bin = sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(site.cp.log_path("kubekms-operator"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(site.cp.log_path("kubekms-operator"))?;
     let mut cmd = Command::new(bin);
     let (env, conf) = token.env();
     cmd.env("KUBECONFIG", &site.cp.kubeconfig)
@@ -193,21 +288,39 @@ fn operator(site: &Site, token: &SoftHsmToken, previous: Option<&Path>, extra: &
         .env(env, conf)
         .args(token.flags())
         .args([
-            "--lease-namespace", SYSTEM_NAMESPACE, "--metrics-addr", "127.0.0.1:0",
-            "--identity", "migrate-operator", "--lease-duration-seconds", "4",
-            "--lease-renew-seconds", "1", "--log-format", "text",
-            "--root-key-migration-records-per-second", "2",
+            "--lease-namespace",
+            SYSTEM_NAMESPACE,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--identity",
+            "migrate-operator",
+            "--lease-duration-seconds",
+            "4",
+            "--lease-renew-seconds",
+            "1",
+            "--log-format",
+            "text",
+            "--root-key-migration-records-per-second",
+            "2",
         ])
         .args(extra);
     if let Some(previous) = previous {
         cmd.arg("--previous-root-key-file").arg(previous);
     }
-    Ok(cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?)
+    Ok(cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
 }
 
 fn plugin(site: &Site, token: &SoftHsmToken, args: &[&str]) -> Result<std::process::Output> {
     let (env, conf) = token.env();
-    Ok(Command::new(&site.plugin_bin).args(args).env(env, conf).stdin(Stdio::null()).output()?)
+    Ok(Command::new(&site.plugin_bin)
+        .args(args)
+        .env(env, conf)
+        .stdin(Stdio::null())
+        .output()?)
 }
 
 /// Restarts the plugin with the token's configuration in its environment, then
@@ -218,7 +331,10 @@ fn restart_plugin_and_apiserver(site: &Site, token: &SoftHsmToken) -> Result<()>
     if argv.first().map(String::as_str) == Some("env") {
         argv.drain(..2);
     }
-    let mut with_env = vec!["env".to_owned(), format!("SOFTHSM2_CONF={}", token.conf.display())];
+    let mut with_env = vec![
+        "env".to_owned(),
+        format!("SOFTHSM2_CONF={}", token.conf.display()),
+    ];
     with_env.extend(argv);
     site.cp.stop_process("kms-plugin")?;
     site.cp.start_process("kms-plugin", &with_env)?;
@@ -230,7 +346,10 @@ fn restart_plugin_and_apiserver(site: &Site, token: &SoftHsmToken) -> Result<()>
 
 fn read_all_secrets(site: &Site, secrets: &BTreeMap<String, String>) -> Result<()> {
     for (name, value) in secrets {
-        let got = site.cp.read_secret(APP, name).with_context(|| format!("Secret {name}"))?;
+        let got = site
+            .cp
+            .read_secret(APP, name)
+            .with_context(|| format!("Secret {name}"))?;
         ensure!(&got == value, "Secret {name} reads {got:?}, not {value:?}");
     }
     Ok(())
@@ -277,7 +396,11 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()>
         if ready()? {
             return Ok(());
         }
-        ensure!(Instant::now() < deadline, "{what}: not after {}s", TIMEOUT.as_secs());
+        ensure!(
+            Instant::now() < deadline,
+            "{what}: not after {}s",
+            TIMEOUT.as_secs()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -304,13 +427,20 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     }
     site.rotate(SYSTEM_NAMESPACE, APISERVER_KEY, "r1", 2)?;
     let keys = app_keys();
-    let manifests: Vec<serde_json::Value> = keys.iter().map(|(name, spec)| serde_json::json!({
-        "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKey",
-        "metadata": {"name": name, "namespace": APP}, "spec": spec,
-    })).collect();
+    let manifests: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|(name, spec)| {
+            serde_json::json!({
+                "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKey",
+                "metadata": {"name": name, "namespace": APP}, "spec": spec,
+            })
+        })
+        .collect();
     site.cp.apply(&serde_json::Value::Array(manifests))?;
     for (name, _) in &keys {
-        site.wait_key(APP, name, "Enabled", |k| k.pointer("/status/keyState").and_then(|s| s.as_str()) == Some("Enabled"))?;
+        site.wait_key(APP, name, "Enabled", |k| {
+            k.pointer("/status/keyState").and_then(|s| s.as_str()) == Some("Enabled")
+        })?;
     }
     // Evidence under each version of `sym`: v1, then v2 after a rotation.
     let file_store = FileKeyStore::open(&root_key)?;
@@ -331,8 +461,18 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     }
     let before = record_wraps(&site)?;
     let file_id = file_store.root_key_id();
-    ensure!(before.values().all(|(root, _)| root == &file_id), "records not under the file: {before:?}");
-    phase(started, &format!("{} records, {} Secrets under root.key", before.len(), secrets.len()));
+    ensure!(
+        before.values().all(|(root, _)| root == &file_id),
+        "records not under the file: {before:?}"
+    );
+    phase(
+        started,
+        &format!(
+            "{} records, {} Secrets under root.key",
+            before.len(),
+            secrets.len()
+        ),
+    );
 
     // The operator on the token, creating its keys, with root.key as the previous root key.
     site.stop_operator();
@@ -348,17 +488,37 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     op.kill()?; // SIGKILL
     op.wait()?;
     let (moved, pending) = split_moved(&record_wraps(&site)?, &hsm_id);
-    phase(started, &format!("operator SIGKILLed with {moved} records moved, {pending} pending"));
-    ensure!(pending > 0, "the migration finished before the kill: nothing to resume");
+    phase(
+        started,
+        &format!("operator SIGKILLed with {moved} records moved, {pending} pending"),
+    );
+    ensure!(
+        pending > 0,
+        "the migration finished before the kill: nothing to resume"
+    );
     read_all_secrets(&site, &secrets)?;
 
     // The plugin's folder: the token recorded, root.key kept as previous, records rewrapped.
-    let mut args = vec!["migrate-root-key".to_owned(), "--state-dir".to_owned(), site.plugin_state.display().to_string()];
+    let mut args = vec![
+        "migrate-root-key".to_owned(),
+        "--state-dir".to_owned(),
+        site.plugin_state.display().to_string(),
+    ];
     args.extend(token.flags());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = plugin(&site, &token, &argv)?;
-    ensure!(out.status.success(), "migrate-root-key: {}", String::from_utf8_lossy(&out.stderr));
-    phase(started, &format!("plugin folder: {}", String::from_utf8_lossy(&out.stdout).trim()));
+    ensure!(
+        out.status.success(),
+        "migrate-root-key: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    phase(
+        started,
+        &format!(
+            "plugin folder: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+    );
     restart_plugin_and_apiserver(&site, &token)?;
     read_all_secrets(&site, &secrets)?;
 
@@ -369,37 +529,80 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
         Ok(pending == 0)
     })?;
     let after = record_wraps(&site)?;
-    ensure!(after.len() == before.len(), "records lost: {} of {}", after.len(), before.len());
+    ensure!(
+        after.len() == before.len(),
+        "records lost: {} of {}",
+        after.len(),
+        before.len()
+    );
     for (id, (_, versions)) in &before {
-        ensure!(after[id].1.len() == versions.len(), "{id}: versions {} became {}", versions.len(), after[id].1.len());
+        ensure!(
+            after[id].1.len() == versions.len(),
+            "{id}: versions {} became {}",
+            versions.len(),
+            after[id].1.len()
+        );
     }
-    phase(started, "every record is wrap format 3 under the token's root key id");
+    phase(
+        started,
+        "every record is wrap format 3 under the token's root key id",
+    );
     // The pass that wrote the last record then reports the migration done.
     wait_until("the operator's 'root key migration done' line", || {
-        Ok(std::fs::read_to_string(site.cp.log_path("kubekms-operator"))?.contains("root key migration done"))
+        Ok(
+            std::fs::read_to_string(site.cp.log_path("kubekms-operator"))?
+                .contains("root key migration done"),
+        )
     })?;
     read_all_secrets(&site, &secrets)?;
 
     // `verify` with the token only.
     let objects = folder.join("objects.json");
     std::fs::write(&objects, site.objects_json()?)?;
-    let mut args = vec!["verify".to_owned(), "--objects".to_owned(), objects.display().to_string()];
+    let mut args = vec![
+        "verify".to_owned(),
+        "--objects".to_owned(),
+        objects.display().to_string(),
+    ];
     args.extend(token.flags());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = plugin(&site, &token, &argv)?;
-    ensure!(out.status.success(), "verify with the token only: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    phase(started, &format!("verify (token only): {}", String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default()));
+    ensure!(
+        out.status.success(),
+        "verify with the token only: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    phase(
+        started,
+        &format!(
+            "verify (token only): {}",
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        ),
+    );
 
     // The file goes: the operator on the token only, the plugin's folder finished and
     // root.key deleted; a rotation under the token.
     op.kill()?;
     op.wait()?;
-    let mut args = vec!["migrate-root-key".to_owned(), "--state-dir".to_owned(), site.plugin_state.display().to_string()];
+    let mut args = vec![
+        "migrate-root-key".to_owned(),
+        "--state-dir".to_owned(),
+        site.plugin_state.display().to_string(),
+    ];
     args.extend(token.flags());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = plugin(&site, &token, &argv)?;
-    ensure!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("root.key can be removed"),
-        "migrate-root-key again: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("root.key can be removed"),
+        "migrate-root-key again: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_file(&root_key)?;
     ensure!(!root_key.exists(), "root.key still there");
     restart_plugin_and_apiserver(&site, &token)?;
@@ -410,27 +613,52 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     site.cp.create_secret(APP, "s-new", &value)?;
     secrets.insert("s-new".to_owned(), value);
     let (_, pending) = split_moved(&record_wraps(&site)?, &hsm_id);
-    ensure!(pending == 0, "a rotation under the token left {pending} records off it");
+    ensure!(
+        pending == 0,
+        "a rotation under the token left {pending} records off it"
+    );
     read_all_secrets(&site, &secrets)?;
-    phase(started, "root.key deleted: plugin and operator on the token only; Secrets read; rotated");
+    phase(
+        started,
+        "root.key deleted: plugin and operator on the token only; Secrets read; rotated",
+    );
 
     // Every version of every key, under the token only, in a child process.
     std::fs::write(&objects, site.objects_json()?)?;
     std::fs::write(folder.join("evidence.json"), serde_json::to_vec(&evidence)?)?;
     let (env, conf) = token.env();
     let out = Command::new(std::env::current_exe()?)
-        .args(["--exact", "child_checks_keys_under_the_token_only", "--nocapture"])
+        .args([
+            "--exact",
+            "child_checks_keys_under_the_token_only",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, &folder)
         .env(env, conf)
         .output()?;
-    ensure!(out.status.success(), "the child's check: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    ensure!(String::from_utf8_lossy(&out.stderr).contains("check under the token only"), "the child did not check: {}", String::from_utf8_lossy(&out.stderr));
-    phase(started, "every key version decrypts, signs and MACs as before, under the token only");
+    ensure!(
+        out.status.success(),
+        "the child's check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("check under the token only"),
+        "the child did not check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    phase(
+        started,
+        "every key version decrypts, signs and MACs as before, under the token only",
+    );
 
     // kubekms-server on the token: Decrypt of the blobs made under the file, Encrypt and
     // Decrypt anew.
     server_round_trip(&site, &token, &evidence[&format!("{APP}/sym")]).await?;
-    phase(started, "kubekms-server on the token decrypts old ciphertexts and encrypts anew");
+    phase(
+        started,
+        "kubekms-server on the token decrypts old ciphertexts and encrypts anew",
+    );
     op.kill()?;
     op.wait()?;
     drop(site);
@@ -441,11 +669,16 @@ fn uuid_like() -> String {
     kubekms_e2e::unique_name("v")
 }
 
-async fn server_round_trip(site: &Site, token: &SoftHsmToken, blobs: &[serde_json::Value]) -> Result<()> {
+async fn server_round_trip(
+    site: &Site,
+    token: &SoftHsmToken,
+    blobs: &[serde_json::Value],
+) -> Result<()> {
     use aws_sdk_kms::primitives::Blob;
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
     let rbac = kubekms_e2e::repo_root().join("deploy/rbac");
-    site.cp.kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
+    site.cp
+        .kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
     site.cp.apply(&serde_json::json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": "migrate-admin"},
@@ -459,40 +692,67 @@ async fn server_round_trip(site: &Site, token: &SoftHsmToken, blobs: &[serde_jso
     kms_server::write_static_credentials(&credentials, std::slice::from_ref(&credential))?;
     let cert = kms_server::ServingCert::issue(&site.cp, &dir.join("tls"))?;
     let kubeconfig = dir.join("server.kubeconfig");
-    site.cp.write_service_account_kubeconfig(SYSTEM_NAMESPACE, "kubekms-server", &kubeconfig)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    site.cp
+        .write_service_account_kubeconfig(SYSTEM_NAMESPACE, "kubekms-server", &kubeconfig)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let health = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let bin = sibling_bin("KUBEKMS_SERVER_BIN", "kubekms-server")?;
     let mut args: Vec<std::ffi::OsString> = token.flags().into_iter().map(Into::into).collect();
     for a in [
-        "--kubeconfig".into(), kubeconfig.into_os_string(),
-        "--listen".into(), format!("127.0.0.1:{port}").into(),
-        "--tls-cert".into(), cert.cert.clone().into_os_string(),
-        "--tls-key".into(), cert.key.clone().into_os_string(),
-        "--health-addr".into(), health.to_string().into(),
-        "--region".into(), kms_server::REGION.into(),
-        "--static-credentials".into(), credentials.into_os_string(),
-        "--audit-log".into(), dir.join("audit.log").into_os_string(),
-        "--log-format".into(), "json".into(),
+        "--kubeconfig".into(),
+        kubeconfig.into_os_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}").into(),
+        "--tls-cert".into(),
+        cert.cert.clone().into_os_string(),
+        "--tls-key".into(),
+        cert.key.clone().into_os_string(),
+        "--health-addr".into(),
+        health.to_string().into(),
+        "--region".into(),
+        kms_server::REGION.into(),
+        "--static-credentials".into(),
+        credentials.into_os_string(),
+        "--audit-log".into(),
+        dir.join("audit.log").into_os_string(),
+        "--log-format".into(),
+        "json".into(),
     ] {
         args.push(a);
     }
     let mut server = kms_server::Supervised::start(
         &site.cp,
         "kubekms-server-hsm",
-        &[("SOFTHSM2_CONF", token.conf.clone().into_os_string()), ("RUST_LOG", "info".into())],
+        &[
+            ("SOFTHSM2_CONF", token.conf.clone().into_os_string()),
+            ("RUST_LOG", "info".into()),
+        ],
         &bin,
         &args,
     )?;
     wait_until("kubekms-server ready", || {
-        ensure!(server.is_running(), "kubekms-server exited: {}", server.log_tail(40));
-        Ok(kms_server::http_get(health, "/readyz").map(|(code, _)| code == 200).unwrap_or(false))
+        ensure!(
+            server.is_running(),
+            "kubekms-server exited: {}",
+            server.log_tail(40)
+        );
+        Ok(kms_server::http_get(health, "/readyz")
+            .map(|(code, _)| code == 200)
+            .unwrap_or(false))
     })?;
     let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
-        .tls_context(TlsContext::builder()
-            .with_trust_store(TrustStore::empty().with_pem_certificate(std::fs::read(&cert.ca_bundle)?))
-            .build()?)
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(
+                    TrustStore::empty().with_pem_certificate(std::fs::read(&cert.ca_bundle)?),
+                )
+                .build()?,
+        )
         .build_https();
     let config = aws_sdk_kms::Config::builder()
         .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
@@ -500,25 +760,54 @@ async fn server_round_trip(site: &Site, token: &SoftHsmToken, blobs: &[serde_jso
         .endpoint_url(format!("https://127.0.0.1:{port}"))
         .region(aws_sdk_kms::config::Region::new(kms_server::REGION))
         .credentials_provider(aws_credential_types::Credentials::new(
-            credential.access_key_id.clone(), credential.secret_access_key.clone(), None, None, "migrate-static"))
+            credential.access_key_id.clone(),
+            credential.secret_access_key.clone(),
+            None,
+            None,
+            "migrate-static",
+        ))
         .build();
     let kms = aws_sdk_kms::Client::from_conf(config);
     for made in blobs {
-        let answer = kms.decrypt()
+        let answer = kms
+            .decrypt()
             .ciphertext_blob(Blob::new(bytes(made, "blob")?))
             .encryption_context("purpose", "root-key-migration")
-            .send().await.context("server Decrypt of a blob made under root.key")?;
-        ensure!(answer.plaintext.map(Blob::into_inner) == Some(bytes(made, "plaintext")?), "the server's plaintext differs");
+            .send()
+            .await
+            .context("server Decrypt of a blob made under root.key")?;
+        ensure!(
+            answer.plaintext.map(Blob::into_inner) == Some(bytes(made, "plaintext")?),
+            "the server's plaintext differs"
+        );
     }
     let key_id = {
         let sym = site.get_json("kmskey", APP, "sym")?;
-        sym.pointer("/status/keyId").and_then(|v| v.as_str()).ok_or_else(|| anyhow!("no keyId"))?.to_owned()
+        sym.pointer("/status/keyId")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| anyhow!("no keyId"))?
+            .to_owned()
     };
-    let encrypted = kms.encrypt().key_id(&key_id).plaintext(Blob::new(b"after the migration".to_vec()))
-        .send().await.context("server Encrypt")?;
-    let blob = encrypted.ciphertext_blob.ok_or_else(|| anyhow!("no blob"))?;
-    let decrypted = kms.decrypt().ciphertext_blob(blob).send().await.context("server Decrypt")?;
-    ensure!(decrypted.plaintext.map(Blob::into_inner).as_deref() == Some(&b"after the migration"[..]), "round trip");
+    let encrypted = kms
+        .encrypt()
+        .key_id(&key_id)
+        .plaintext(Blob::new(b"after the migration".to_vec()))
+        .send()
+        .await
+        .context("server Encrypt")?;
+    let blob = encrypted
+        .ciphertext_blob
+        .ok_or_else(|| anyhow!("no blob"))?;
+    let decrypted = kms
+        .decrypt()
+        .ciphertext_blob(blob)
+        .send()
+        .await
+        .context("server Decrypt")?;
+    ensure!(
+        decrypted.plaintext.map(Blob::into_inner).as_deref() == Some(&b"after the migration"[..]),
+        "round trip"
+    );
     server.stop()?;
     Ok(())
 }

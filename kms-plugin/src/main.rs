@@ -326,7 +326,9 @@ fn main() -> Result<()> {
         }
         Command::MigrateRootKey { state_dir, pkcs11 } => {
             let Some(config) = pkcs11.config() else {
-                anyhow::bail!("migrate-root-key needs --pkcs11-module, --pkcs11-token-label and --pkcs11-pin-file");
+                anyhow::bail!(
+                    "migrate-root-key needs --pkcs11-module, --pkcs11-token-label and --pkcs11-pin-file"
+                );
             };
             let migration = StateDir::new(&state_dir).migrate_root_key(&config)?;
             print!("{}", migration.report());

@@ -14,8 +14,8 @@ use kms_core::keystore::{FileKeyStore, MigratingKeyStore, RootKeyStore};
 use kubekms_operator::clients::{Clients, clients};
 use kubekms_operator::clock::ALLOW_TEST_CLOCK_ENV;
 use kubekms_operator::leader::{LeaderElector, LeaseConfig};
-use kubekms_operator::reencrypt::ReencryptConfig;
 use kubekms_operator::migrate::MigrationConfig;
+use kubekms_operator::reencrypt::ReencryptConfig;
 use kubekms_operator::root_key::open_or_init_migrating;
 use kubekms_operator::run::{run_controllers, until_shutdown};
 use kubekms_operator::server::{Health, serve};
@@ -179,12 +179,14 @@ async fn main() -> anyhow::Result<()> {
         .context("building the Kubernetes clients")?;
     let location =
         RootKeyLocation::from_flags(args.root_key.clone().unwrap_or_default(), &args.pkcs11);
-    let previous: Option<Arc<dyn RootKeyStore>> = match &args.previous_root_key.previous_root_key_file {
-        Some(path) => Some(Arc::new(
-            FileKeyStore::open(path).context("the previous root key (--previous-root-key-file)")?,
-        )),
-        None => None,
-    };
+    let previous: Option<Arc<dyn RootKeyStore>> =
+        match &args.previous_root_key.previous_root_key_file {
+            Some(path) => Some(Arc::new(
+                FileKeyStore::open(path)
+                    .context("the previous root key (--previous-root-key-file)")?,
+            )),
+            None => None,
+        };
     let primary: Arc<dyn RootKeyStore> = open_or_init_migrating(
         &location,
         args.init_root_key,

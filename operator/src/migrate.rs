@@ -109,12 +109,11 @@ pub fn rewrap_record(
                 key_id: record.key_id.clone(),
                 version: version.version,
             })?;
-        let moved =
-            rewrap(from, to, &context, &wrapped).map_err(|source| MigrateError::Store {
-                key_id: record.key_id.clone(),
-                version: version.version,
-                source,
-            })?;
+        let moved = rewrap(from, to, &context, &wrapped).map_err(|source| MigrateError::Store {
+            key_id: record.key_id.clone(),
+            version: version.version,
+            source,
+        })?;
         version.wrapped = BASE64.encode(moved);
     }
     next.root_key_id = to.root_key_id();
@@ -251,7 +250,9 @@ pub async fn pass(
                         )
                         .await;
                     }
-                    Ok(Err(kube::Error::Api(status))) if status.code == 409 || status.code == 404 => {
+                    Ok(Err(kube::Error::Api(status)))
+                        if status.code == 409 || status.code == 404 =>
+                    {
                         report.conflicts += 1;
                     }
                     Ok(Err(error)) => {
@@ -284,7 +285,11 @@ pub async fn run(
 ) {
     let from = stores.previous_root_key_ids().join(", ");
     let to = stores.primary().root_key_id();
-    tracing::info!(from, to, "root key migration: moving every KmsKeyMaterial record to the primary root key");
+    tracing::info!(
+        from,
+        to,
+        "root key migration: moving every KmsKeyMaterial record to the primary root key"
+    );
     let mut announced_done = false;
     loop {
         let wait = match pass(&ctx, &stores, namespace.as_deref(), config, &shutdown).await {
@@ -332,13 +337,18 @@ mod tests {
     use crate::key::plan::{NewVersion, new_record};
 
     async fn record(root: &Arc<dyn RootKeyStore>, versions: u32) -> KmsKeyMaterialSpec {
-        let spec: KmsKeySpec =
-            serde_json::from_value(serde_json::json!({"keySpec": "ECC_NIST_P256", "keyUsage": "SIGN_VERIFY"}))
-                .expect("spec");
+        let spec: KmsKeySpec = serde_json::from_value(
+            serde_json::json!({"keySpec": "ECC_NIST_P256", "keyUsage": "SIGN_VERIFY"}),
+        )
+        .expect("spec");
         let now = OffsetDateTime::UNIX_EPOCH;
-        let (mut record, _) =
-            new_record(&spec, KeyId::single_from_random([4; 16]), &root.root_key_id(), now)
-                .expect("record");
+        let (mut record, _) = new_record(
+            &spec,
+            KeyId::single_from_random([4; 16]),
+            &root.root_key_id(),
+            now,
+        )
+        .expect("record");
         let wanted = (1..=versions)
             .map(|version| NewVersion {
                 version,
@@ -346,14 +356,19 @@ mod tests {
                 rotation_type: None,
             })
             .collect();
-        let wrapped = crate::key::material::wrap_new_versions(root.clone(), &record, "ns", "k", wanted)
-            .await
-            .expect("wrap");
+        let wrapped =
+            crate::key::material::wrap_new_versions(root.clone(), &record, "ns", "k", wanted)
+                .await
+                .expect("wrap");
         record.versions = wrapped;
         record
     }
 
-    fn stores() -> (tempfile::TempDir, Arc<dyn RootKeyStore>, Arc<dyn RootKeyStore>) {
+    fn stores() -> (
+        tempfile::TempDir,
+        Arc<dyn RootKeyStore>,
+        Arc<dyn RootKeyStore>,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let old: Arc<dyn RootKeyStore> =
             Arc::new(FileKeyStore::init(&dir.path().join("old.key")).expect("old"));
@@ -376,8 +391,8 @@ mod tests {
         for (a, b) in before.versions.iter().zip(&after.versions) {
             assert_eq!((a.version, &a.created), (b.version, &b.created));
             assert_ne!(a.wrapped, b.wrapped);
-            let context = kubekms_k8s::convert::wrap_context(&after, "ns", "k", b.version)
-                .expect("context");
+            let context =
+                kubekms_k8s::convert::wrap_context(&after, "ns", "k", b.version).expect("context");
             let old_material = old
                 .unwrap(&context, &BASE64.decode(&a.wrapped).expect("b64"))
                 .expect("old");
@@ -419,7 +434,10 @@ mod tests {
         assert!(needs_rewrap(&mixed, &*new));
         let after = rewrap_record(&*both, &*new, "ns", "k", &mixed).expect("moved");
         assert!(!needs_rewrap(&after, &*new));
-        assert_eq!(after.versions[2], mixed.versions[2], "version 3 kept as it was");
+        assert_eq!(
+            after.versions[2], mixed.versions[2],
+            "version 3 kept as it was"
+        );
     }
 
     #[tokio::test]
@@ -430,7 +448,10 @@ mod tests {
         let both = MigratingKeyStore::new(new.clone(), vec![old]).expect("both");
         let foreign = record(&stranger, 1).await;
         let error = rewrap_record(&both, &*new, "ns", "k", &foreign).expect_err("refused");
-        assert!(matches!(error, MigrateError::Store { version: 1, .. }), "{error}");
+        assert!(
+            matches!(error, MigrateError::Store { version: 1, .. }),
+            "{error}"
+        );
         // Bound to its object: the same record under another name is refused too.
         let (_d2, old2, new2) = stores();
         let both2 = MigratingKeyStore::new(new2.clone(), vec![old2.clone()]).expect("both");

@@ -36,8 +36,7 @@ fn harness() -> Harness {
         Arc::new(FileKeyStore::init(&dir.path().join("old.key")).expect("old"));
     let new: Arc<dyn RootKeyStore> =
         Arc::new(FileKeyStore::init(&dir.path().join("new.key")).expect("new"));
-    let stores =
-        Arc::new(MigratingKeyStore::new(new.clone(), vec![old.clone()]).expect("stores"));
+    let stores = Arc::new(MigratingKeyStore::new(new.clone(), vec![old.clone()]).expect("stores"));
     let ctx = Context::new(
         client,
         stores.clone(),
@@ -62,13 +61,28 @@ const FAST: MigrationConfig = MigrationConfig {
 
 impl Harness {
     /// A record of `versions` versions wrapped under `root`, stored in the fake.
-    async fn record(&self, name: &str, spec: serde_json::Value, versions: u32, root: &Arc<dyn RootKeyStore>) {
+    async fn record(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+        versions: u32,
+        root: &Arc<dyn RootKeyStore>,
+    ) {
         let spec: KmsKeySpec = serde_json::from_value(spec).expect("spec");
         let now = OffsetDateTime::UNIX_EPOCH;
-        let (mut record, _) =
-            new_record(&spec, KeyId::generate().expect("id"), &root.root_key_id(), now).expect("record");
+        let (mut record, _) = new_record(
+            &spec,
+            KeyId::generate().expect("id"),
+            &root.root_key_id(),
+            now,
+        )
+        .expect("record");
         let wanted = (1..=versions)
-            .map(|version| NewVersion { version, created: now, rotation_type: None })
+            .map(|version| NewVersion {
+                version,
+                created: now,
+                rotation_type: None,
+            })
             .collect();
         record.versions = wrap_new_versions(root.clone(), &record, NAMESPACE, name, wanted)
             .await
@@ -89,9 +103,11 @@ impl Harness {
     fn moved(&self, name: &str) -> bool {
         let record = self.fake.record(name).expect("record");
         !needs_rewrap(&record.spec, &*self.new)
-            && record.spec.versions.iter().all(|v| {
-                wrapped_by(&*self.new, &BASE64.decode(&v.wrapped).expect("base64"))
-            })
+            && record
+                .spec
+                .versions
+                .iter()
+                .all(|v| wrapped_by(&*self.new, &BASE64.decode(&v.wrapped).expect("base64")))
     }
 }
 
@@ -104,12 +120,24 @@ async fn every_record_is_moved_once_and_a_second_pass_only_lists() {
     let h = harness();
     let old = h.old.clone();
     h.record("a", sym(), 3, &old).await;
-    h.record("b", serde_json::json!({"keySpec": "ECC_NIST_P256", "keyUsage": "SIGN_VERIFY"}), 1, &old).await;
+    h.record(
+        "b",
+        serde_json::json!({"keySpec": "ECC_NIST_P256", "keyUsage": "SIGN_VERIFY"}),
+        1,
+        &old,
+    )
+    .await;
     let before_a = h.fake.record("a").expect("a");
     let report = h.pass().await;
     assert_eq!(
         report,
-        PassReport { records: 2, already: 0, moved: 2, conflicts: 0, failed: 0 }
+        PassReport {
+            records: 2,
+            already: 0,
+            moved: 2,
+            conflicts: 0,
+            failed: 0
+        }
     );
     assert_eq!(
         h.fake.take_log(),
@@ -139,10 +167,24 @@ async fn every_record_is_moved_once_and_a_second_pass_only_lists() {
             .expect("new");
         assert_eq!(old_material.expose(), new_material.expose());
     }
-    assert!(h.fake.event_notes().iter().all(|n| n.contains("rewrapped from root key")));
+    assert!(
+        h.fake
+            .event_notes()
+            .iter()
+            .all(|n| n.contains("rewrapped from root key"))
+    );
 
     let again = h.pass().await;
-    assert_eq!(again, PassReport { records: 2, already: 2, moved: 0, conflicts: 0, failed: 0 });
+    assert_eq!(
+        again,
+        PassReport {
+            records: 2,
+            already: 2,
+            moved: 0,
+            conflicts: 0,
+            failed: 0
+        }
+    );
     assert_eq!(h.fake.take_log(), vec!["GET kmskeymaterials"]);
 }
 
@@ -168,7 +210,10 @@ async fn a_record_written_meanwhile_conflicts_and_is_moved_next_pass() {
     assert_eq!(report.moved, 1);
     assert!(h.moved("a"));
     let record = h.fake.record("a").expect("a");
-    assert_eq!(record.spec.on_demand_rotations, 7, "the concurrent write is kept");
+    assert_eq!(
+        record.spec.on_demand_rotations, 7,
+        "the concurrent write is kept"
+    );
 }
 
 /// A version that does not unwrap (tampered) is never written: a Warning Event, the

@@ -25,7 +25,9 @@ pub fn wrapped_root_key_id(wrapped: &[u8]) -> Option<String> {
 /// id). Material that passes needs no rewrap to move to `store`.
 #[must_use]
 pub fn wrapped_by(store: &dyn RootKeyStore, wrapped: &[u8]) -> bool {
-    wrapped.first().is_some_and(|format| *format != WRAP_FORMAT_V1)
+    wrapped
+        .first()
+        .is_some_and(|format| *format != WRAP_FORMAT_V1)
         && wrapped_root_key_id(wrapped).is_some_and(|id| id == store.root_key_id())
 }
 
@@ -167,7 +169,11 @@ mod tests {
         }
     }
 
-    fn stores() -> (tempfile::TempDir, Arc<dyn RootKeyStore>, Arc<dyn RootKeyStore>) {
+    fn stores() -> (
+        tempfile::TempDir,
+        Arc<dyn RootKeyStore>,
+        Arc<dyn RootKeyStore>,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let old: Arc<dyn RootKeyStore> =
             Arc::new(FileKeyStore::init(&dir.path().join("old.key")).expect("old"));

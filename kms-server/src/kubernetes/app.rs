@@ -136,10 +136,12 @@ pub async fn run(
     // The PKCS#11 store's calls block; opening it is one C_Sign after the login, and
     // the sealer derives its key once here.
     let root: Arc<dyn RootKeyStore> =
-        open_with_previous(&settings.root_key, &settings.previous_root_key).map_err(|error| RunError::RootKey {
+        open_with_previous(&settings.root_key, &settings.previous_root_key).map_err(|error| {
+            RunError::RootKey {
                 path: settings.root_key.to_string(),
                 error,
-            })?;
+            }
+        })?;
     let sealer =
         SessionSealer::from_root_store(root.as_ref()).map_err(|error| RunError::RootKey {
             path: settings.root_key.to_string(),
