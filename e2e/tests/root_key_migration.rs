@@ -522,6 +522,25 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     restart_plugin_and_apiserver(&site, &token)?;
     read_all_secrets(&site, &secrets)?;
 
+    // Mid-migration, kubekms-server with the token and the previous file serves a key whose
+    // record is still under the file (records are moved in list order; `sym` comes last).
+    ensure!(
+        record_wraps(&site)?[&format!("{APP}/sym")].0 == file_id,
+        "sym was moved before the kill: this step would not test the previous root key"
+    );
+    server_round_trip(
+        &site,
+        &token,
+        Some(&root_key),
+        "kubekms-server-migrating",
+        &evidence[&format!("{APP}/sym")],
+    )
+    .await?;
+    phase(
+        started,
+        "mid-migration: kubekms-server with the token and root.key serves the key still under root.key",
+    );
+
     // The operator again: it resumes and finishes.
     let mut op = operator(&site, &token, Some(&root_key), &[])?;
     wait_until("every record moved", || {
@@ -654,7 +673,14 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
 
     // kubekms-server on the token: Decrypt of the blobs made under the file, Encrypt and
     // Decrypt anew.
-    server_round_trip(&site, &token, &evidence[&format!("{APP}/sym")]).await?;
+    server_round_trip(
+        &site,
+        &token,
+        None,
+        "kubekms-server-hsm",
+        &evidence[&format!("{APP}/sym")],
+    )
+    .await?;
     phase(
         started,
         "kubekms-server on the token decrypts old ciphertexts and encrypts anew",
@@ -672,6 +698,8 @@ fn uuid_like() -> String {
 async fn server_round_trip(
     site: &Site,
     token: &SoftHsmToken,
+    previous: Option<&Path>,
+    name: &str,
     blobs: &[serde_json::Value],
 ) -> Result<()> {
     use aws_sdk_kms::primitives::Blob;
@@ -681,11 +709,11 @@ async fn server_round_trip(
         .kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
     site.cp.apply(&serde_json::json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "migrate-admin"},
+        "metadata": {"name": format!("migrate-admin-{name}")},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "migrate-admin"}],
     }))?;
-    let dir = site.base.join("server");
+    let dir = site.base.join(name);
     std::fs::create_dir_all(&dir)?;
     let credential = kms_server::StaticCredential::new("migrate-admin", APP);
     let credentials = dir.join("static-credentials.json");
@@ -700,6 +728,10 @@ async fn server_round_trip(
     let health = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let bin = sibling_bin("KUBEKMS_SERVER_BIN", "kubekms-server")?;
     let mut args: Vec<std::ffi::OsString> = token.flags().into_iter().map(Into::into).collect();
+    if let Some(previous) = previous {
+        args.push("--previous-root-key-file".into());
+        args.push(previous.into());
+    }
     for a in [
         "--kubeconfig".into(),
         kubeconfig.into_os_string(),
@@ -724,7 +756,7 @@ async fn server_round_trip(
     }
     let mut server = kms_server::Supervised::start(
         &site.cp,
-        "kubekms-server-hsm",
+        name,
         &[
             ("SOFTHSM2_CONF", token.conf.clone().into_os_string()),
             ("RUST_LOG", "info".into()),
