@@ -671,6 +671,48 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
         "every key version decrypts, signs and MACs as before, under the token only",
     );
 
+    // The token goes away (its folder moved): the plugin keeps serving what it unwrapped,
+    // so every Secret still reads; a new process that needs the token fails naming it;
+    // the token back, it works again.
+    let tokens = folder.join("token").join("tokens");
+    let away = folder.join("token").join("tokens-away");
+    std::fs::rename(&tokens, &away)?;
+    read_all_secrets(&site, &secrets)?;
+    let mut args = vec![
+        "verify".to_owned(),
+        "--objects".to_owned(),
+        objects.display().to_string(),
+    ];
+    args.extend(token.flags());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = plugin(&site, &token, &argv)?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !out.status.success() && said.contains(LABEL),
+        "verify without the token: {said}"
+    );
+    std::fs::rename(&away, &tokens)?;
+    let out = plugin(&site, &token, &argv)?;
+    ensure!(
+        out.status.success(),
+        "verify with the token back: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    phase(
+        started,
+        &format!(
+            "token away: Secrets read, verify fails naming it ({}); token back: verify passes",
+            said.lines()
+                .find(|l| l.contains(LABEL))
+                .unwrap_or_default()
+                .trim()
+        ),
+    );
+
     // kubekms-server on the token: Decrypt of the blobs made under the file, Encrypt and
     // Decrypt anew.
     server_round_trip(

@@ -85,6 +85,9 @@ pub enum MigrateError {
     /// The blocking task did not finish.
     #[error("rewrapping: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The records could not be listed (nothing was written).
+    #[error("listing the KmsKeyMaterial records: {0}")]
+    List(String),
 }
 
 /// The record's spec with every version wrapped by `to` and `rootKeyId` naming it;
@@ -153,21 +156,22 @@ fn api(client: &kube::Client, namespace: Option<&str>) -> Api<KmsKeyMaterial> {
 /// One pass over the records of `namespace` (every namespace when `None`).
 ///
 /// # Errors
-/// The list call failed or timed out (nothing was written then).
+/// [`MigrateError::List`]: the list call failed or timed out (nothing was written then).
 pub async fn pass(
     ctx: &Context,
     stores: &Arc<MigratingKeyStore>,
     namespace: Option<&str>,
     config: MigrationConfig,
     shutdown: &watch::Receiver<bool>,
-) -> Result<PassReport, crate::Error> {
+) -> Result<PassReport, MigrateError> {
     let primary = stores.primary().clone();
     let list = tokio::time::timeout(
         CALL_TIMEOUT,
         api(&ctx.client, namespace).list(&ListParams::default()),
     )
     .await
-    .map_err(|_| crate::Error::MissingField("an answer to the KmsKeyMaterial list in time"))??;
+    .map_err(|_| MigrateError::List(format!("no answer in {}s", CALL_TIMEOUT.as_secs())))?
+    .map_err(|e| MigrateError::List(e.to_string()))?;
     let mut report = PassReport {
         records: list.items.len(),
         ..PassReport::default()

@@ -245,3 +245,25 @@ async fn a_record_that_does_not_unwrap_is_left_as_it_was() {
     assert_eq!(h.fake.record("bad").expect("bad").spec, before.spec);
     assert!(h.moved("good"));
 }
+
+/// A hung API server: the pass gives up after its timeout, having written nothing.
+#[tokio::test(start_paused = true)]
+async fn a_hung_api_server_fails_the_pass_without_writing() {
+    let h = harness();
+    let old = h.old.clone();
+    h.record("a", sym(), 1, &old).await;
+    let before = h.fake.record("a").expect("a");
+    h.fake.stall();
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let err = pass(&h.ctx, &h.stores, Some(NAMESPACE), FAST, &shutdown)
+        .await
+        .expect_err("no answer");
+    assert!(
+        matches!(err, kubekms_operator::migrate::MigrateError::List(_)),
+        "{err}"
+    );
+    assert_eq!(
+        h.fake.state.lock().expect("state").records["a"]["spec"],
+        serde_json::to_value(&before.spec).expect("spec")
+    );
+}
