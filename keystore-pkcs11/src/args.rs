@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kms_core::KmsResult;
-use kms_core::keystore::{FileKeyStore, RootKeyStore};
+use kms_core::keystore::{FileKeyStore, MigratingKeyStore, RootKeyStore};
 
 use crate::{Pkcs11Config, Pkcs11KeyStore};
 
@@ -40,6 +40,47 @@ impl Pkcs11Args {
                 pin_file: pin_file.clone(),
             }),
             _ => None,
+        }
+    }
+}
+
+/// `--previous-root-key-file PATH`: the root key file a cluster is moving away from, while
+/// the operator rewraps its material under the new store (docs/hsm.md, "Migrating").
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreviousRootKeyArgs {
+    /// The old root key file, during a migration to the root key given by the other flags:
+    /// material wrapped under it still unwraps; nothing new is wrapped under it.
+    #[arg(long)]
+    pub previous_root_key_file: Option<PathBuf>,
+}
+
+/// Opens the store at `location`, and, with a previous root key file, a store that wraps
+/// under `location`'s root key and unwraps under either.
+///
+/// # Errors
+/// `KeyUnavailableException` from a store; `ValidationException` when the previous file
+/// holds the same root key.
+pub fn open_with_previous(
+    location: &RootKeyLocation,
+    previous: &PreviousRootKeyArgs,
+) -> KmsResult<Arc<dyn RootKeyStore>> {
+    let primary = location.open()?;
+    with_previous(primary, previous)
+}
+
+/// `primary`, or a [`MigratingKeyStore`] over it and the previous root key file.
+///
+/// # Errors
+/// As [`open_with_previous`].
+pub fn with_previous(
+    primary: Arc<dyn RootKeyStore>,
+    previous: &PreviousRootKeyArgs,
+) -> KmsResult<Arc<dyn RootKeyStore>> {
+    match &previous.previous_root_key_file {
+        None => Ok(primary),
+        Some(path) => {
+            let old: Arc<dyn RootKeyStore> = Arc::new(FileKeyStore::open(path)?);
+            Ok(Arc::new(MigratingKeyStore::new(primary, vec![old])?))
         }
     }
 }

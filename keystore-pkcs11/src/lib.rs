@@ -16,6 +16,8 @@
 //! so service resumes when the token returns.
 
 pub mod args;
+#[cfg(feature = "softhsm")]
+pub mod softhsm;
 
 use std::fs;
 use std::io::Read as _;

@@ -21,6 +21,9 @@ use crate::primitives::{self, AesGcmKey, GCM_NONCE_LEN, GCM_TAG_LEN, HmacKey};
 use crate::secret::SecretBytes;
 use crate::spec::{KeySpec, KeyUsage, Origin};
 
+mod migrating;
+pub use migrating::{MigratingKeyStore, rewrap, wrapped_by, wrapped_root_key_id};
+
 /// Length of a file root key.
 pub const ROOT_KEY_LEN: usize = 32;
 /// Format version of wrapped material written today: derived wrapping key, full binding.

@@ -130,6 +130,18 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         objects: PathBuf,
     },
+    /// Move a state folder from its root key file to root keys in a PKCS#11 token (made
+    /// by the operator's --init-root-key): records the token in the folder, keeps
+    /// root.key as the previous root key (it still unwraps what it wrapped), and rewraps
+    /// every key record under the token, each checked first. Run again to finish after an
+    /// interruption; restart `serve` afterwards so the follower unwraps under both.
+    MigrateRootKey {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The token that becomes the folder's root key.
+        #[command(flatten)]
+        pkcs11: Pkcs11Args,
+    },
     /// Rebuild a state folder on a new host from a restored etcd, before kube-apiserver
     /// starts: the folder holds only the root key put back from the backup; the followed
     /// KmsKey's record (from OBJECTS, as for `verify`) is checked to unwrap under it and
@@ -312,6 +324,18 @@ fn main() -> Result<()> {
                     verification.keys.len(),
                     location
                 );
+            }
+        }
+        Command::MigrateRootKey { state_dir, pkcs11 } => {
+            let Some(config) = pkcs11.config() else {
+                anyhow::bail!(
+                    "migrate-root-key needs --pkcs11-module, --pkcs11-token-label and --pkcs11-pin-file"
+                );
+            };
+            let migration = StateDir::new(&state_dir).migrate_root_key(&config)?;
+            print!("{}", migration.report());
+            if !migration.failed.is_empty() {
+                anyhow::bail!("{} key records were not moved", migration.failed.len());
             }
         }
         Command::Restore {

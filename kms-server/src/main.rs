@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use keystore_pkcs11::args::{Pkcs11Args, RootKeyLocation};
+use keystore_pkcs11::args::{Pkcs11Args, PreviousRootKeyArgs, RootKeyLocation};
 use kms_core::ArnScope;
 use kubekms_server::Transport;
 use kubekms_server::kubernetes::{AuditTarget, Settings, run};
@@ -31,6 +31,9 @@ struct Args {
     /// Or the root keys in a PKCS#11 token (the operator's token).
     #[command(flatten)]
     pkcs11: Pkcs11Args,
+    /// During a migration of the operator to a new root key: the old root key file.
+    #[command(flatten)]
+    previous_root_key: PreviousRootKeyArgs,
     /// Address of the KMS and STS API.
     #[arg(long, env = "KUBEKMS_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
@@ -122,6 +125,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
     };
     Ok(Settings {
         root_key: RootKeyLocation::from_flags(args.root_key.unwrap_or_default(), &args.pkcs11),
+        previous_root_key: args.previous_root_key,
         kubeconfig: args.kubeconfig,
         listen: args.listen,
         transport,

@@ -26,6 +26,7 @@ pub mod key;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;
+pub mod migrate;
 pub mod protection;
 pub mod reencrypt;
 pub mod root_key;

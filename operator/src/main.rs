@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use keystore_pkcs11::args::{Pkcs11Args, RootKeyLocation};
+use keystore_pkcs11::args::{Pkcs11Args, PreviousRootKeyArgs, RootKeyLocation};
 use kms_core::ArnScope;
-use kms_core::keystore::RootKeyStore;
+use kms_core::keystore::{FileKeyStore, MigratingKeyStore, RootKeyStore};
 use kubekms_operator::clients::{Clients, clients};
 use kubekms_operator::clock::ALLOW_TEST_CLOCK_ENV;
 use kubekms_operator::leader::{LeaderElector, LeaseConfig};
+use kubekms_operator::migrate::MigrationConfig;
 use kubekms_operator::reencrypt::ReencryptConfig;
-use kubekms_operator::root_key::open_or_init_at;
+use kubekms_operator::root_key::open_or_init_migrating;
 use kubekms_operator::run::{run_controllers, until_shutdown};
 use kubekms_operator::server::{Health, serve};
 use kubekms_operator::{Clock, Context, Metrics, OffsetFileClock, SystemClock};
@@ -36,6 +37,15 @@ struct Args {
     /// Or the root keys in a PKCS#11 token (generated there by --init-root-key).
     #[command(flatten)]
     pkcs11: Pkcs11Args,
+    /// Migrating to the root key above from this root key file: material under it still
+    /// unwraps, and the leader rewraps every KmsKeyMaterial record under the root key
+    /// above (docs/hsm.md). With --init-root-key, the new root key is created even though
+    /// records exist, as long as they are all under this file's root key.
+    #[command(flatten)]
+    previous_root_key: PreviousRootKeyArgs,
+    /// At most this many KmsKeyMaterial records rewrapped per second by the migration.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    root_key_migration_records_per_second: u32,
     /// Create the root key file if it does not exist (first start of a new installation).
     /// Refused when KmsKeyMaterial records exist: they need the root key of the backup.
     #[arg(long)]
@@ -169,14 +179,34 @@ async fn main() -> anyhow::Result<()> {
         .context("building the Kubernetes clients")?;
     let location =
         RootKeyLocation::from_flags(args.root_key.clone().unwrap_or_default(), &args.pkcs11);
-    let root_keys: Arc<dyn RootKeyStore> = open_or_init_at(
+    let previous: Option<Arc<dyn RootKeyStore>> =
+        match &args.previous_root_key.previous_root_key_file {
+            Some(path) => Some(Arc::new(
+                FileKeyStore::open(path)
+                    .context("the previous root key (--previous-root-key-file)")?,
+            )),
+            None => None,
+        };
+    let primary: Arc<dyn RootKeyStore> = open_or_init_migrating(
         &location,
         args.init_root_key,
+        previous.as_deref(),
         &client,
         args.namespace.as_deref(),
     )
     .await
     .context("the root key")?;
+    let migrating = match previous {
+        Some(previous) => Some(Arc::new(
+            MigratingKeyStore::new(primary.clone(), vec![previous])
+                .context("--previous-root-key-file")?,
+        )),
+        None => None,
+    };
+    let root_keys: Arc<dyn RootKeyStore> = match &migrating {
+        Some(migrating) => migrating.clone(),
+        None => primary,
+    };
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
 
@@ -249,8 +279,25 @@ async fn main() -> anyhow::Result<()> {
         rewrite_client,
     );
     let ctx = Arc::new(ctx);
+    let migration = {
+        let (ctx, namespace, shutdown) = (ctx.clone(), args.namespace.clone(), shutdown.clone());
+        let config = MigrationConfig {
+            records_per_second: args.root_key_migration_records_per_second,
+        };
+        async move {
+            if let Some(stores) = migrating {
+                kubekms_operator::migrate::run(ctx, stores, namespace, config, shutdown).await;
+            }
+        }
+    };
+    let controllers = async {
+        tokio::join!(
+            run_controllers(ctx, args.namespace.clone(), shutdown.clone()),
+            migration
+        )
+    };
     tokio::select! {
-        () = run_controllers(ctx, args.namespace.clone(), shutdown.clone()) => {
+        _ = controllers => {
             elector.release().await;
         }
         end = elector.hold(acquired) => {

@@ -25,6 +25,13 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Labels of the root key migration's record counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MigrationLabels {
+    /// `moved` (under the primary root key) or `pending` (a version under a previous one).
+    pub state: String,
+}
+
 /// Every metric of the operator, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -34,6 +41,8 @@ pub struct Metrics {
     durations: Family<ControllerLabels, Histogram>,
     keys_by_state: Family<StateLabels, Gauge>,
     secrets_reencrypted: Counter,
+    migration_records: Family<MigrationLabels, Gauge>,
+    migration_versions: Counter,
     /// The last state seen per key (namespace/name), to recount keys by state.
     key_states: Mutex<HashMap<String, String>>,
 }
@@ -79,8 +88,22 @@ impl Metrics {
             "Secrets rewritten under the current key after a rotation",
             secrets_reencrypted.clone(),
         );
+        let migration_records = Family::<MigrationLabels, Gauge>::default();
+        registry.register(
+            "root_key_migration_records",
+            "KmsKeyMaterial records under the primary root key (moved) or not yet (pending), at the last migration pass",
+            migration_records.clone(),
+        );
+        let migration_versions = Counter::default();
+        registry.register(
+            "root_key_migration_versions",
+            "Key versions rewrapped under the primary root key by the migration",
+            migration_versions.clone(),
+        );
         Self {
             registry,
+            migration_records,
+            migration_versions,
             reconciles,
             errors,
             durations,
@@ -129,6 +152,22 @@ impl Metrics {
     /// Counts Secrets rewritten by a re-encryption pass.
     pub fn secrets_reencrypted(&self, count: u64) {
         self.secrets_reencrypted.inc_by(count);
+    }
+
+    /// Records the counts of the last root key migration pass.
+    pub fn root_key_migration_records(&self, moved: usize, pending: usize) {
+        for (state, count) in [("moved", moved), ("pending", pending)] {
+            self.migration_records
+                .get_or_create(&MigrationLabels {
+                    state: state.to_owned(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Counts versions rewrapped by the root key migration.
+    pub fn root_key_migration_versions(&self, count: u64) {
+        self.migration_versions.inc_by(count);
     }
 
     /// Records the state of a key (`None` when the key is gone) and recounts.

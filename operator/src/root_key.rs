@@ -90,6 +90,22 @@ pub async fn open_or_init_at(
     client: &Client,
     namespace: Option<&str>,
 ) -> Result<Arc<dyn RootKeyStore>, RootKeyError> {
+    open_or_init_migrating(location, init, None, client, namespace).await
+}
+
+/// As [`open_or_init_at`], during a migration from `previous` to `location`: records
+/// wrapped under `previous` do not stop `--init-root-key` from creating the new root key
+/// (they are what is being migrated); records under any third root key still do.
+///
+/// # Errors
+/// [`RootKeyError`].
+pub async fn open_or_init_migrating(
+    location: &RootKeyLocation,
+    init: bool,
+    previous: Option<&dyn RootKeyStore>,
+    client: &Client,
+    namespace: Option<&str>,
+) -> Result<Arc<dyn RootKeyStore>, RootKeyError> {
     if !init || location.exists()? {
         return Ok(location.open()?);
     }
@@ -109,6 +125,10 @@ pub async fn open_or_init_at(
         Ok(Err(e)) => return Err(RootKeyError::CannotList(e.to_string())),
         Ok(Ok(list)) => list.items,
     };
+    let records: Vec<KmsKeyMaterial> = records
+        .into_iter()
+        .filter(|record| previous.is_none_or(|p| !p.holds(&record.spec.root_key_id)))
+        .collect();
     if !records.is_empty() {
         return Err(RootKeyError::RecordsNeedAnotherRootKey {
             path: location.to_string(),

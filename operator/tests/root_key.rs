@@ -92,3 +92,48 @@ async fn without_init_a_missing_file_is_an_error_naming_it() {
     );
     assert!(!path.exists());
 }
+
+/// A migration (`--previous-root-key-file`): records under the previous root key do not
+/// stop the new root key from being created; a record under any third root key still does.
+#[tokio::test]
+async fn init_during_a_migration_ignores_only_the_previous_root_keys_records() {
+    use keystore_pkcs11::args::RootKeyLocation;
+    use kms_core::keystore::{FileKeyStore, RootKeyStore};
+    use kubekms_operator::root_key::open_or_init_migrating;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let previous = FileKeyStore::init(&dir.path().join("old.key")).expect("old");
+    let (client, fake) = FakeApi::start();
+    fake.put_record(&record("a", &previous.root_key_id()));
+    fake.put_record(&record("b", "0123456789abcdef"));
+    let new = RootKeyLocation::File(dir.path().join("new.key"));
+    let err = open_or_init_migrating(&new, true, Some(&previous), &client, Some(NAMESPACE))
+        .await
+        .err()
+        .expect("b is under a third root key");
+    assert!(
+        matches!(
+            err,
+            RootKeyError::RecordsNeedAnotherRootKey { records: 1, .. }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("0123456789abcdef (1 record)"),
+        "{err}"
+    );
+    assert!(!dir.path().join("new.key").exists());
+
+    fake.put_record(&record("b", &previous.root_key_id()));
+    let store = open_or_init_migrating(&new, true, Some(&previous), &client, Some(NAMESPACE))
+        .await
+        .expect("every record is under the previous root key");
+    assert_ne!(store.root_key_id(), previous.root_key_id());
+    // Without the previous root key, the same records refuse it, as before.
+    let other = RootKeyLocation::File(dir.path().join("other.key"));
+    assert!(
+        open_or_init_migrating(&other, true, None, &client, Some(NAMESPACE))
+            .await
+            .is_err()
+    );
+}

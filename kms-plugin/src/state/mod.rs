@@ -26,6 +26,7 @@
 
 pub mod adopt;
 pub mod files;
+pub mod migrate;
 pub mod record;
 
 use std::collections::BTreeMap;
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keystore_pkcs11::{Pkcs11Config, Pkcs11KeyStore};
-use kms_core::keystore::{FileKeyStore, RootKeyStore};
+use kms_core::keystore::{FileKeyStore, MigratingKeyStore, RootKeyStore};
 use kms_core::{KeyId, KeySpec, KeyUsage, KmsKey, RotationType};
 use time::OffsetDateTime;
 
@@ -298,20 +299,29 @@ impl StateDir {
     /// `KeyUnavailable` from the key store.
     pub fn open_root_key(&self) -> Result<Arc<dyn RootKeyStore>, PluginError> {
         let path = self.root_key_path();
-        if !path.exists() {
-            if let Some(bytes) = read_private(&self.pkcs11_path())? {
-                let record: Pkcs11Record = serde_json::from_slice(&bytes).map_err(|e| {
-                    PluginError::StateFolder(format!("{}: {e}", self.pkcs11_path().display()))
-                })?;
-                let config = Pkcs11Config {
-                    module: record.module.into(),
-                    token_label: record.token_label,
-                    pin_file: record.pin_file.into(),
-                };
+        if let Some(bytes) = read_private(&self.pkcs11_path())? {
+            let record: Pkcs11Record = serde_json::from_slice(&bytes).map_err(|e| {
+                PluginError::StateFolder(format!("{}: {e}", self.pkcs11_path().display()))
+            })?;
+            let config = Pkcs11Config {
+                module: record.module.into(),
+                token_label: record.token_label,
+                pin_file: record.pin_file.into(),
+            };
+            let token: Arc<dyn RootKeyStore> =
+                Arc::new(Pkcs11KeyStore::open(&config).map_err(PluginError::Core)?);
+            // Both: a folder being migrated from its root key file to the token
+            // (`migrate-root-key`); the file only unwraps what it wrapped.
+            if path.exists() {
+                let file: Arc<dyn RootKeyStore> =
+                    Arc::new(FileKeyStore::open(&path).map_err(PluginError::Core)?);
                 return Ok(Arc::new(
-                    Pkcs11KeyStore::open(&config).map_err(PluginError::Core)?,
+                    MigratingKeyStore::new(token, vec![file]).map_err(PluginError::Core)?,
                 ));
             }
+            return Ok(token);
+        }
+        if !path.exists() {
             // A folder with keys but no root key lost it (a restore that forgot it, a wrong
             // path): say which root key the keys need, never suggest `init`.
             if let Ok(record) = self.active_record() {

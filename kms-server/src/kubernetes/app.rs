@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keystore_pkcs11::args::RootKeyLocation;
+use keystore_pkcs11::args::{PreviousRootKeyArgs, RootKeyLocation, open_with_previous};
 use kms_core::ArnScope;
 use kms_core::keystore::RootKeyStore;
 use kubekms_keyring::client::{self, ClientError};
@@ -43,6 +43,9 @@ pub enum AuditTarget {
 pub struct Settings {
     /// The root key: a file, or root keys in a PKCS#11 token.
     pub root_key: RootKeyLocation,
+    /// During a migration to `root_key`: the old root key file, which still unwraps the
+    /// material not yet rewrapped.
+    pub previous_root_key: PreviousRootKeyArgs,
     /// A kubeconfig; none: in-cluster, else `$KUBECONFIG` / `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     /// The API address.
@@ -133,13 +136,12 @@ pub async fn run(
     // The PKCS#11 store's calls block; opening it is one C_Sign after the login, and
     // the sealer derives its key once here.
     let root: Arc<dyn RootKeyStore> =
-        settings
-            .root_key
-            .open()
-            .map_err(|error| RunError::RootKey {
+        open_with_previous(&settings.root_key, &settings.previous_root_key).map_err(|error| {
+            RunError::RootKey {
                 path: settings.root_key.to_string(),
                 error,
-            })?;
+            }
+        })?;
     let sealer =
         SessionSealer::from_root_store(root.as_ref()).map_err(|error| RunError::RootKey {
             path: settings.root_key.to_string(),
