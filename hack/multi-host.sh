@@ -268,10 +268,14 @@ do_cut() {
     ip netns exec "${ns}" iptables -A KKMS-OUT -d "$(ip_of "${CUT_FROM}")" -j DROP
     log "cut: h${CUT_HOST} <-/-> h${CUT_FROM}"
   elif ${CUT_APISERVER}; then
-    # Outgoing only: clients elsewhere still reach this host's kube-apiserver (its answers
-    # leave from port 6443, not to it). Traffic to the host's own address goes out through
-    # OUTPUT too (over lo), so its plugin loses its own API server as well.
+    # The host's own connections to port 6443, both ways (dropping only what goes out
+    # would still deliver a watch's events to the plugin: TCP takes in-order data whose
+    # ACKs are lost). Clients elsewhere still reach this host's kube-apiserver: their
+    # packets come in to port 6443 and its answers go out from it, which neither rule
+    # matches. Traffic to the host's own address passes OUTPUT and INPUT too (over lo), so
+    # its plugin loses its own API server as well.
     ip netns exec "${ns}" iptables -A KKMS-OUT -p tcp -d "$(subnet)" --dport "${APISERVER_PORT}" -j DROP
+    ip netns exec "${ns}" iptables -A KKMS-IN -p tcp -s "$(subnet)" --sport "${APISERVER_PORT}" -j DROP
     log "cut: h${CUT_HOST} -/-> every kube-apiserver"
   else
     ip netns exec "${ns}" iptables -A KKMS-IN -i eth0 -j DROP

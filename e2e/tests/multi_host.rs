@@ -62,8 +62,14 @@ async fn plugin_key_id(hosts: &Hosts, host: usize) -> Result<String> {
 #[derive(Default)]
 struct ReadLog {
     rounds: [AtomicU64; 2],
+    /// Lists that took over [`SLOW_LIST`]: counted and shown, not failures (the machine
+    /// is shared; a slow answer is not an unreadable Secret).
+    slow: AtomicU64,
     failures: std::sync::Mutex<Vec<String>>,
 }
+
+/// A list that takes longer is counted as slow and asked again.
+const SLOW_LIST: Duration = Duration::from_secs(20);
 
 /// Lists the test's Secrets on every API server, again and again until `stop`: each round
 /// must return all of them with their values (a Secret that does not decrypt fails the
@@ -98,13 +104,17 @@ fn start_readers(
             };
             let secrets: Api<Secret> = Api::namespaced(client, &ns);
             while !stop.load(Ordering::Relaxed) {
-                let outcome = tokio::time::timeout(
-                    Duration::from_secs(20),
-                    secrets.list(&ListParams::default()),
-                )
-                .await;
+                let outcome =
+                    tokio::time::timeout(SLOW_LIST, secrets.list(&ListParams::default())).await;
                 let problem = match outcome {
-                    Err(_) => Some("list took over 20 s".to_owned()),
+                    Err(_) => {
+                        log.slow.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "[e2e multi-host] {:.1}s h{h}: a list took over {SLOW_LIST:?}; asked again",
+                            t0.elapsed().as_secs_f64()
+                        );
+                        continue;
+                    }
                     // The status message says it all; the Debug of the Status repeats it.
                     Ok(Err(e)) => Some(format!("{e}").chars().take(400).collect()),
                     Ok(Ok(list)) => check_round(&list.items, &expected),
@@ -402,68 +412,10 @@ async fn rotation_while_a_plugin_is_cut_off_from_the_api_servers() -> Result<()>
         anyhow::Ok(())
     }
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        let _ = r.await;
-    }
-    let failures = reads.failures.lock().map(|f| f.clone()).unwrap_or_default();
-    let rounds: Vec<u64> = reads
-        .rounds
-        .iter()
-        .map(|r| r.load(Ordering::Relaxed))
-        .collect();
-    phase(
-        t0,
-        &format!(
-            "reader rounds on h1, h2: {rounds:?}; failures: {}",
-            failures.len()
-        ),
-    );
+    let readers_ok = finish_readers(&reads, readers, &stop, &APISERVER_HOSTS, t0).await;
     outcome.with_context(|| format!("logs under {}/hosts/h*/logs", hosts.state_dir.display()))?;
-    ensure!(
-        failures.is_empty(),
-        "Secrets were unreadable {} times; first: {:?}",
-        failures.len(),
-        failures.iter().take(5).collect::<Vec<_>>()
-    );
-    ensure!(
-        rounds.iter().all(|r| *r > 0),
-        "a reader never completed a round: {rounds:?}"
-    );
-
-    let served: Vec<String> = {
-        let mut ids = Vec::new();
-        for h in APISERVER_HOSTS {
-            ids.push(plugin_key_id(&hosts, h).await?);
-        }
-        ids
-    };
-    ensure!(
-        served.iter().all(|id| *id == v2),
-        "the plugins' key_ids disagree or are not {v2}: {served:?}"
-    );
-    let stored = stored_key_ids(&hosts)?;
-    let behind: Vec<_> = stored.iter().filter(|(_, id)| **id != v2).collect();
-    ensure!(
-        behind.is_empty(),
-        "{} of {} Secrets in etcd are not under {v2}: {:?}",
-        behind.len(),
-        stored.len(),
-        behind.iter().take(5).collect::<Vec<_>>()
-    );
-    ensure!(
-        stored.len() >= SECRETS,
-        "etcd holds {} Secrets",
-        stored.len()
-    );
-    phase(
-        t0,
-        &format!(
-            "both plugins serve {v2}; all {} Secrets in etcd under it",
-            stored.len()
-        ),
-    );
-    Ok(())
+    readers_ok?;
+    check_everything(&hosts, &ns, &expected, &v2, t0).await
 }
 
 /// Operator flags of the drills that act in the middle of a pass: pages of 20 Secrets at
@@ -616,7 +568,8 @@ async fn finish_readers(
     phase(
         t0,
         &format!(
-            "reader rounds on {read_on:?}: {rounds:?}; failures: {}",
+            "reader rounds on {read_on:?}: {rounds:?}; slow lists: {}; failures: {}",
+            reads.slow.load(Ordering::Relaxed),
             failures.len()
         ),
     );
