@@ -2,8 +2,10 @@
 # Several control-plane hosts on one machine, each a network namespace, for the partition
 # drills of issue 11 (docs/reliability.md, "Several control-plane hosts"):
 #
-#   host 1: etcd member, kube-apiserver, its kubekms plugin (follow mode), the operator
-#   host 2: etcd member, kube-apiserver, its kubekms plugin (follow mode), a standby operator
+#   host 1: etcd member, kube-apiserver, its kubekms plugin (follow mode), an operator
+#   host 2: etcd member, kube-apiserver, its kubekms plugin (follow mode), an operator
+#           (one of the two leads; each runs under a restart loop, as the kubelet would
+#           restart its pod: an operator exits when it cannot renew its leader Lease)
 #   host 3: etcd member
 #   host 4..N: nothing (spare hosts for clients)
 #
@@ -599,7 +601,12 @@ YAML
     [[ -z "${OPERATOR_ARGS}" ]] || extra=(${OPERATOR_ARGS})
     for i in "${APISERVER_HOSTS[@]}"; do
       dir="$(host_dir "${i}")"
-      start_proc "${i}" kubekms-operator env KUBECONFIG="${dir}/kubeconfig" "${OPERATOR_BIN}" \
+      # Under a restart loop, as the kubelet restarts an operator pod: an operator exits by
+      # design when it cannot renew its leader Lease in time (and comes back as a
+      # standby). The loop leads the process group, so `stop`/SIGKILL end both.
+      # shellcheck disable=SC2016 # expanded by the inner bash
+      start_proc "${i}" kubekms-operator bash -c 'while :; do "$@"; echo "---- kubekms-operator exited ($?); restarting in 1 s"; sleep 1; done' \
+        restart-loop env KUBECONFIG="${dir}/kubeconfig" "${OPERATOR_BIN}" \
         --root-key "${dir}/plugin/root.key" --namespace "${SYSTEM_NAMESPACE}" \
         --metrics-addr "0.0.0.0:8080" --lease-namespace "${SYSTEM_NAMESPACE}" --identity "h${i}" \
         --log-format text "${extra[@]}"

@@ -3,9 +3,10 @@
 //! kube-apiservers on hosts 1 and 2, each with its own plugin following the KmsKey through
 //! its own host's API server, the operator on host 1 and a standby on host 2.
 //!
-//! Needs root (network namespaces, veths, a bridge, iptables); skipped with a message
-//! otherwise. About 5 minutes: the plugin's heartbeat Lease lasts 60 s and kube-apiserver
-//! asks its plugin for a new key_id once a minute.
+//! Runs only with `KUBEKMS_MULTI_HOST=1` and as root (network namespaces, veths, a bridge,
+//! iptables); skipped with a message otherwise. About 8 minutes for the three, one at a
+//! time: the plugin's heartbeat Lease lasts 60 s and kube-apiserver asks its plugin for a
+//! new key_id once a minute.
 
 mod envelope;
 
@@ -34,8 +35,21 @@ fn phase(t0: Instant, what: &str) {
     );
 }
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
+/// Whether to run: only when asked (`KUBEKMS_MULTI_HOST=1`: the three tests take about
+/// 8 minutes, too long for every `cargo test --workspace` of hack/test.sh) and as root
+/// (network namespaces). Says why when not.
+fn should_run(test: &str) -> bool {
+    if std::env::var("KUBEKMS_MULTI_HOST").map_or(true, |v| v.is_empty() || v == "0") {
+        eprintln!(
+            "[e2e multi-host] SKIPPED {test}: set KUBEKMS_MULTI_HOST=1 to run it (root; ~2-4 min each)"
+        );
+        return false;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("[e2e multi-host] SKIPPED {test}: network namespaces need root");
+        return false;
+    }
+    true
 }
 
 /// One plugin's entry of `status.servedBy`.
@@ -300,8 +314,7 @@ fn rotate(hosts: &Hosts, via: usize, token: &str) -> Result<()> {
 /// - both plugins serve the same key_id, and every Secret in etcd is under it.
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_while_a_plugin_is_cut_off_from_the_api_servers() -> Result<()> {
-    if !is_root() {
-        eprintln!("[e2e multi-host] SKIPPED: network namespaces need root");
+    if !should_run("rotation_while_a_plugin_is_cut_off_from_the_api_servers") {
         return Ok(());
     }
     let t0 = Instant::now();
@@ -593,8 +606,7 @@ async fn finish_readers(
 /// on both and is under the new version.
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_leader_cut_off_in_the_middle_of_a_pass() -> Result<()> {
-    if !is_root() {
-        eprintln!("[e2e multi-host] SKIPPED: network namespaces need root");
+    if !should_run("operator_leader_cut_off_in_the_middle_of_a_pass") {
         return Ok(());
     }
     let t0 = Instant::now();
@@ -654,17 +666,17 @@ async fn operator_leader_cut_off_in_the_middle_of_a_pass() -> Result<()> {
     let readers_ok = finish_readers(&reads, readers, &stop, &read_on, t0).await;
     outcome.with_context(|| format!("logs under {}/hosts/h*/logs", hosts.state_dir.display()))?;
     readers_ok?;
-    if hosts.host(leader).is_running("kubekms-operator") {
+    // The operators run under a restart loop (the kubelet's part): count its restarts.
+    for h in APISERVER_HOSTS {
+        let log =
+            std::fs::read_to_string(hosts.logs(h).join("kubekms-operator.log")).unwrap_or_default();
         phase(
             t0,
-            &format!("the old leader on h{leader} still runs (standby)"),
+            &format!(
+                "h{h}'s operator exited and was restarted {} time(s)",
+                log.matches("---- kubekms-operator exited").count()
+            ),
         );
-    } else {
-        phase(
-            t0,
-            &format!("the old leader on h{leader} exited (Lease lost); started again"),
-        );
-        hosts.start(leader, "kubekms-operator")?;
     }
     check_everything(&hosts, &ns, &expected, &v2, t0).await
 }
@@ -680,8 +692,7 @@ fn leader_or_none(hosts: &Hosts, via: usize) -> Option<usize> {
 /// version.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_etcd_member_and_an_api_server_host_lost_in_the_middle_of_a_pass() -> Result<()> {
-    if !is_root() {
-        eprintln!("[e2e multi-host] SKIPPED: network namespaces need root");
+    if !should_run("an_etcd_member_and_an_api_server_host_lost_in_the_middle_of_a_pass") {
         return Ok(());
     }
     let t0 = Instant::now();
