@@ -22,6 +22,7 @@
 pub mod crash;
 pub mod drill;
 pub mod kms_server;
+pub mod multi_host;
 pub mod node;
 pub mod process;
 

@@ -40,8 +40,8 @@ use tokio::time::Instant;
 
 use crate::Error;
 
-/// Waiting until every live plugin serves the new key_id and kube-apiserver has seeded a
-/// DEK under it.
+/// Waiting until every plugin with a heartbeat Lease (live or not) serves the new key_id and
+/// kube-apiserver has seeded a DEK under it.
 pub const PHASE_WAITING: &str = "WaitingForPlugins";
 /// Rewriting Secrets page by page.
 pub const PHASE_REWRITING: &str = "Rewriting";
@@ -250,16 +250,27 @@ pub fn plan(
     // and lost its record) does not undo that: the rewrite carries on.
     if status.phase != PHASE_REWRITING {
         let live: Vec<&ServedBy> = served.iter().filter(|p| p.live).collect();
-        let behind: Vec<String> = live
+        // Every plugin with a heartbeat Lease holds the pass back, also one whose heartbeat
+        // stopped: a plugin cut off from the API server still serves its kube-apiserver
+        // with the versions it knows, and that kube-apiserver could not read a Secret
+        // rewritten under one it never learned. A host gone for good is let go by
+        // deleting its Lease (as for the protection of the key).
+        let behind: Vec<String> = served
             .iter()
             .filter(|p| p.seeded_key_id.as_deref() != Some(target.as_str()))
             .map(|p| {
-                format!(
-                    "{} (serves {}, DEK seeded under {})",
-                    p.plugin,
-                    p.served_key_id.as_deref().unwrap_or("?"),
-                    p.seeded_key_id.as_deref().unwrap_or("nothing yet")
-                )
+                let serves = p.served_key_id.as_deref().unwrap_or("?");
+                let seeded = p.seeded_key_id.as_deref().unwrap_or("nothing yet");
+                if p.live {
+                    format!("{} (serves {serves}, DEK seeded under {seeded})", p.plugin)
+                } else {
+                    format!(
+                        "{} (heartbeat not renewed within its Lease duration: cut off from the API server, or stopped; \
+                         last served {serves}, DEK seeded under {seeded}; delete its Lease kubekms-plugin-{} \
+                         if that host is gone for good)",
+                        p.plugin, p.plugin
+                    )
+                }
             })
             .collect();
         if live.is_empty() || !behind.is_empty() {
@@ -658,7 +669,7 @@ mod tests {
     }
 
     #[test]
-    fn waits_until_every_live_plugin_has_seeded_the_new_version() {
+    fn waits_until_every_plugin_has_seeded_the_new_version_also_one_whose_heartbeat_expired() {
         let v2 = format!("{KEY}/v2");
         let v1 = format!("{KEY}/v1");
         let served = [plugin("a", Some(&v2), true), plugin("b", Some(&v1), true)];
@@ -669,8 +680,22 @@ mod tests {
         assert_eq!(status.target_version, 2);
         assert!(status.message.unwrap_or_default().contains("b (serves"));
 
-        // A plugin whose heartbeat expired does not hold the pass back.
+        // A plugin whose heartbeat expired (cut off from the API server, say) still holds
+        // the pass back: its kube-apiserver may still read with only the versions it knew.
         let served = [plugin("a", Some(&v2), true), plugin("b", Some(&v1), false)];
+        let p = plan(p.status.as_ref(), &served, KEY, 2, true, "t1");
+        let status = p.status.clone().unwrap_or_default();
+        assert!(!p.rewrite);
+        assert_eq!(status.phase, PHASE_WAITING);
+        let message = status.message.unwrap_or_default();
+        assert!(
+            message.contains("b (heartbeat not renewed") && message.contains("kubekms-plugin-b"),
+            "{message}"
+        );
+
+        // Once it has seeded the new version (after the partition healed), the pass starts,
+        // whether or not its heartbeat is live at that moment.
+        let served = [plugin("a", Some(&v2), true), plugin("b", Some(&v2), false)];
         let p = plan(p.status.as_ref(), &served, KEY, 2, true, "t1");
         let status = p.status.clone().unwrap_or_default();
         assert!(p.rewrite);
