@@ -1345,7 +1345,15 @@ async fn a_renewing_plugin_with_a_clock_behind_holds_the_reencryption() {
         status.served_by
     );
 
-    // cp-2 stops renewing: live for 60 s more, then it no longer holds the pass.
+    // cp-2 stops renewing: live for 60 s more, then not live (judged on the operator's
+    // clock, not on cp-2's renewTime two minutes behind), and it still holds the pass.
+    let cp2_live = |h: &Harness| {
+        h.fake
+            .key("k1")
+            .and_then(|k| k.status)
+            .and_then(|s| s.served_by.into_iter().find(|p| p.plugin == "cp-2"))
+            .map(|p| p.live)
+    };
     h.reconcile("k1").await;
     tokio::time::advance(std::time::Duration::from_secs(59)).await;
     h.beat(heartbeat(
@@ -1355,41 +1363,55 @@ async fn a_renewing_plugin_with_a_clock_behind_holds_the_reencryption() {
         h.clock_now() + Duration::seconds(59),
     ));
     h.reconcile("k1").await;
+    assert_eq!(cp2_live(&h), Some(true));
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    h.fake.take_log();
+    h.reconcile("k1").await;
+    assert_eq!(cp2_live(&h), Some(false));
+    assert!(!h.fake.take_log().contains(&"GET secrets".to_owned()));
     assert_eq!(
         h.reencryption_phase("k1").as_deref(),
         Some("WaitingForPlugins")
     );
-    tokio::time::advance(std::time::Duration::from_secs(2)).await;
-    h.fake.take_log();
-    h.reconcile("k1").await;
-    assert!(h.fake.take_log().contains(&"GET secrets".to_owned()));
-    assert_eq!(h.reencryption_phase("k1").as_deref(), Some("Done"));
 }
 
 /// The other way round: a plugin whose clock is 10 minutes ahead and which has stopped
-/// renewing is dead 60 s after the operator last saw its Lease change, not 11 minutes.
+/// renewing is judged not live 60 s after the operator last saw its Lease change, not 11
+/// minutes. Not live, it still holds the pass (it may be cut off from the API server while
+/// its kube-apiserver reads with the versions it knows), and the status says so and how
+/// to let it go; deleting its Lease does.
 #[tokio::test(start_paused = true)]
-async fn a_silent_plugin_with_a_clock_ahead_stops_holding_the_reencryption() {
+async fn a_silent_plugin_with_a_clock_ahead_is_not_live_and_holds_the_reencryption_until_its_lease_goes()
+ {
     let h = harness();
     h.create("k1", json!({})).await;
     let id = h.fake.record("k1").expect("record").spec.key_id;
     let (v1, v2) = (format!("{id}/v1"), format!("{id}/v2"));
     h.beat(heartbeat("cp-1", "k1", &v1, h.clock_now()));
-    h.beat(heartbeat(
-        "cp-2",
-        "k1",
-        &v1,
-        h.clock_now() + Duration::minutes(10),
-    ));
+    let silent = heartbeat("cp-2", "k1", &v1, h.clock_now() + Duration::minutes(10));
+    h.beat(silent.clone());
     h.edit_spec("k1", |s| {
         s.rotation = Some(serde_json::from_value(json!({"onDemandToken": "r"})).expect("r"));
     });
     h.reconcile("k1").await;
     h.beat(heartbeat("cp-1", "k1", &v2, h.clock_now()));
     h.reconcile("k1").await;
+    let waiting_message = |h: &Harness| {
+        h.fake
+            .key("k1")
+            .and_then(|k| k.status)
+            .and_then(|s| s.reencryption)
+            .and_then(|r| r.message)
+            .unwrap_or_default()
+    };
     assert_eq!(
         h.reencryption_phase("k1").as_deref(),
         Some("WaitingForPlugins")
+    );
+    assert!(
+        waiting_message(&h).contains("cp-2 (serves"),
+        "cp-2 renewed a moment ago: live, {}",
+        waiting_message(&h)
     );
     for _ in 0..4 {
         // cp-1 keeps renewing; cp-2 is silent. The operator's wall clock does not move.
@@ -1404,8 +1426,28 @@ async fn a_silent_plugin_with_a_clock_ahead_stops_holding_the_reencryption() {
     h.fake.take_log();
     h.reconcile("k1").await;
     assert!(
+        !h.fake.take_log().contains(&"GET secrets".to_owned()),
+        "cp-2 has been silent for 80 s: not live, but it still holds the pass"
+    );
+    assert_eq!(
+        h.reencryption_phase("k1").as_deref(),
+        Some("WaitingForPlugins")
+    );
+    let message = waiting_message(&h);
+    assert!(
+        message.contains("cp-2 (heartbeat not renewed") && message.contains("kubekms-plugin-cp-2"),
+        "{message}"
+    );
+
+    h.leases
+        .lock()
+        .expect("leases")
+        .apply_watcher_event(&Event::Delete(silent));
+    h.fake.take_log();
+    h.reconcile("k1").await;
+    assert!(
         h.fake.take_log().contains(&"GET secrets".to_owned()),
-        "cp-2 has been silent for 80 s: it does not hold the pass"
+        "cp-2's Lease is deleted: it no longer holds the pass"
     );
     assert_eq!(h.reencryption_phase("k1").as_deref(), Some("Done"));
 }
