@@ -10,13 +10,17 @@
 #      killed outright
 #   4. cargo test --workspace with KUBEKMS_E2E_STATE naming that control plane, then the
 #      Wycheproof vector counts of kms-core
-#   5. every fuzz target for a short bounded time on its committed seed corpus
+#   5. as root, the tests that are #[ignore]d in the workspace run: the node (containerd,
+#      kubelet, pods, the plugin as a static pod; e2e/tests/node.rs, ~4 min) and the
+#      partition drills between control-plane hosts in network namespaces
+#      (e2e/tests/multi_host.rs, ~8 min)
+#   6. every fuzz target for a short bounded time on its committed seed corpus
 #      (hack/fuzz.sh --quick, under AddressSanitizer; docs/reliability.md)
 #
 # Extra arguments replace `--workspace`: they go to `cargo test` and choose what runs,
 # e.g. `hack/test.sh -p kubekms-e2e`, `hack/test.sh -p kubekms-e2e --test e2e`,
 # `hack/test.sh -p kubekms-core -- wycheproof`. Steps 1-3 run all the same (whole
-# workspace); the Wycheproof counts and the fuzz step run only without arguments.
+# workspace); steps 5 and 6 and the Wycheproof counts run only without arguments.
 #
 # The shared control plane encrypts Secrets with the kubekms KMS v2 plugin (built here,
 # its state folder made by `kubekms-plugin init` inside the control plane's state folder);
@@ -95,6 +99,14 @@ if (($#)); then
 else
   log "Wycheproof vector counts"
   cargo test -q -p kubekms-core --test wycheproof -- --show-output 2>&1 | grep -E '^wycheproof '
+  if [[ "$(id -u)" == "0" ]]; then
+    log "the node: containerd, kubelet, pods, the plugin as a static pod (e2e/tests/node.rs)"
+    cargo test -p kubekms-e2e --test node -- --include-ignored
+    log "partitions between control-plane hosts in network namespaces (e2e/tests/multi_host.rs)"
+    cargo test -p kubekms-e2e --test multi_host -- --include-ignored --test-threads 1
+  else
+    log "skipped, they need root: the node and multi-host tests (cargo test -p kubekms-e2e --test node|multi_host -- --include-ignored)"
+  fi
   log "fuzz targets, each ${KUBEKMS_FUZZ_QUICK_SECONDS:-15}s on its seed corpus (hack/fuzz.sh --quick)"
   hack/fuzz.sh --quick
   log "all tests passed in $((SECONDS - start))s"
