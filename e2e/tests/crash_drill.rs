@@ -1049,3 +1049,35 @@ fn crash_drill_kills_each_component_during_rotation_and_reencryption() -> Result
     ensure!(s.lost.is_empty(), "kubekms-server lost: {:?}", s.lost);
     Ok(())
 }
+
+#[test]
+fn a_run_shorter_than_the_components_still_kills_the_server() {
+    for seed in 0..200 {
+        for trials in 1..COMPONENTS.len() {
+            let offset = component_offset(&mut DrillRng::new(seed), trials);
+            let killed: Vec<Component> = (0..trials).map(|n| component_of(offset, n)).collect();
+            assert!(
+                killed.contains(&Component::Server),
+                "seed {seed}, {trials} trials: {killed:?}"
+            );
+        }
+    }
+    let offset = component_offset(&mut DrillRng::new(7), COMPONENTS.len());
+    let all: BTreeSet<Component> = (0..COMPONENTS.len())
+        .map(|n| component_of(offset, n))
+        .collect();
+    assert_eq!(all.len(), COMPONENTS.len(), "a full round kills each once");
+}
+
+#[test]
+fn the_phase_at_a_kill_names_where_the_rotation_stands() {
+    let status = |current: u64, target: u64, phase: &str| json!({"currentVersion": current, "reencryption": {"targetVersion": target, "phase": phase}});
+    assert_eq!(phase_label(&status(2, 2, "Done"), 3), "Rotating");
+    assert_eq!(phase_label(&json!({}), 3), "Rotating");
+    assert_eq!(phase_label(&status(3, 2, "Done"), 3), "PassNotStarted");
+    assert_eq!(
+        phase_label(&status(3, 3, "WaitingForPlugins"), 3),
+        "WaitingForPlugins"
+    );
+    assert_eq!(phase_label(&status(3, 3, "Rewriting"), 3), "Rewriting");
+}
