@@ -798,6 +798,12 @@ fn trial(
     let stored = check_etcd(site, &key_id)?;
     crash_server::wait_version(site, version, TRIAL_TIMEOUT)?;
     let versions = check_versions(site, &sup.root_key, version)?;
+    rt.block_on(crash_server::wait_encrypts_under(
+        &sup.server_setup,
+        &sup.server_endpoint(),
+        version,
+        Duration::from_secs(60),
+    ))?;
     let mut sample_rng = DrillRng::new(rng.next_u64());
     let (blobs, signatures) = rt.block_on(crash_server::check_trial(
         &sup.server_setup,
@@ -816,7 +822,7 @@ fn trial(
     log(
         t0,
         &format!(
-            "trial {number}: ok: pass Done ({} rewritten), {stored} Secrets in etcd under {key_id}, versions 1..{versions} unwrap (both keys), {blobs} blobs decrypt and {signatures} signatures verify through kubekms-server",
+            "trial {number}: ok: pass Done ({} rewritten), {stored} Secrets in etcd under {key_id}, versions 1..{versions} unwrap (both keys), the server encrypts under v{version}, {blobs} blobs decrypt and {signatures} signatures verify through kubekms-server",
             pass["secretsRewritten"]
         ),
     );

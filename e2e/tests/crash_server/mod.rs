@@ -287,7 +287,6 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The client: rounds of Encrypt, GenerateDataKey, Decrypt of an earlier blob, and every
 /// third round Sign and Verify, until `stop`.
-#[allow(clippy::too_many_arguments)]
 pub async fn client(
     setup: Arc<ServerSetup>,
     endpoint: SharedEndpoint,
@@ -644,6 +643,42 @@ pub async fn check_all(
 /// reaches the server again).
 pub fn acked_since(ledger: &SharedServerLedger, before: u64) -> bool {
     lock(ledger).acked_total() > before
+}
+
+/// Waits (up to `limit`) until an Encrypt under the app key through the server at
+/// `endpoint` makes a blob of material `version`: the server's keyring has followed the
+/// rotation (across its own restarts and those of kube-apiserver and etcd).
+pub async fn wait_encrypts_under(
+    setup: &ServerSetup,
+    endpoint: &str,
+    version: u64,
+    limit: Duration,
+) -> Result<()> {
+    let kms = setup.client(endpoint)?;
+    let deadline = Instant::now() + limit;
+    loop {
+        let answer = kms
+            .encrypt()
+            .key_id(&setup.app_key_id)
+            .plaintext(Blob::new(b"which version".to_vec()))
+            .send()
+            .await;
+        let last = match answer.map(|o| o.ciphertext_blob) {
+            Ok(Some(blob)) => match kms_core::blob::peek(blob.as_ref()) {
+                Ok((_, v)) if u64::from(v) == version => return Ok(()),
+                Ok((_, v)) => format!("a blob of version {v}"),
+                Err(e) => format!("a blob that does not parse: {e}"),
+            },
+            Ok(None) => "no blob".to_owned(),
+            Err(e) => describe(&e),
+        };
+        ensure!(
+            Instant::now() < deadline,
+            "kubekms-server does not encrypt under version {version} of {APP_NS}/{APP_KEY} {}s after the KmsKey shows it; last answer: {last}",
+            limit.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The KmsKey's current version (`status.currentVersion`).
