@@ -16,8 +16,10 @@
 # server calls acknowledged and lost).
 #
 # Usage: hack/crash-drill.sh [--trials N] [--seed S] [--secrets N] [--release]
-#   --trials N   trials (default 50; the test's own default, as CI runs it, is 3)
-#   --seed S     replay a run: its seed is the first line it prints (default: random)
+#   --trials N   trials (default 50, as runs of at most 25; the test's own default, as
+#                CI runs it, is 3)
+#   --seed S     replay one run (--trials 25 at most): its seed is the first line it
+#                prints (default: random)
 #   --secrets N  Secrets created before the first trial, rewritten by every pass
 #                (default 3000; CI: 500)
 #   --release    release build of the test and the binaries
@@ -34,13 +36,27 @@ while (($#)); do
     --seed) seed="${2:?--seed needs a number}"; shift 2 ;;
     --secrets) secrets="${2:?--secrets needs a number}"; shift 2 ;;
     --release) profile=(--release); shift ;;
-    -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "hack/crash-drill.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 cd "${REPO_ROOT}"
-export KUBEKMS_CRASH_TRIALS="${trials}" KUBEKMS_CRASH_SECRETS="${secrets}"
-if [[ -n "${seed}" ]]; then export KUBEKMS_CRASH_SEED="${seed}"; else unset KUBEKMS_CRASH_SEED; fi
+# Each trial rotates the keys on demand, 25 times at most per key (AWS KMS's quota): a
+# longer drill is several runs of at most 25 trials, each on a new control plane with its
+# own seed (printed first) and SUMMARY line. --seed replays one run.
+per_run=25
+if [[ -n "${seed}" ]] && ((trials > per_run)); then
+  echo "hack/crash-drill.sh: --seed replays one run: --trials ${per_run} at most" >&2
+  exit 2
+fi
+export KUBEKMS_CRASH_SECRETS="${secrets}"
 # A private control plane: never the suite's shared one.
 unset KUBEKMS_E2E_STATE
-exec cargo test "${profile[@]}" -p kubekms-e2e --test crash_drill -- --nocapture
+run=0 left="${trials}"
+while ((left > 0)); do
+  export KUBEKMS_CRASH_TRIALS=$((left < per_run ? left : per_run))
+  if [[ -n "${seed}" ]]; then export KUBEKMS_CRASH_SEED="${seed}"; else unset KUBEKMS_CRASH_SEED; fi
+  echo "hack/crash-drill.sh: run $((run + 1)): ${KUBEKMS_CRASH_TRIALS} trials" >&2
+  cargo test "${profile[@]}" -p kubekms-e2e --test crash_drill -- --nocapture
+  left=$((left - KUBEKMS_CRASH_TRIALS)) run=$((run + 1))
+done

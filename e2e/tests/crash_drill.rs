@@ -138,12 +138,23 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
     }
 }
 
+/// Every trial rotates the keys on demand, and a key allows 25 on-demand rotations (AWS
+/// KMS's quota, `LimitExceededException` after that): one control plane runs at most
+/// this many trials; hack/crash-drill.sh splits longer drills into runs of this size.
+const MAX_TRIALS: usize = 25;
+
 fn options() -> Result<Options> {
-    Ok(Options {
+    let opts = Options {
         trials: env_number("KUBEKMS_CRASH_TRIALS")?.unwrap_or(3),
         seed: env_number("KUBEKMS_CRASH_SEED")?.unwrap_or_else(fresh_seed),
         secrets: env_number("KUBEKMS_CRASH_SECRETS")?.unwrap_or(500),
-    })
+    };
+    ensure!(
+        opts.trials <= MAX_TRIALS,
+        "KUBEKMS_CRASH_TRIALS={}: at most {MAX_TRIALS} per run (each trial rotates the keys on demand, 25 times at most per key); hack/crash-drill.sh splits a longer drill into runs",
+        opts.trials
+    );
+    Ok(opts)
 }
 
 fn log(t0: Instant, what: &str) {
