@@ -7,9 +7,16 @@
 //! new version, etcd must hold every Secret under the new key_id, and the KmsKey's record
 //! must hold versions 1..n that all unwrap under the root key.
 //!
-//! Components: the plugin (`kms-plugin`, follow mode), the operator, kube-apiserver and
-//! etcd, in turn from a seeded offset. kubekms-server is not part of this drill yet (it
-//! is not on the Secrets' path; see docs/reliability.md).
+//! Components: the plugin (`kms-plugin`, follow mode), the operator, kube-apiserver, etcd
+//! and kubekms-server, in turn from a seeded offset (a run of fewer trials than components
+//! always includes the server). During every trial a client of kubekms-server's AWS API
+//! calls it (see `crash_server`): every blob or signature it acknowledged must still
+//! decrypt or verify after the trial, across the rotations of its key, and all of them at
+//! the end of the drill.
+//!
+//! Where the kill lands is chosen by phase: in most trials inside the re-encryption pass
+//! (`Rewriting`, after a seeded number of Secrets are rewritten), otherwise 0-4 s after the
+//! rotation; the phase seen at the kill is logged and counted.
 //!
 //! `KUBEKMS_CRASH_TRIALS` (3), `KUBEKMS_CRASH_SEED` (random, printed first),
 //! `KUBEKMS_CRASH_SECRETS` (500 Secrets created before the first trial, which every
@@ -19,6 +26,7 @@
 //! while kube-apiserver or etcd is down, by design) is started again the way a
 //! Deployment or systemd would, and counted separately from the kills.
 
+mod crash_server;
 mod envelope;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +46,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Config};
 use kubekms_e2e::crash::{DrillRng, fresh_seed};
 use kubekms_e2e::drill::{APISERVER_KEY, SYSTEM_NAMESPACE, Site};
+use kubekms_e2e::kms_server::KmsServer;
+
+use crash_server::{APP_KEY, APP_NS, ServerSetup, SharedEndpoint, SharedServerLedger};
 use serde_json::json;
 
 const BULK_NS: &str = "crash-bulk";
@@ -52,6 +63,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// pass, with restarts in between.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Pages of 100 and at most 300 rewrites a second, so that a kill lands inside a pass.
+const REENCRYPT_PAGE: u64 = 100;
 const OPERATOR_ARGS: &[&str] = &[
     "--reencrypt-page-size",
     "100",
@@ -65,14 +77,36 @@ enum Component {
     Operator,
     KubeApiserver,
     Etcd,
+    Server,
 }
 
-const COMPONENTS: [Component; 4] = [
+const COMPONENTS: [Component; 5] = [
     Component::Plugin,
     Component::Operator,
     Component::KubeApiserver,
     Component::Etcd,
+    Component::Server,
 ];
+
+/// The component trial `number` kills: in turn from `offset`.
+fn component_of(offset: usize, number: usize) -> Component {
+    COMPONENTS[(offset + number) % COMPONENTS.len()]
+}
+
+/// A seeded offset into [`COMPONENTS`]; with fewer trials than components, one that puts
+/// the server among the components killed.
+fn component_offset(rng: &mut DrillRng, trials: usize) -> usize {
+    let n = COMPONENTS.len();
+    if trials >= n {
+        return usize::try_from(rng.below(n as u64)).unwrap_or(0);
+    }
+    let server = n - 1;
+    let at = usize::try_from(rng.below(trials.max(1) as u64)).unwrap_or(0);
+    (server + n - at) % n
+}
+
+/// Share of trials (in percent) whose kill is aimed inside the pass's `Rewriting` phase.
+const IN_PASS_PERCENT: u64 = 80;
 
 impl Component {
     /// The launcher's process name (its pid file and log).
@@ -82,6 +116,7 @@ impl Component {
             Self::Operator => "kubekms-operator",
             Self::KubeApiserver => "kube-apiserver",
             Self::Etcd => "etcd",
+            Self::Server => "kubekms-server",
         }
     }
 }
@@ -103,12 +138,23 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
     }
 }
 
+/// Every trial rotates the keys on demand, and a key allows 25 on-demand rotations (AWS
+/// KMS's quota, `LimitExceededException` after that): one control plane runs at most
+/// this many trials; hack/crash-drill.sh splits longer drills into runs of this size.
+const MAX_TRIALS: usize = 25;
+
 fn options() -> Result<Options> {
-    Ok(Options {
+    let opts = Options {
         trials: env_number("KUBEKMS_CRASH_TRIALS")?.unwrap_or(3),
         seed: env_number("KUBEKMS_CRASH_SEED")?.unwrap_or_else(fresh_seed),
         secrets: env_number("KUBEKMS_CRASH_SECRETS")?.unwrap_or(500),
-    })
+    };
+    ensure!(
+        opts.trials <= MAX_TRIALS,
+        "KUBEKMS_CRASH_TRIALS={}: at most {MAX_TRIALS} per run (each trial rotates the keys on demand, 25 times at most per key); hack/crash-drill.sh splits a longer drill into runs",
+        opts.trials
+    );
+    Ok(opts)
 }
 
 fn log(t0: Instant, what: &str) {
@@ -286,24 +332,36 @@ struct Supervisor<'a> {
     argv: BTreeMap<&'static str, Vec<String>>,
     root_key: PathBuf,
     operator: Option<Child>,
+    server_setup: Arc<ServerSetup>,
+    server: Option<KmsServer>,
+    /// Where the server listens now (a restarted server binds a new port).
+    endpoint: SharedEndpoint,
+    /// Server processes started so far (each gets a new process name).
+    server_starts: u32,
     /// Exits nobody asked for, by component.
     exited: BTreeMap<&'static str, u32>,
 }
 
 impl<'a> Supervisor<'a> {
-    fn new(site: &'a Site) -> Result<Self> {
+    fn new(site: &'a Site, server_setup: ServerSetup) -> Result<Self> {
         let mut argv = BTreeMap::new();
         for c in [Component::Etcd, Component::Plugin, Component::KubeApiserver] {
             argv.insert(c.process(), site.cp.argv_of(c.process())?);
         }
+        let root_key = site.plugin_state.join("root.key");
         let mut sup = Self {
             site,
             argv,
-            root_key: site.plugin_state.join("root.key"),
             operator: None,
+            server_setup: Arc::new(server_setup),
+            root_key,
+            server: None,
+            endpoint: SharedEndpoint::default(),
+            server_starts: 0,
             exited: BTreeMap::new(),
         };
         sup.start(Component::Operator)?;
+        sup.start(Component::Server)?;
         Ok(sup)
     }
 
@@ -317,6 +375,16 @@ impl<'a> Supervisor<'a> {
                     .spawn()
                     .context("starting the operator")?;
                 self.operator = Some(child);
+            }
+            Component::Server => {
+                let name = format!("kubekms-server-{}", self.server_starts);
+                self.server_starts += 1;
+                let server = self.server_setup.start(cp, &name)?;
+                *self
+                    .endpoint
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = server.endpoint.clone();
+                self.server = Some(server);
             }
             other => {
                 let argv = self
@@ -344,8 +412,25 @@ impl<'a> Supervisor<'a> {
                 child.wait()?;
                 Ok(())
             }
+            Component::Server => {
+                let server = self
+                    .server
+                    .take()
+                    .ok_or_else(|| anyhow!("kubekms-server is not running"))?;
+                self.site.cp.kill_process(server.process.name())?;
+                // Its stop finds it gone; it ends the watchdog.
+                drop(server);
+                Ok(())
+            }
             other => self.site.cp.kill_process(other.process()),
         }
+    }
+
+    fn server_endpoint(&self) -> String {
+        self.endpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Starts again whatever is not running (counted in `exited`), then waits for
@@ -384,6 +469,18 @@ impl<'a> Supervisor<'a> {
         if any {
             self.site.cp.wait_apiserver_ready()?;
         }
+        if !self.server.as_ref().is_some_and(|s| s.process.is_running()) {
+            eprintln!(
+                "[crash-drill] kubekms-server exited by itself; its log: {}; starting it again",
+                self.server
+                    .as_ref()
+                    .map(|s| s.process.log_tail(20))
+                    .unwrap_or_default()
+            );
+            *self.exited.entry(Component::Server.process()).or_default() += 1;
+            self.server = None;
+            self.start(Component::Server)?;
+        }
         Ok(())
     }
 }
@@ -394,6 +491,7 @@ impl Drop for Supervisor<'_> {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.server = None;
     }
 }
 
@@ -446,27 +544,109 @@ fn plugin_lease(site: &Site) -> String {
 #[derive(Debug, Default)]
 struct Totals {
     kills: BTreeMap<&'static str, u32>,
+    /// The re-encryption phase seen at each kill.
+    phases: BTreeMap<String, u32>,
+    /// Kills aimed inside the pass (the rest: 0-4 s after the rotation).
+    aimed_in_pass: u32,
     bulk: usize,
     lost: Vec<String>,
     overtaken: u64,
 }
 
-/// One trial: writers on, rotation to `version`, one kill and restart, writers off, then
-/// the checks.
-#[allow(clippy::too_many_arguments)]
-fn trial(
+/// The KmsKey's status read through the client (quicker than kubectl, for aiming).
+async fn key_status_now(client: &Client, ns: &str, name: &str) -> Result<serde_json::Value> {
+    let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "kubekms.io",
+        "v1alpha1",
+        "KmsKey",
+    ));
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let key = tokio::time::timeout(CALL_TIMEOUT, api.get(name))
+        .await
+        .map_err(|_| anyhow!("reading KmsKey {ns}/{name}: timed out"))??;
+    Ok(key.data.get("status").cloned().unwrap_or_default())
+}
+
+/// Where the rotation to `version` stands: `Rotating` (the new version not current yet),
+/// `PassNotStarted` (no pass for it yet), or the pass's phase.
+fn phase_label(status: &serde_json::Value, version: u64) -> String {
+    let pass = &status["reencryption"];
+    if status["currentVersion"]
+        .as_u64()
+        .is_none_or(|v| v < version)
+    {
+        "Rotating".to_owned()
+    } else if pass["targetVersion"].as_u64() != Some(version) {
+        "PassNotStarted".to_owned()
+    } else {
+        pass["phase"].as_str().unwrap_or("?").to_owned()
+    }
+}
+
+/// Waits until the pass for `version` has rewritten at least `target` Secrets (or is
+/// done); polls every 50 ms.
+fn wait_rewritten(
     rt: &tokio::runtime::Runtime,
     sup: &mut Supervisor<'_>,
     client: &Client,
-    rng: &mut DrillRng,
+    version: u64,
+    target: u64,
+) -> Result<()> {
+    let deadline = Instant::now() + TRIAL_TIMEOUT;
+    let mut last = serde_json::Value::Null;
+    loop {
+        sup.ensure_running()?;
+        if let Ok(st) = rt.block_on(key_status_now(client, SYSTEM_NAMESPACE, APISERVER_KEY)) {
+            let pass = &st["reencryption"];
+            if pass["targetVersion"].as_u64() == Some(version)
+                && (pass["phase"] == "Done"
+                    || (pass["phase"] == "Rewriting"
+                        && pass["secretsRewritten"].as_u64().unwrap_or(0) >= target))
+            {
+                return Ok(());
+            }
+            last = st;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the pass for v{version} did not reach {target} rewritten Secrets in {}s: {last}; {}",
+            TRIAL_TIMEOUT.as_secs(),
+            plugin_lease(sup.site)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a trial shares with the drill.
+struct Shared<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    client: &'a Client,
     seed: u64,
+    bulk: &'a BTreeMap<String, String>,
+    ledger: &'a SharedLedger,
+    server_ledger: &'a SharedServerLedger,
+    t0: Instant,
+}
+
+/// One trial: writers and the KMS client on, rotation to `version` (kube-apiserver's key
+/// and the client's), one kill and restart, clients off, then the checks.
+fn trial(
+    shared: &Shared<'_>,
+    sup: &mut Supervisor<'_>,
+    rng: &mut DrillRng,
     number: usize,
     component: Component,
-    bulk: &BTreeMap<String, String>,
-    ledger: &SharedLedger,
     totals: &mut Totals,
-    t0: Instant,
 ) -> Result<()> {
+    let Shared {
+        rt,
+        client,
+        seed,
+        bulk,
+        ledger,
+        server_ledger,
+        t0,
+    } = *shared;
     let site = sup.site;
     let version = u64::try_from(number).unwrap_or(u64::MAX) + 2;
     let stop = Arc::new(AtomicBool::new(false));
@@ -482,13 +662,33 @@ fn trial(
             ))
         })
         .collect();
+    let kms_client = rt.spawn(crash_server::client(
+        sup.server_setup.clone(),
+        sup.endpoint.clone(),
+        rng.next_u64(),
+        number,
+        stop.clone(),
+        server_ledger.clone(),
+    ));
     let acked_before = lock(ledger).acked;
+    let server_acked_before = crash_server::lock(server_ledger).acked_total();
     wait_for(
         sup,
-        "the writers' first acknowledged write",
+        "the writers' and the KMS client's first acknowledged calls",
         Duration::from_secs(60),
-        || Ok((lock(ledger).acked > acked_before).then_some(())),
-        || format!("{:?}", lock(ledger).unacked),
+        || {
+            Ok((lock(ledger).acked > acked_before
+                && crash_server::acked_since(server_ledger, server_acked_before))
+            .then_some(()))
+        },
+        || {
+            format!(
+                "writes unacknowledged: {}; server calls unanswered: {:?}, the last one: {}",
+                lock(ledger).unacked,
+                crash_server::lock(server_ledger).unanswered,
+                crash_server::lock(server_ledger).last_error
+            )
+        },
     )?;
 
     let token = format!("crash-{seed}-{number}");
@@ -503,121 +703,140 @@ fn trial(
         "-p",
         &json!({"spec": {"rotation": {"onDemandToken": token}}}).to_string(),
     ])?;
-    // Where the kill lands: shortly after the rotation (the operator making the version,
-    // the plugin reloading it, kube-apiserver not yet seeded), or inside the pass.
-    let in_pass = rng.below(2) == 1;
-    let step = if in_pass {
-        wait_for(
-            sup,
-            &format!("the pass for v{version} to start"),
-            TRIAL_TIMEOUT,
-            || {
-                let st = key_status(site)?;
-                let r = &st["reencryption"];
-                Ok((r["targetVersion"].as_u64() == Some(version)
-                    && matches!(r["phase"].as_str(), Some("Rewriting" | "Done")))
-                .then_some(()))
-            },
-            || {
-                format!(
-                    "{}; {}",
-                    key_status(site).unwrap_or_default(),
-                    plugin_lease(site)
-                )
-            },
-        )?;
-        let delay = rng.millis(Duration::from_millis(1500));
-        std::thread::sleep(delay);
-        let st = key_status(site).unwrap_or_default();
+    crash_server::rotate(site, &token)?;
+    // Where the kill lands: mostly inside the pass's Rewriting phase, after a seeded
+    // number of the Secrets are rewritten (plus up to one page's time); otherwise 0-4 s
+    // after the rotation (the operator making the version, the plugin reloading it,
+    // kube-apiserver not yet seeded).
+    let in_pass = rng.below(100) < IN_PASS_PERCENT;
+    let secrets = (bulk.len() + LIVE_NAMES) as u64;
+    let aimed = if in_pass {
+        // Before the last page: a later target finds the pass Done.
+        let target = rng.below(secrets.saturating_sub(REENCRYPT_PAGE).max(1));
+        let extra = rng.millis(Duration::from_millis(300));
+        wait_rewritten(rt, sup, client, version, target)?;
+        std::thread::sleep(extra);
+        totals.aimed_in_pass += 1;
         format!(
-            "pass +{}ms ({} {} rewritten)",
-            delay.as_millis(),
-            st["reencryption"]["phase"].as_str().unwrap_or("?"),
-            st["reencryption"]["secretsRewritten"]
+            "pass after {target} of {secrets} rewritten +{}ms",
+            extra.as_millis()
         )
     } else {
         let delay = rng.millis(Duration::from_millis(4000));
         std::thread::sleep(delay);
-        let st = key_status(site).unwrap_or_default();
-        format!(
-            "rotation +{}ms (currentVersion {}, pass {} v{})",
-            delay.as_millis(),
-            st["currentVersion"],
-            st["reencryption"]["phase"].as_str().unwrap_or("?"),
-            st["reencryption"]["targetVersion"]
-        )
+        format!("rotation +{}ms", delay.as_millis())
     };
+    let st = rt
+        .block_on(key_status_now(client, SYSTEM_NAMESPACE, APISERVER_KEY))
+        .unwrap_or_default();
+    let phase = phase_label(&st, version);
     let outage = rng.millis(Duration::from_millis(2000));
+    sup.kill(component)?;
     log(
         t0,
         &format!(
-            "trial {number}: SIGKILL {} at {step}, down {}ms",
+            "trial {number}: SIGKILL {} at {aimed}: phase {phase} ({} rewritten, currentVersion {}), down {}ms",
             component.process(),
+            st["reencryption"]["secretsRewritten"],
+            st["currentVersion"],
             outage.as_millis()
         ),
     );
-    {
-        sup.kill(component)?;
-        *totals.kills.entry(component.process()).or_default() += 1;
-        std::thread::sleep(outage);
-        sup.start(component)?;
-        sup.site.cp.wait_apiserver_ready()?;
-        // Evidence that clients get through again before they stop.
-        let acked = lock(ledger).acked;
-        wait_for(
-            sup,
-            "an acknowledged write after the restart",
-            Duration::from_secs(120),
-            || Ok((lock(ledger).acked > acked).then_some(())),
-            || format!("unacknowledged so far: {}", lock(ledger).unacked),
-        )?;
-        stop.store(true, Ordering::Relaxed);
-        for w in writers {
-            rt.block_on(w)?;
-        }
+    *totals.kills.entry(component.process()).or_default() += 1;
+    *totals.phases.entry(phase).or_default() += 1;
+    std::thread::sleep(outage);
+    sup.start(component)?;
+    sup.site.cp.wait_apiserver_ready()?;
+    // Evidence that clients get through again before they stop.
+    let acked = lock(ledger).acked;
+    let server_acked = crash_server::lock(server_ledger).acked_total();
+    wait_for(
+        sup,
+        "an acknowledged write and server call after the restart",
+        Duration::from_secs(120),
+        || {
+            Ok((lock(ledger).acked > acked
+                && crash_server::acked_since(server_ledger, server_acked))
+            .then_some(()))
+        },
+        || {
+            format!(
+                "unacknowledged so far: {}; server calls unanswered: {:?}, the last one: {}",
+                lock(ledger).unacked,
+                crash_server::lock(server_ledger).unanswered,
+                crash_server::lock(server_ledger).last_error
+            )
+        },
+    )?;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        rt.block_on(w)?;
+    }
+    rt.block_on(kms_client)?;
 
-        let st = wait_for(
-            sup,
-            &format!("re-encryption Done for v{version}"),
-            TRIAL_TIMEOUT,
-            || {
-                let st = key_status(site)?;
-                let r = &st["reencryption"];
-                Ok((st["currentVersion"].as_u64() == Some(version)
-                    && r["targetVersion"].as_u64() == Some(version)
-                    && r["phase"] == "Done")
-                    .then_some(st))
-            },
-            || {
-                format!(
-                    "{}; {}",
-                    key_status(site).unwrap_or_default(),
-                    plugin_lease(site)
-                )
-            },
-        )?;
-        let pass = &st["reencryption"];
+    let st = wait_for(
+        sup,
+        &format!("re-encryption Done for v{version}"),
+        TRIAL_TIMEOUT,
+        || {
+            let st = key_status(site)?;
+            let r = &st["reencryption"];
+            Ok((st["currentVersion"].as_u64() == Some(version)
+                && r["targetVersion"].as_u64() == Some(version)
+                && r["phase"] == "Done")
+                .then_some(st))
+        },
+        || {
+            format!(
+                "{}; {}",
+                key_status(site).unwrap_or_default(),
+                plugin_lease(site)
+            )
+        },
+    )?;
+    let pass = &st["reencryption"];
+    ensure!(
+        pass["secretsFailed"].as_u64().unwrap_or(0) == 0,
+        "the pass refused Secrets: {pass}"
+    );
+    let key_id = format!(
+        "{}/v{version}",
+        st["keyId"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no keyId: {st}"))?
+    );
+    check_reads(rt, client, bulk, ledger, totals)?;
+    let stored = check_etcd(site, &key_id)?;
+    crash_server::wait_version(site, version, TRIAL_TIMEOUT)?;
+    let versions = check_versions(site, &sup.root_key, version)?;
+    rt.block_on(crash_server::wait_encrypts_under(
+        &sup.server_setup,
+        &sup.server_endpoint(),
+        version,
+        Duration::from_secs(60),
+    ))?;
+    let mut sample_rng = DrillRng::new(rng.next_u64());
+    let (blobs, signatures) = rt.block_on(crash_server::check_trial(
+        &sup.server_setup,
+        &sup.server_endpoint(),
+        server_ledger,
+        &mut sample_rng,
+    ))?;
+    {
+        let l = crash_server::lock(server_ledger);
         ensure!(
-            pass["secretsFailed"].as_u64().unwrap_or(0) == 0,
-            "the pass refused Secrets: {pass}"
-        );
-        let key_id = format!(
-            "{}/v{version}",
-            st["keyId"]
-                .as_str()
-                .ok_or_else(|| anyhow!("no keyId: {st}"))?
-        );
-        check_reads(rt, client, bulk, ledger, totals)?;
-        let stored = check_etcd(site, &key_id)?;
-        let versions = check_versions(site, &sup.root_key, version)?;
-        log(
-            t0,
-            &format!(
-                "trial {number}: ok: pass Done ({} rewritten), {stored} Secrets in etcd under {key_id}, versions 1..{versions} unwrap",
-                pass["secretsRewritten"]
-            ),
+            l.lost.is_empty(),
+            "kubekms-server lost acknowledged results: {}",
+            l.lost.join("; ")
         );
     }
+    log(
+        t0,
+        &format!(
+            "trial {number}: ok: pass Done ({} rewritten), {stored} Secrets in etcd under {key_id}, versions 1..{versions} unwrap (both keys), the server encrypts under v{version}, {blobs} blobs decrypt and {signatures} signatures verify through kubekms-server",
+            pass["secretsRewritten"]
+        ),
+    );
     Ok(())
 }
 
@@ -698,7 +917,8 @@ fn check_etcd(site: &Site, key_id: &str) -> Result<usize> {
     Ok(count)
 }
 
-/// The KmsKeyMaterial holds versions 1..=`version`, each unwrapping under the root key.
+/// The KmsKeyMaterial holds versions 1..=`version`, each unwrapping under the root key;
+/// so does the KMS client's key's.
 fn check_versions(site: &Site, root_key: &std::path::Path, version: u64) -> Result<u64> {
     let record = site.get_json("kmskeymaterial", SYSTEM_NAMESPACE, APISERVER_KEY)?;
     let numbers: Vec<u64> = record
@@ -720,8 +940,15 @@ fn check_versions(site: &Site, root_key: &std::path::Path, version: u64) -> Resu
         .iter()
         .find(|k| k.object == format!("{SYSTEM_NAMESPACE}/{APISERVER_KEY}"))
         .ok_or_else(|| anyhow!("verify did not see the key: {verification:?}"))?;
+    let app = verification
+        .keys
+        .iter()
+        .find(|k| k.object == format!("{APP_NS}/{APP_KEY}"))
+        .ok_or_else(|| anyhow!("verify did not see {APP_NS}/{APP_KEY}: {verification:?}"))?;
     ensure!(
-        verification.unusable() == 0 && ours.versions == usize::try_from(version)?,
+        verification.unusable() == 0
+            && ours.versions == usize::try_from(version)?
+            && app.versions == usize::try_from(version)?,
         "not every version unwraps:\n{}",
         verification.report(&store.root_key_id())
     );
@@ -742,14 +969,16 @@ fn crash_drill_kills_each_component_during_rotation_and_reencryption() -> Result
         .enable_all()
         .build()?;
     let mut site = Site::install("crash")?;
+    let server_setup = ServerSetup::prepare(&site, &site.plugin_state.join("root.key"))?;
     // Our own operator (smaller pages), supervised.
     site.stop_operator();
     let site = site;
     log(
         t0,
-        "control plane up, the plugin following the API server's KmsKey",
+        "control plane up, the plugin following the API server's KmsKey, the server's keys made",
     );
-    let mut sup = Supervisor::new(&site)?;
+    let mut sup = Supervisor::new(&site, server_setup)?;
+    log(t0, &format!("kubekms-server at {}", sup.server_endpoint()));
     let client = rt.block_on(client_for(&site.cp.kubeconfig))?;
     site.cp.kubectl(["create", "namespace", BULK_NS])?;
     site.cp.kubectl(["create", "namespace", LIVE_NS])?;
@@ -757,27 +986,24 @@ fn crash_drill_kills_each_component_during_rotation_and_reencryption() -> Result
     log(t0, &format!("{} Secrets created", bulk.len()));
 
     let ledger = SharedLedger::default();
+    let server_ledger = SharedServerLedger::default();
     let mut totals = Totals {
         bulk: bulk.len(),
         ..Totals::default()
     };
-    let offset = usize::try_from(rng.below(COMPONENTS.len() as u64))?;
+    let shared = Shared {
+        rt: &rt,
+        client: &client,
+        seed: opts.seed,
+        bulk: &bulk,
+        ledger: &ledger,
+        server_ledger: &server_ledger,
+        t0,
+    };
+    let offset = component_offset(&mut rng, opts.trials);
     for number in 0..opts.trials {
-        let component = COMPONENTS[(offset + number) % COMPONENTS.len()];
-        trial(
-            &rt,
-            &mut sup,
-            &client,
-            &mut rng,
-            opts.seed,
-            number,
-            component,
-            &bulk,
-            &ledger,
-            &mut totals,
-            t0,
-        )
-        .with_context(|| {
+        let component = component_of(offset, number);
+        trial(&shared, &mut sup, &mut rng, number, component, &mut totals).with_context(|| {
             format!(
                 "trial {number} of seed {} ({} killed); logs in {}",
                 opts.seed,
@@ -786,12 +1012,26 @@ fn crash_drill_kills_each_component_during_rotation_and_reencryption() -> Result
             )
         })?;
     }
+    let (blobs, signatures) = rt.block_on(crash_server::check_all(
+        &sup.server_setup,
+        &sup.server_endpoint(),
+        &server_ledger,
+    ))?;
+    log(
+        t0,
+        &format!(
+            "every blob ({blobs}) decrypts and every signature ({signatures}) verifies through kubekms-server"
+        ),
+    );
     let l = lock(&ledger);
+    let s = crash_server::lock(&server_ledger);
     eprintln!(
-        "[crash-drill] SUMMARY seed {} trials {} kills {:?} exits-by-themselves {:?} secrets-written {} (bulk {} + writes {}) acknowledged {} (bulk {} + writes {}) unacknowledged {} overtaken-by-unacknowledged {} reads-after-write-ok {} stale-reads {} lost {} time {:.0}s",
+        "[crash-drill] SUMMARY seed {} trials {} kills {:?} phase-at-kill {:?} aimed-in-pass {} exits-by-themselves {:?} secrets-written {} (bulk {} + writes {}) acknowledged {} (bulk {} + writes {}) unacknowledged {} overtaken-by-unacknowledged {} reads-after-write-ok {} stale-reads {} lost {} server-calls-acknowledged {} {:?} server-calls-unanswered {} {:?} server-blobs {} by-key-version {:?} server-signatures {} server-refusals {:?} {:?} server-lost {} time {:.0}s",
         opts.seed,
         opts.trials,
         totals.kills,
+        totals.phases,
+        totals.aimed_in_pass,
         sup.exited,
         totals.bulk as u64 + l.written,
         totals.bulk,
@@ -804,6 +1044,16 @@ fn crash_drill_kills_each_component_during_rotation_and_reencryption() -> Result
         l.reads_ok,
         l.stale_reads.len(),
         totals.lost.len(),
+        s.acked_total(),
+        s.acked,
+        s.unanswered_total(),
+        s.unanswered,
+        blobs,
+        s.by_version,
+        signatures,
+        s.refused,
+        s.refused_examples,
+        s.lost.len(),
         t0.elapsed().as_secs_f64()
     );
     ensure!(
@@ -813,5 +1063,38 @@ fn crash_drill_kills_each_component_during_rotation_and_reencryption() -> Result
         l.stale_reads
     );
     ensure!(totals.lost.is_empty(), "lost: {:?}", totals.lost);
+    ensure!(s.lost.is_empty(), "kubekms-server lost: {:?}", s.lost);
     Ok(())
+}
+
+#[test]
+fn a_run_shorter_than_the_components_still_kills_the_server() {
+    for seed in 0..200 {
+        for trials in 1..COMPONENTS.len() {
+            let offset = component_offset(&mut DrillRng::new(seed), trials);
+            let killed: Vec<Component> = (0..trials).map(|n| component_of(offset, n)).collect();
+            assert!(
+                killed.contains(&Component::Server),
+                "seed {seed}, {trials} trials: {killed:?}"
+            );
+        }
+    }
+    let offset = component_offset(&mut DrillRng::new(7), COMPONENTS.len());
+    let all: BTreeSet<Component> = (0..COMPONENTS.len())
+        .map(|n| component_of(offset, n))
+        .collect();
+    assert_eq!(all.len(), COMPONENTS.len(), "a full round kills each once");
+}
+
+#[test]
+fn the_phase_at_a_kill_names_where_the_rotation_stands() {
+    let status = |current: u64, target: u64, phase: &str| json!({"currentVersion": current, "reencryption": {"targetVersion": target, "phase": phase}});
+    assert_eq!(phase_label(&status(2, 2, "Done"), 3), "Rotating");
+    assert_eq!(phase_label(&json!({}), 3), "Rotating");
+    assert_eq!(phase_label(&status(3, 2, "Done"), 3), "PassNotStarted");
+    assert_eq!(
+        phase_label(&status(3, 3, "WaitingForPlugins"), 3),
+        "WaitingForPlugins"
+    );
+    assert_eq!(phase_label(&status(3, 3, "Rewriting"), 3), "Rewriting");
 }
