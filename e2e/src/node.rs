@@ -32,6 +32,10 @@ pub const ENV_IMAGES_DIR: &str = "KUBEKMS_IMAGES_DIR";
 /// The test image: Debian's busybox-static (httpd, cat, sleep).
 pub const BUSYBOX_IMAGE: &str = "kubekms.local/busybox:dev";
 
+/// How long a node may take to report Ready again (its Lease is renewed every 10 s, and
+/// the kubelet retries a failed status update at once).
+pub const NODE_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A control plane with a Ready node.
 #[derive(Debug, Clone)]
 pub struct NodeCluster {
@@ -156,7 +160,48 @@ impl NodeCluster {
         argv.extend_from_slice(extra_args);
         self.cp.stop_process("kube-apiserver")?;
         self.cp.start_process("kube-apiserver", &argv)?;
-        self.cp.wait_apiserver_ready()
+        self.cp.wait_apiserver_ready()?;
+        // While kube-apiserver was down the kubelet could not renew its Lease, and
+        // kube-controller-manager may have marked the node Unknown: the tests after this
+        // one share the node and must find it as it was.
+        self.wait_node_ready(NODE_READY_TIMEOUT)
+    }
+
+    /// The status of the Node's Ready condition (`True`, `False`, `Unknown`), if it has one.
+    ///
+    /// # Errors
+    /// When the Node cannot be read.
+    pub fn node_ready_status(&self) -> Result<Option<String>> {
+        let obj = self.get_json(&["node", &self.node_name])?;
+        Ok(obj
+            .pointer("/status/conditions")
+            .and_then(|c| c.as_array())
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Ready"))
+            })
+            .and_then(|c| c.get("status"))
+            .and_then(|s| s.as_str())
+            .map(str::to_owned))
+    }
+
+    /// Waits until the Node's Ready condition is `True`.
+    ///
+    /// # Errors
+    /// When it is not `True` within `timeout` (the last status in the message).
+    pub fn wait_node_ready(&self, timeout: Duration) -> Result<()> {
+        let mut last = None;
+        wait_until(&format!("node {} Ready", self.node_name), timeout, || {
+            last = self.node_ready_status()?;
+            Ok(last.as_deref() == Some("True"))
+        })
+        .with_context(|| {
+            format!(
+                "node {} Ready is {last:?}; {}",
+                self.node_name,
+                self.where_to_look("kubelet")
+            )
+        })
     }
 
     /// Runs `ctr` against the node's containerd, namespace `k8s.io` (the CRI's).
