@@ -7,10 +7,14 @@
 //! static pod of the kubelet (deploy/static-pod/kubekms-plugin.yaml, hostPath state and
 //! socket folders), kube-apiserver encrypts Secrets through it, and when its container is
 //! killed the kubelet starts it again and Secrets still read (through a restarted
-//! kube-apiserver, which holds no cached key).
+//! kube-apiserver, which holds no cached key); the operator and kubekms-server run as the
+//! Deployments of deploy/ (kube-apiserver reached through the `kubernetes` Service): the
+//! operator leads and reconciles a KmsKey, the AWS CLI calls the server through its
+//! ClusterIP from the host, and after its containers are killed the kubelet restarts them
+//! and an earlier ciphertext still decrypts.
 //!
 //! Not in `cargo test --workspace` (hack/test.sh): every test is `#[ignore]`d, because
-//! the file needs root and takes about 3.5 minutes. Run it with
+//! the file needs root and takes about 4 minutes. Run it with
 //! `cargo test -p kubekms-e2e --test node -- --include-ignored`.
 //!
 //! Needs root, containerd, runc, the CNI plugins and iptables (hack/install-deps.sh), and
