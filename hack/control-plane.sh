@@ -353,7 +353,7 @@ gen_pki() {
     sign apiserver "/CN=kube-apiserver" "$(printf '%s\n' \
       "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
       "extendedKeyUsage=serverAuth" \
-      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1")"
+      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1${APISERVER_EXTRA_SAN}")"
     sign admin "/O=system:masters/CN=kubekms-admin" "$(printf '%s\n' \
       "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
       "extendedKeyUsage=clientAuth")"
@@ -456,6 +456,10 @@ do_up() {
   if [[ -n "${APISERVER_PORT}" ]]; then check_port_free kube-apiserver "${APISERVER_PORT}"; else APISERVER_PORT="$(pick_port)"; fi
   PICKED_PORTS+=("${ETCD_PORT}" "${ETCD_PEER_PORT}" "${APISERVER_PORT}")
 
+  # With a node, pods reach kube-apiserver through the `kubernetes` Service, whose
+  # endpoint is the advertise address: the node's IP (docs/node.md).
+  APISERVER_ADVERTISE=127.0.0.1 APISERVER_BIND=127.0.0.1 APISERVER_EXTRA_SAN=""
+  if ${NODE}; then node_apiserver_address; fi
   gen_pki
   write_kubeconfig
   local etcd_url="http://127.0.0.1:${ETCD_PORT}"
@@ -529,8 +533,8 @@ do_up() {
   local pki="${STATE}/pki"
   log "starting kube-apiserver on https://127.0.0.1:${APISERVER_PORT} (log: ${STATE}/logs/kube-apiserver.log)"
   start_proc kube-apiserver "${TOOLS_BIN}/kube-apiserver" \
-    --advertise-address 127.0.0.1 \
-    --bind-address 127.0.0.1 \
+    --advertise-address "${APISERVER_ADVERTISE}" \
+    --bind-address "${APISERVER_BIND}" \
     --secure-port "${APISERVER_PORT}" \
     --etcd-servers "${etcd_url}" \
     --tls-cert-file "${pki}/apiserver.crt" \

@@ -257,7 +257,8 @@ node_import() {
     node_ctr images import --base-name "${NODE_IMAGE_REPO}/${name}" "${f}" \
       >>"${STATE}/logs/image-import.log" 2>&1 ||
       die "importing ${f} into the node's containerd failed; see ${STATE}/logs/image-import.log"
-    node_ctr images ls -q | grep -qx "${NODE_IMAGE_REPO}/${name}:dev" ||
+    # grep reads everything: with -q it could exit first and fail the pipe (pipefail).
+    node_ctr images ls -q | grep -x "${NODE_IMAGE_REPO}/${name}:dev" >/dev/null ||
       die "${f} was imported but ${NODE_IMAGE_REPO}/${name}:dev is not in containerd (its index.json must tag the image 'dev'); see ${STATE}/logs/image-import.log"
     log "imported ${NODE_IMAGE_REPO}/${name}:dev from ${f}"
   done
@@ -302,9 +303,23 @@ node_host_ip() {
   echo "${ip}"
 }
 
+# Sets, before the certificates are made, what kube-apiserver needs so that pods reach it:
+# the `kubernetes` Service's endpoint is the advertise address, and a pod's packets to
+# 10.0.0.1:443 are DNATed by kube-proxy to it and routed over the bridge to the host. The
+# node's IP is not loopback (pods cannot reach the host's 127.0.0.1), so kube-apiserver
+# listens on every address (clients still need a certificate or a token) and its serving
+# certificate names that IP.
+# shellcheck disable=SC2034 # read by hack/control-plane.sh
+node_apiserver_address() {
+  NODE_IP="${KUBEKMS_NODE_IP:-$(node_host_ip)}"
+  APISERVER_ADVERTISE="${NODE_IP}"
+  APISERVER_BIND=0.0.0.0
+  APISERVER_EXTRA_SAN=",IP:${NODE_IP}"
+}
+
 node_up() {
   node_check_prereqs
-  NODE_IP="${KUBEKMS_NODE_IP:-$(node_host_ip)}"
+  NODE_IP="${NODE_IP:-${KUBEKMS_NODE_IP:-$(node_host_ip)}}"
   KUBELET_PORT="$(pick_port)" KUBELET_HEALTHZ_PORT="$(pick_port)"
   PROXY_HEALTHZ_PORT="$(pick_port)" PROXY_METRICS_PORT="$(pick_port)"
   local kcm_port sched_port
@@ -358,6 +373,10 @@ node_up() {
   node_wait kube-controller-manager node_healthz "https://127.0.0.1:${kcm_port}/healthz"
   node_wait kube-controller-manager node_default_sa
   node_wait kube-scheduler node_healthz "https://127.0.0.1:${sched_port}/healthz"
+  # It runs the control plane: deploy/ schedules the operator and the server on such nodes
+  # (the kubelet may not set node-role labels on itself).
+  node_kubectl label node --overwrite "${NODE_NAME}" node-role.kubernetes.io/control-plane= >/dev/null ||
+    die "labelling node ${NODE_NAME} as a control-plane node failed"
   log "node ${NODE_NAME} is Ready (static pods: ${STATE}/manifests)"
 }
 
@@ -380,7 +399,7 @@ node_shim_pids() {
   cat "${STATE}"/containerd/state/io.containerd.runtime.v2.task/*/*/shim.pid 2>/dev/null || true
   echo
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' 2>/dev/null <"${p}/cmdline" | grep -qF -- "-address ${sock} "; then
+    if tr '\0' ' ' 2>/dev/null <"${p}/cmdline" | grep -F -- "-address ${sock} " >/dev/null; then
       echo "${p#/proc/}"
     fi
   done

@@ -290,8 +290,19 @@ fn the_deploy_manifests_are_accepted_by_the_api_server_and_the_binaries() -> Res
         "the objects of the deploy manifests"
     );
 
+    let problems = problems_of(cp, &objects);
+    assert!(
+        problems.is_empty(),
+        "problems in the deploy manifests:\n{}",
+        problems.join("\n")
+    );
+    Ok(())
+}
+
+/// The hardening, ServiceAccount and command problems of dry-run objects.
+fn problems_of(cp: &ControlPlane, objects: &[Value]) -> Vec<String> {
     let mut problems = Vec::new();
-    for object in &objects {
+    for object in objects {
         let Some(spec) = pod_spec(object) else {
             continue;
         };
@@ -317,12 +328,108 @@ fn the_deploy_manifests_are_accepted_by_the_api_server_and_the_binaries() -> Res
             }
         }
     }
+    problems
+}
+
+/// The PKCS#11 variant the manifests carry as comments (docs/hsm.md): the `--pkcs11-*`
+/// flags in place of `--root-key`, and the module and PIN volumes, uncommented.
+fn pkcs11_variant(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if trimmed.starts_with("- --root-key=") {
+            in_block = false;
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix("# ") {
+            let starts = rest.starts_with("- --pkcs11-")
+                || rest.starts_with("- name: pkcs11-module")
+                || rest.starts_with("- name: hsm-pin");
+            if starts || (in_block && rest.starts_with("  ")) {
+                in_block = !rest.starts_with("- --pkcs11-");
+                out.push(format!("{indent}{rest}"));
+                continue;
+            }
+        }
+        in_block = false;
+        out.push(line.to_owned());
+    }
+    out.join("\n") + "\n"
+}
+
+#[test]
+fn the_pkcs11_variant_of_the_deploy_manifests_is_accepted_too() -> Result<()> {
+    let cp = ControlPlane::shared()?;
+    cp.apply_crds()?;
+    let rbac = repo_root().join("deploy/rbac");
+    cp.kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        b"apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default, namespace: kube-system}\n",
+    )?;
+    let dir = std::env::temp_dir().join(kubekms_e2e::unique_name("kubekms-pkcs11-manifests"));
+    std::fs::create_dir_all(&dir)?;
+    let mut paths = Vec::new();
+    for file in [
+        "static-pod/kubekms-plugin.yaml",
+        "operator/deployment.yaml",
+        "server/deployment.yaml",
+    ] {
+        let text = std::fs::read_to_string(repo_root().join("deploy").join(file))?;
+        let variant = pkcs11_variant(&text);
+        let path = dir.join(file.replace('/', "-"));
+        std::fs::write(&path, &variant)?;
+        paths.push(path);
+    }
+    let objects = dry_run(cp, &paths)?;
+    std::fs::remove_dir_all(&dir).ok();
+    let mut problems = problems_of(cp, &objects);
+    for object in &objects {
+        let Some(spec) = pod_spec(object) else {
+            continue;
+        };
+        let mounts: Vec<&str> = spec
+            .pointer("/containers/0/volumeMounts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.get("name").and_then(Value::as_str))
+            .collect();
+        for wanted in ["pkcs11-module", "hsm-pin"] {
+            if !mounts.contains(&wanted) {
+                problems.push(format!(
+                    "{}: no {wanted} mount in the PKCS#11 variant",
+                    id(object)
+                ));
+            }
+        }
+        let command = spec
+            .pointer("/containers/0/command")
+            .map(Value::to_string)
+            .unwrap_or_default();
+        let is_plugin = command.contains("kubekms-plugin");
+        if !is_plugin && (!command.contains("--pkcs11-pin-file") || command.contains("--root-key"))
+        {
+            problems.push(format!("{}: PKCS#11 variant runs {command}", id(object)));
+        }
+    }
     assert!(
         problems.is_empty(),
-        "problems in the deploy manifests:\n{}",
+        "problems in the PKCS#11 variant of the deploy manifests:\n{}",
         problems.join("\n")
     );
     Ok(())
+}
+
+#[test]
+fn the_pkcs11_variant_uncomments_only_its_lines() {
+    let text = "        command:\n          - /usr/local/bin/kubekms-server\n          - --root-key=/k\n          # A comment.\n          # - --pkcs11-module=/m\n          - --listen=0.0.0.0:1\n        volumeMounts:\n          # - name: hsm-pin\n          #   mountPath: /p\n          # - name: kubeconfig\n          #   mountPath: /c\n";
+    assert_eq!(
+        pkcs11_variant(text),
+        "        command:\n          - /usr/local/bin/kubekms-server\n          # A comment.\n          - --pkcs11-module=/m\n          - --listen=0.0.0.0:1\n        volumeMounts:\n          - name: hsm-pin\n            mountPath: /p\n          # - name: kubeconfig\n          #   mountPath: /c\n"
+    );
 }
 
 /// The checks above catch what they say: a manifest without the hardening fails them.
