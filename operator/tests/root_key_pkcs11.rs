@@ -9,12 +9,10 @@
 
 mod fake_api;
 
-use fake_api::{FakeApi, NAMESPACE};
+use fake_api::{FakeApi, NAMESPACE, record_under};
 use keystore_pkcs11::args::RootKeyLocation;
 use keystore_pkcs11::softhsm::{SoftHsmToken, in_own_token};
-use kubekms_k8s::KmsKeyMaterial;
 use kubekms_operator::root_key::{RootKeyError, open_or_init_at};
-use serde_json::json;
 
 const LABEL: &str = "operator-test";
 
@@ -24,19 +22,6 @@ fn location(token: &SoftHsmToken) -> RootKeyLocation {
 
 fn in_own_softhsm(name: &str, body: impl FnOnce(&SoftHsmToken)) {
     in_own_token(name, &[LABEL], body);
-}
-
-fn record(name: &str, root_key_id: &str) -> KmsKeyMaterial {
-    serde_json::from_value(json!({
-        "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKeyMaterial",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "keyId": "0d41a7c2-5b1e-4c3a-9f10-2b3c4d5e6f70", "keySpec": "SYMMETRIC_DEFAULT",
-            "keyUsage": "ENCRYPT_DECRYPT", "origin": "AWS_KMS",
-            "createdAt": "2026-12-01T00:00:00Z", "rootKeyId": root_key_id, "versions": [],
-        },
-    }))
-    .expect("record")
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -65,7 +50,7 @@ fn init_root_key_generates_the_keys_in_the_token_on_an_empty_cluster() {
                     .expect("a new installation");
                 assert!(location.exists().expect("token"));
                 // Records under the token's keys do not stop a restart with --init-root-key.
-                fake.put_record(&record("a", &store.root_key_id()));
+                fake.put_record(&record_under("a", &store.root_key_id()));
                 let again = open_or_init_at(&location, true, &client, Some(NAMESPACE))
                     .await
                     .expect("open the token's keys");
@@ -82,7 +67,7 @@ fn records_and_an_empty_token_are_refused_and_nothing_is_generated() {
         |token| {
             block_on(async {
                 let (client, fake) = FakeApi::start();
-                fake.put_record(&record("a", "5f3a9c0e12d4b7a8"));
+                fake.put_record(&record_under("a", "5f3a9c0e12d4b7a8"));
                 let location = location(token);
                 let err = open_or_init_at(&location, true, &client, Some(NAMESPACE))
                     .await
