@@ -870,6 +870,44 @@ pub fn run_aws_cli(
     ))
 }
 
+/// An AWS SDK configuration for kubekms-server at `endpoint`: TLS that trusts `ca_pem`
+/// only (the CA of a [`ServingCert`]), region [`REGION`], requests signed with
+/// `credential` (named `provider` in the SDK's logs). Callers add retry or timeout
+/// settings and build it.
+///
+/// # Errors
+/// When `ca_pem` is not a PEM certificate.
+pub fn sdk_config(
+    endpoint: &str,
+    ca_pem: Vec<u8>,
+    credential: &StaticCredential,
+    provider: &'static str,
+) -> Result<aws_sdk_kms::config::Builder> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+    let http_client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(TrustStore::empty().with_pem_certificate(ca_pem))
+                .build()?,
+        )
+        .build_https();
+    Ok(aws_sdk_kms::Config::builder()
+        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .http_client(http_client)
+        .endpoint_url(endpoint)
+        .region(aws_sdk_kms::config::Region::new(REGION))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            credential.access_key_id.clone(),
+            credential.secret_access_key.clone(),
+            None,
+            None,
+            provider,
+        )))
+}
+
 /// A static credential of the server's `--static-credentials` file.
 #[derive(Debug, Clone)]
 pub struct StaticCredential {

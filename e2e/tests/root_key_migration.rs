@@ -30,7 +30,7 @@ use kms_core::keystore::{FileKeyStore, RootKeyStore};
 use kms_core::ops;
 use kms_core::{EncryptionAlgorithm, EncryptionContext, KeySpec, KmsKey, MessageType};
 use kms_plugin::restore::BackupObjects;
-use kubekms_e2e::drill::{APISERVER_KEY, SYSTEM_NAMESPACE, Site};
+use kubekms_e2e::drill::{APISERVER_KEY, SYSTEM_NAMESPACE, Site, unwrap_all};
 use kubekms_e2e::kms_server;
 use kubekms_e2e::process::sibling_bin;
 
@@ -194,24 +194,6 @@ fn check(name: &str, made: &serde_json::Value, key: &KmsKey) -> Result<()> {
         other => anyhow::bail!("{name}: unknown evidence {other:?}"),
     }
     Ok(())
-}
-
-/// Every key of `objects`, unwrapped under `store`.
-fn unwrap_all(
-    objects: &BackupObjects,
-    store: &dyn RootKeyStore,
-) -> Result<BTreeMap<String, KmsKey>> {
-    let mut keys = BTreeMap::new();
-    for ((ns, name), record) in &objects.records {
-        let object = objects
-            .keys
-            .get(&(ns.clone(), name.clone()))
-            .ok_or_else(|| anyhow!("no KmsKey {ns}/{name}"))?;
-        let key = kubekms_k8s::unwrap::key_from_objects(object, record, store)
-            .with_context(|| format!("unwrapping {ns}/{name}"))?;
-        keys.insert(format!("{ns}/{name}"), key);
-    }
-    Ok(keys)
 }
 
 /// Per record (`namespace/name`): its `rootKeyId`, and per version the wrap format and
@@ -427,21 +409,7 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     }
     site.rotate(SYSTEM_NAMESPACE, APISERVER_KEY, "r1", 2)?;
     let keys = app_keys();
-    let manifests: Vec<serde_json::Value> = keys
-        .iter()
-        .map(|(name, spec)| {
-            serde_json::json!({
-                "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKey",
-                "metadata": {"name": name, "namespace": APP}, "spec": spec,
-            })
-        })
-        .collect();
-    site.cp.apply(&serde_json::Value::Array(manifests))?;
-    for (name, _) in &keys {
-        site.wait_key(APP, name, "Enabled", |k| {
-            k.pointer("/status/keyState").and_then(|s| s.as_str()) == Some("Enabled")
-        })?;
-    }
+    site.create_keys(APP, &keys)?;
     // Evidence under each version of `sym`: v1, then v2 after a rotation.
     let file_store = FileKeyStore::open(&root_key)?;
     let mut evidence: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
@@ -745,7 +713,6 @@ async fn server_round_trip(
     blobs: &[serde_json::Value],
 ) -> Result<()> {
     use aws_sdk_kms::primitives::Blob;
-    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
     let rbac = kubekms_e2e::repo_root().join("deploy/rbac");
     site.cp
         .kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
@@ -816,31 +783,13 @@ async fn server_round_trip(
             .map(|(code, _)| code == 200)
             .unwrap_or(false))
     })?;
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(
-            TlsContext::builder()
-                .with_trust_store(
-                    TrustStore::empty().with_pem_certificate(std::fs::read(&cert.ca_bundle)?),
-                )
-                .build()?,
-        )
-        .build_https();
-    let config = aws_sdk_kms::Config::builder()
-        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-        .http_client(http_client)
-        .endpoint_url(format!("https://127.0.0.1:{port}"))
-        .region(aws_sdk_kms::config::Region::new(kms_server::REGION))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            credential.access_key_id.clone(),
-            credential.secret_access_key.clone(),
-            None,
-            None,
-            "migrate-static",
-        ))
-        .build();
+    let config = kms_server::sdk_config(
+        &format!("https://127.0.0.1:{port}"),
+        std::fs::read(&cert.ca_bundle)?,
+        &credential,
+        "migrate-static",
+    )?
+    .build();
     let kms = aws_sdk_kms::Client::from_conf(config);
     for made in blobs {
         let answer = kms
