@@ -246,21 +246,12 @@ async fn server_and_client(
     name: &str,
     root_key: &Path,
 ) -> Result<(kms_server::KmsServer, aws_sdk_kms::Client)> {
-    let rbac = kubekms_e2e::repo_root().join("deploy/rbac");
-    site.cp
-        .kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
-    site.cp.apply(&serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "dr-admin"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dr-admin"}],
-    }))?;
     let dir = site.base.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let credential = kms_server::StaticCredential::new("dr-admin", APP);
-    let credentials = dir.join("static-credentials.json");
-    kms_server::write_static_credentials(&credentials, std::slice::from_ref(&credential))?;
-    let cert = kms_server::ServingCert::issue(&site.cp, &dir.join("tls"))?;
+    let kms_server::AdminClientFiles {
+        credential,
+        credentials,
+        cert,
+    } = kms_server::admin_client_files(&site.cp, &dir, "dr-admin", "dr-admin", APP)?;
     let server = kms_server::KmsServer::start(
         &site.cp,
         name,

@@ -713,21 +713,18 @@ async fn server_round_trip(
     blobs: &[serde_json::Value],
 ) -> Result<()> {
     use aws_sdk_kms::primitives::Blob;
-    let rbac = kubekms_e2e::repo_root().join("deploy/rbac");
-    site.cp
-        .kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
-    site.cp.apply(&serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": format!("migrate-admin-{name}")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "migrate-admin"}],
-    }))?;
     let dir = site.base.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let credential = kms_server::StaticCredential::new("migrate-admin", APP);
-    let credentials = dir.join("static-credentials.json");
-    kms_server::write_static_credentials(&credentials, std::slice::from_ref(&credential))?;
-    let cert = kms_server::ServingCert::issue(&site.cp, &dir.join("tls"))?;
+    let kms_server::AdminClientFiles {
+        credential,
+        credentials,
+        cert,
+    } = kms_server::admin_client_files(
+        &site.cp,
+        &dir,
+        &format!("migrate-admin-{name}"),
+        "migrate-admin",
+        APP,
+    )?;
     let kubeconfig = dir.join("server.kubeconfig");
     site.cp
         .write_service_account_kubeconfig(SYSTEM_NAMESPACE, "kubekms-server", &kubeconfig)?;
