@@ -385,14 +385,7 @@ impl Site {
 
     fn shut_down(&mut self) {
         self.stop_operator();
-        let _ = Command::new(repo_root().join("hack/control-plane.sh"))
-            .arg("down")
-            .arg("--state-dir")
-            .arg(&self.cp.state_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = crate::control_plane_down(&self.cp.state_dir);
     }
 
     /// `kubectl get KIND NAME -n NS -o json`.

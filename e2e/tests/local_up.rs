@@ -74,14 +74,7 @@ impl LocalState {
 impl Drop for LocalState {
     fn drop(&mut self) {
         if let Some(state) = self.control_plane_dir() {
-            let _ = Command::new(repo_root().join("hack/control-plane.sh"))
-                .arg("down")
-                .arg("--state-dir")
-                .arg(&state)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = kubekms_e2e::control_plane_down(&state);
         }
         if std::thread::panicking() {
             eprintln!("[e2e local-up] state kept in {}", self.base.display());
@@ -400,17 +393,7 @@ fn local_up_runs_kubekms_with_an_operator_managed_key() -> Result<()> {
     );
 
     // `down` stops every process, the operator included.
-    let down = Command::new(repo_root().join("hack/control-plane.sh"))
-        .arg("down")
-        .arg("--state-dir")
-        .arg(&state)
-        .stdin(Stdio::null())
-        .output()?;
-    ensure!(
-        down.status.success(),
-        "control-plane.sh down: {}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    kubekms_e2e::control_plane_down(&state)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left: Vec<_> = after
