@@ -7,6 +7,7 @@
 //! runbook's steps in its order). [`Site::destroy`] removes a host's whole folder.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -299,11 +300,31 @@ impl Site {
         Ok(())
     }
 
-    /// The operator's command line, for a run the test watches itself.
+    /// The operator's command line on the root key file `root_key`, for a run the test
+    /// watches itself.
     ///
     /// # Errors
     /// When the binary or the log cannot be found.
     pub fn operator_command(&self, root_key: &Path, extra: &[&str]) -> Result<Command> {
+        self.operator_command_with(
+            &["--root-key".into(), root_key.into()],
+            "dr-operator",
+            extra,
+        )
+    }
+
+    /// The operator's command line with the root key flags `root_key_flags` and the
+    /// identity `identity`: admin kubeconfig, all namespaces, Lease in kubekms-system with a
+    /// 4 s duration, log appended to the control plane's `logs/kubekms-operator.log`.
+    ///
+    /// # Errors
+    /// When the binary or the log cannot be found.
+    pub fn operator_command_with(
+        &self,
+        root_key_flags: &[OsString],
+        identity: &str,
+        extra: &[&str],
+    ) -> Result<Command> {
         let bin = sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -312,15 +333,14 @@ impl Site {
         let mut cmd = Command::new(bin);
         cmd.env("KUBECONFIG", &self.cp.kubeconfig)
             .env("RUST_LOG", "info")
-            .arg("--root-key")
-            .arg(root_key)
+            .args(root_key_flags)
             .args([
                 "--lease-namespace",
                 SYSTEM_NAMESPACE,
                 "--metrics-addr",
                 "127.0.0.1:0",
                 "--identity",
-                "dr-operator",
+                identity,
                 "--lease-duration-seconds",
                 "4",
                 "--lease-renew-seconds",

@@ -258,41 +258,17 @@ fn operator(
     previous: Option<&Path>,
     extra: &[&str],
 ) -> Result<Child> {
-    let bin = sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(site.cp.log_path("kubekms-operator"))?;
-    let mut cmd = Command::new(bin);
-    let (env, conf) = token.env();
-    cmd.env("KUBECONFIG", &site.cp.kubeconfig)
-        .env("RUST_LOG", "info")
-        .env(env, conf)
-        .args(token.flags())
-        .args([
-            "--lease-namespace",
-            SYSTEM_NAMESPACE,
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--identity",
-            "migrate-operator",
-            "--lease-duration-seconds",
-            "4",
-            "--lease-renew-seconds",
-            "1",
-            "--log-format",
-            "text",
-            "--root-key-migration-records-per-second",
-            "2",
-        ])
-        .args(extra);
+    let mut flags: Vec<std::ffi::OsString> = token.flags().into_iter().map(Into::into).collect();
     if let Some(previous) = previous {
-        cmd.arg("--previous-root-key-file").arg(previous);
+        flags.push("--previous-root-key-file".into());
+        flags.push(previous.into());
     }
-    Ok(cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
+    let mut args = vec!["--root-key-migration-records-per-second", "2"];
+    args.extend_from_slice(extra);
+    let (env, conf) = token.env();
+    Ok(site
+        .operator_command_with(&flags, "migrate-operator", &args)?
+        .env(env, conf)
         .spawn()?)
 }
 
