@@ -281,6 +281,18 @@ fn plugin(site: &Site, token: &SoftHsmToken, args: &[&str]) -> Result<std::proce
         .output()?)
 }
 
+/// `kubekms-plugin migrate-root-key` on the plugin's folder, to the token.
+fn migrate_plugin_folder(site: &Site, token: &SoftHsmToken) -> Result<std::process::Output> {
+    let mut args = vec![
+        "migrate-root-key".to_owned(),
+        "--state-dir".to_owned(),
+        site.plugin_state.display().to_string(),
+    ];
+    args.extend(token.flags());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    plugin(site, token, &argv)
+}
+
 /// Restarts the plugin with the token's configuration in its environment, then
 /// kube-apiserver (which then asks the plugin to decrypt every DEK again).
 fn restart_plugin_and_apiserver(site: &Site, token: &SoftHsmToken) -> Result<()> {
@@ -443,14 +455,7 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     read_all_secrets(&site, &secrets)?;
 
     // The plugin's folder: the token recorded, root.key kept as previous, records rewrapped.
-    let mut args = vec![
-        "migrate-root-key".to_owned(),
-        "--state-dir".to_owned(),
-        site.plugin_state.display().to_string(),
-    ];
-    args.extend(token.flags());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = plugin(&site, &token, &argv)?;
+    let out = migrate_plugin_folder(&site, &token)?;
     ensure!(
         out.status.success(),
         "migrate-root-key: {}",
@@ -551,14 +556,7 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     // root.key deleted; a rotation under the token.
     op.kill()?;
     op.wait()?;
-    let mut args = vec![
-        "migrate-root-key".to_owned(),
-        "--state-dir".to_owned(),
-        site.plugin_state.display().to_string(),
-    ];
-    args.extend(token.flags());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = plugin(&site, &token, &argv)?;
+    let out = migrate_plugin_folder(&site, &token)?;
     ensure!(
         out.status.success()
             && String::from_utf8_lossy(&out.stdout).contains("root.key can be removed"),
