@@ -917,6 +917,24 @@ pub fn admin_client_files(
     })
 }
 
+/// The HTTPS client of an AWS SDK that trusts `ca_pem` only (the CA of a [`ServingCert`]).
+///
+/// # Errors
+/// When `ca_pem` is not a PEM certificate.
+pub fn https_client_trusting(ca_pem: Vec<u8>) -> Result<aws_sdk_kms::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(TrustStore::empty().with_pem_certificate(ca_pem))
+                .build()?,
+        )
+        .build_https())
+}
+
 /// An AWS SDK configuration for kubekms-server at `endpoint`: TLS that trusts `ca_pem`
 /// only (the CA of a [`ServingCert`]), region [`REGION`], requests signed with
 /// `credential` (named `provider` in the SDK's logs). Callers add retry or timeout
@@ -930,20 +948,9 @@ pub fn sdk_config(
     credential: &StaticCredential,
     provider: &'static str,
 ) -> Result<aws_sdk_kms::config::Builder> {
-    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(
-            TlsContext::builder()
-                .with_trust_store(TrustStore::empty().with_pem_certificate(ca_pem))
-                .build()?,
-        )
-        .build_https();
     Ok(aws_sdk_kms::Config::builder()
         .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-        .http_client(http_client)
+        .http_client(https_client_trusting(ca_pem)?)
         .endpoint_url(endpoint)
         .region(aws_sdk_kms::config::Region::new(REGION))
         .credentials_provider(aws_credential_types::Credentials::new(
