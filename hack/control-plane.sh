@@ -70,6 +70,10 @@ POINTER="${REPO_ROOT}/.state/control-plane"
 log() { echo "[control-plane] $*" >&2; }
 die() { echo "[control-plane] error: $*" >&2; exit 1; }
 
+# shellcheck source=hack/lib/process.sh
+. "${HACK_DIR}/lib/process.sh"
+# shellcheck source=hack/lib/pki.sh
+. "${HACK_DIR}/lib/pki.sh"
 # shellcheck source=hack/node.sh
 . "${HACK_DIR}/node.sh"
 
@@ -115,40 +119,11 @@ pick_port() {
   die "found no free loopback port"
 }
 
-proc_starttime() {
-  # Field 22 of /proc/PID/stat (after the parenthesised comm, which may hold spaces).
-  local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }"
-  # shellcheck disable=SC2086
-  set -- ${stat}
-  echo "${20}"
-}
-
-# start_proc NAME CMD... : runs CMD in its own session with output appended to
-# logs/NAME.log (a restart keeps the log of the run before, e.g. a crash) and records
-# "PID STARTTIME" in pids/NAME.pid (the start time guards against PID reuse).
-start_proc() {
-  local name="$1"
-  shift
-  echo "---- ${name} started $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"${STATE}/logs/${name}.log"
-  setsid "$@" >>"${STATE}/logs/${name}.log" 2>&1 </dev/null &
-  local pid=$!
-  local st
-  st="$(proc_starttime "${pid}" || echo 0)"
-  echo "${pid} ${st}" >"${STATE}/pids/${name}.pid"
-}
-
-# alive NAME : true while the process recorded for NAME is running (and is still ours).
-alive() {
-  local f="${STATE}/pids/$1.pid" pid st now
-  [[ -f "${f}" ]] || return 1
-  read -r pid st <"${f}" || return 1
-  now="$(proc_starttime "${pid}")" || return 1
-  [[ "${st}" == "0" || "${now}" == "${st}" ]] || return 1
-  # A zombie is as good as dead.
-  [[ "$(awk '/^State:/ {print $2}' "/proc/${pid}/status" 2>/dev/null)" != "Z" ]]
-}
+# The processes of this control plane live in the state folder (hack/lib/process.sh).
+# start_proc NAME CMD... ; alive NAME ; stop_proc NAME [GRACE]
+start_proc() { proc_start "${STATE}" "$@"; }
+alive() { proc_alive "${STATE}" "$1"; }
+stop_proc() { proc_stop "${STATE}" "$1" TERM "${2:-15}" "$1"; }
 
 log_tail() {
   local name="$1" file="${STATE}/logs/$1.log"
@@ -189,32 +164,6 @@ wait_for() {
     ((SECONDS < deadline)) || fail_proc "${name}" "was not ready after ${timeout}s"
     sleep 0.5
   done
-}
-
-stop_proc() {
-  local name="$1" grace="${2:-15}" f pid st
-  f="${STATE}/pids/${name}.pid"
-  [[ -f "${f}" ]] || return 0
-  read -r pid st <"${f}" || true
-  if alive "${name}"; then
-    # Each process leads its own session/process group: signal the whole group.
-    kill -TERM -- "-${pid}" 2>/dev/null || kill -TERM "${pid}" 2>/dev/null || true
-    local deadline=$((SECONDS + grace))
-    while alive "${name}" && ((SECONDS < deadline)); do sleep 0.2; done
-    if alive "${name}"; then
-      log "${name} (pid ${pid}) ignored SIGTERM for ${grace}s; sending SIGKILL"
-      kill -KILL -- "-${pid}" 2>/dev/null || kill -KILL "${pid}" 2>/dev/null || true
-      while alive "${name}"; do sleep 0.1; done
-    fi
-    # Give init a moment to reap it, so no <defunct> entry lingers after `down`.
-    local i
-    for ((i = 0; i < 50; i++)); do
-      [[ "$(proc_starttime "${pid}" 2>/dev/null)" == "${st}" ]] || break
-      sleep 0.1
-    done
-    log "stopped ${name} (pid ${pid})"
-  fi
-  rm -f "${f}"
 }
 
 resolve_state_for_existing() {
@@ -334,77 +283,17 @@ do_start_process() {
 # ---------------------------------------------------------------- up
 
 gen_pki() {
-  local pki="${STATE}/pki"
-  mkdir -p "${pki}"
-  (
-    cd "${pki}"
-    umask 077
-    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 3650 \
-      -subj "/CN=kubekms-local-ca" -addext "basicConstraints=critical,CA:TRUE" \
-      -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-    sign() { # sign NAME SUBJECT EXTENSIONS
-      openssl req -new "${ec[@]}" -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      printf '%s\n' "$3" >"$1.ext"
-      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
-        -out "$1.crt" -days 3650 -extfile "$1.ext" 2>/dev/null
-      rm -f "$1.csr" "$1.ext"
-    }
-    sign apiserver "/CN=kube-apiserver" "$(printf '%s\n' \
-      "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
-      "extendedKeyUsage=serverAuth" \
-      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1${APISERVER_EXTRA_SAN}")"
-    sign admin "/O=system:masters/CN=kubekms-admin" "$(printf '%s\n' \
-      "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
-      "extendedKeyUsage=clientAuth")"
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
-    openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
-  ) || die "generating certificates with openssl failed in ${pki}"
+  # APISERVER_EXTRA_SAN is ",IP:<node IP>" with --node (hack/node.sh), empty without.
+  local extra=()
+  [[ -z "${APISERVER_EXTRA_SAN}" ]] || extra+=("${APISERVER_EXTRA_SAN#,}")
+  pki_generate "${STATE}/pki" kubekms-local-ca "${extra[@]}"
 }
 
 write_kubeconfig() {
-  local pki="${STATE}/pki"
-  b64() { base64 -w0 <"$1"; }
-  cat >"${STATE}/kubeconfig" <<YAML
-apiVersion: v1
-kind: Config
-clusters:
-- name: kubekms-local
-  cluster:
-    server: https://127.0.0.1:${APISERVER_PORT}
-    certificate-authority-data: $(b64 "${pki}/ca.crt")
-users:
-- name: kubekms-admin
-  user:
-    client-certificate-data: $(b64 "${pki}/admin.crt")
-    client-key-data: $(b64 "${pki}/admin.key")
-contexts:
-- name: kubekms-local
-  context:
-    cluster: kubekms-local
-    user: kubekms-admin
-    namespace: default
-current-context: kubekms-local
-YAML
-  chmod 600 "${STATE}/kubeconfig"
+  admin_kubeconfig "${STATE}/kubeconfig" "${STATE}/pki" "https://127.0.0.1:${APISERVER_PORT}" kubekms-local
 }
 
-write_encryption_config() {
-  cat >"${STATE}/encryption-config.yaml" <<YAML
-apiVersion: apiserver.config.k8s.io/v1
-kind: EncryptionConfiguration
-resources:
-- resources:
-  - secrets
-  providers:
-  - kms:
-      apiVersion: v2
-      name: kubekms
-      endpoint: unix://${KMS_SOCKET}
-      timeout: 3s
-  - identity: {}
-YAML
-}
+write_encryption_config() { kms_encryption_config "${STATE}/encryption-config.yaml" "${KMS_SOCKET}"; }
 
 do_up() {
   if ${KMS_SOCKET_FROM_ENV} && [[ -z "${PLUGIN_CMD}" && ! -S "${KMS_SOCKET}" ]]; then

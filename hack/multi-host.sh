@@ -74,13 +74,17 @@
 # members would add certificate plumbing that no drill here is about (what the drills check
 # is the data path kube-apiserver -> plugin -> etcd under partitions).
 #
-# Shared with hack/control-plane.sh (copied, not sourced: that script runs its main when
-# sourced): proc_starttime, start_proc/alive/stop_proc (here with a host folder argument),
-# and gen_pki (here with every host's address in the serving certificate).
+# Shared with hack/control-plane.sh through hack/lib/: the process records (process.sh;
+# here one process folder a host), the certificates (pki.sh; here with every host's address
+# in the serving certificate), the kubeconfigs and the EncryptionConfiguration.
 set -euo pipefail
 unset "${!ETCDCTL_@}"
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=hack/lib/process.sh
+. "${HACK_DIR}/lib/process.sh"
+# shellcheck source=hack/lib/pki.sh
+. "${HACK_DIR}/lib/pki.sh"
 REPO_ROOT="$(cd "${HACK_DIR}/.." && pwd)"
 POINTER="${REPO_ROOT}/.state/multi-host"
 SYSTEM_NAMESPACE=kubekms-system
@@ -107,16 +111,7 @@ etcd_client_urls() {
   echo "${urls}"
 }
 
-# ---------------------------------------------------------------- processes (from control-plane.sh)
-
-proc_starttime() {
-  local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }"
-  # shellcheck disable=SC2086
-  set -- ${stat}
-  echo "${20}"
-}
+# ---------------------------------------------------------------- processes (hack/lib/process.sh)
 
 # start_proc HOST NAME CMD... : CMD in HOST's namespace (HOST 0: the root namespace), own
 # session, output appended to the host's logs/NAME.log, "PID STARTTIME" in pids/NAME.pid,
@@ -128,45 +123,18 @@ start_proc() {
   dir="$(host_dir "${host}")"
   mkdir -p "${dir}/logs" "${dir}/pids" "${dir}/cmd"
   printf '%q ' "$@" >"${dir}/cmd/${name}"
-  echo "---- ${name} started $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"${dir}/logs/${name}.log"
   if ((host > 0)); then
     # `ip netns exec` enters the namespace and execs CMD: the pid is CMD's.
-    setsid ip netns exec "$(netns_of "${host}")" "$@" >>"${dir}/logs/${name}.log" 2>&1 </dev/null &
+    proc_start "${dir}" "${name}" ip netns exec "$(netns_of "${host}")" "$@"
   else
-    setsid "$@" >>"${dir}/logs/${name}.log" 2>&1 </dev/null &
+    proc_start "${dir}" "${name}" "$@"
   fi
-  local pid=$! st
-  st="$(proc_starttime "${pid}" || echo 0)"
-  echo "${pid} ${st}" >"${dir}/pids/${name}.pid"
 }
 
-alive() {
-  local f pid st now
-  f="$(host_dir "$1")/pids/$2.pid"
-  [[ -f "${f}" ]] || return 1
-  read -r pid st <"${f}" || return 1
-  now="$(proc_starttime "${pid}")" || return 1
-  [[ "${st}" == "0" || "${now}" == "${st}" ]] || return 1
-  [[ "$(awk '/^State:/ {print $2}' "/proc/${pid}/status" 2>/dev/null)" != "Z" ]]
-}
+alive() { proc_alive "$(host_dir "$1")" "$2"; } # alive HOST NAME
 
-stop_proc() {
-  local host="$1" name="$2" signal="${3:-TERM}" grace="${4:-20}" f pid st
-  f="$(host_dir "${host}")/pids/${name}.pid"
-  [[ -f "${f}" ]] || return 0
-  read -r pid st <"${f}" || true
-  if alive "${host}" "${name}"; then
-    kill "-${signal}" -- "-${pid}" 2>/dev/null || kill "-${signal}" "${pid}" 2>/dev/null || true
-    local deadline=$((SECONDS + grace))
-    while alive "${host}" "${name}" && ((SECONDS < deadline)); do sleep 0.2; done
-    if alive "${host}" "${name}"; then
-      log "h${host} ${name} (pid ${pid}) ignored SIG${signal} for ${grace}s; sending SIGKILL"
-      kill -KILL -- "-${pid}" 2>/dev/null || kill -KILL "${pid}" 2>/dev/null || true
-      while alive "${host}" "${name}"; do sleep 0.1; done
-    fi
-    log "stopped h${host} ${name} (pid ${pid})"
-  fi
-  rm -f "${f}"
+stop_proc() { # stop_proc HOST NAME [SIGNAL] [GRACE]
+  proc_stop "$(host_dir "$1")" "$2" "${3:-TERM}" "${4:-20}" "h$1 $2"
 }
 
 fail_proc() {
@@ -315,8 +283,8 @@ do_down() {
   delete_network
   f="$(host_dir 0)/pids/watchdog.pid"
   if [[ -f "${f}" ]]; then
-    local pid st
-    read -r pid st <"${f}" || true
+    local pid
+    read -r pid _ <"${f}" || true
     if [[ "${pid}" == "$$" || "${pid}" == "${PPID}" ]]; then rm -f "${f}"; else stop_proc 0 watchdog TERM 2; fi
   fi
   if [[ -L "${POINTER}" && "$(readlink -f "${POINTER}")" == "${STATE}" ]]; then rm -f "${POINTER}"; fi
@@ -365,60 +333,15 @@ do_start_one() {
 
 # ---------------------------------------------------------------- up
 
-gen_pki() {
-  local pki="${STATE}/pki" sans="IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1" i
-  for ((i = 1; i <= HOSTS; i++)); do sans+=",IP:$(ip_of "${i}")"; done
-  mkdir -p "${pki}"
-  (
-    cd "${pki}"
-    umask 077
-    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 3650 \
-      -subj "/CN=kubekms-multi-host-ca" -addext "basicConstraints=critical,CA:TRUE" \
-      -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-    sign() {
-      openssl req -new "${ec[@]}" -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      printf '%s\n' "$3" >"$1.ext"
-      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
-        -out "$1.crt" -days 3650 -extfile "$1.ext" 2>/dev/null
-      rm -f "$1.csr" "$1.ext"
-    }
-    sign apiserver "/CN=kube-apiserver" "$(printf '%s\n' \
-      "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
-      "extendedKeyUsage=serverAuth" "subjectAltName=${sans}")"
-    sign admin "/O=system:masters/CN=kubekms-admin" "$(printf '%s\n' \
-      "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
-      "extendedKeyUsage=clientAuth")"
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
-    openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
-  ) || die "generating certificates with openssl failed in ${pki}"
+gen_pki() { # the serving certificate is valid for every host's address
+  local -a sans=()
+  local i
+  for ((i = 1; i <= HOSTS; i++)); do sans+=("IP:$(ip_of "${i}")"); done
+  pki_generate "${STATE}/pki" kubekms-multi-host-ca "${sans[@]}"
 }
 
 write_kubeconfig() { # write_kubeconfig FILE SERVER_IP
-  local pki="${STATE}/pki"
-  b64() { base64 -w0 <"$1"; }
-  cat >"$1" <<YAML
-apiVersion: v1
-kind: Config
-clusters:
-- name: kubekms-multi-host
-  cluster:
-    server: https://$2:${APISERVER_PORT}
-    certificate-authority-data: $(b64 "${pki}/ca.crt")
-users:
-- name: kubekms-admin
-  user:
-    client-certificate-data: $(b64 "${pki}/admin.crt")
-    client-key-data: $(b64 "${pki}/admin.key")
-contexts:
-- name: kubekms-multi-host
-  context:
-    cluster: kubekms-multi-host
-    user: kubekms-admin
-    namespace: default
-current-context: kubekms-multi-host
-YAML
-  chmod 600 "$1"
+  admin_kubeconfig "$1" "${STATE}/pki" "https://$2:${APISERVER_PORT}" kubekms-multi-host
 }
 
 is_apiserver_host() { [[ " ${APISERVER_HOSTS[*]} " == *" $1 "* ]]; }
@@ -540,20 +463,7 @@ do_up() {
     start_proc "${i}" kms-plugin "${PLUGIN_BIN}" serve --state-dir "${dir}/plugin" --socket "${dir}/kms.sock" \
       --reload-interval-ms 1000 --follow "${SYSTEM_NAMESPACE}/${APISERVER_KEY}" --instance "h${i}" \
       --kubeconfig "${dir}/kubeconfig"
-    cat >"${dir}/encryption-config.yaml" <<YAML
-apiVersion: apiserver.config.k8s.io/v1
-kind: EncryptionConfiguration
-resources:
-- resources:
-  - secrets
-  providers:
-  - kms:
-      apiVersion: v2
-      name: kubekms
-      endpoint: unix://${dir}/kms.sock
-      timeout: 3s
-  - identity: {}
-YAML
+    kms_encryption_config "${dir}/encryption-config.yaml" "${dir}/kms.sock"
   done
   local pki="${STATE}/pki"
   for i in "${APISERVER_HOSTS[@]}"; do

@@ -51,7 +51,7 @@ TOOLS_BIN="$(hack/tools/build.sh --print-dir)"
 
 if command -v shellcheck >/dev/null 2>&1; then
   log "shellcheck"
-  shellcheck hack/*.sh hack/tools/*.sh .ci/run
+  shellcheck hack/*.sh hack/lib/*.sh hack/tools/*.sh .ci/run
 fi
 log "cargo fmt --check"
 cargo fmt --all --check

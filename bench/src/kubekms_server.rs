@@ -165,26 +165,14 @@ fn failed(what: &str) -> impl Fn(anyhow::Error) -> StartError + '_ {
 /// operator first, then `control-plane.sh down`).
 struct Cluster {
     plane: ControlPlane,
-    repo_root: PathBuf,
     operator: Option<ServerProcess>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         drop(self.operator.take());
-        let down = Command::new(self.repo_root.join("hack/control-plane.sh"))
-            .arg("down")
-            .arg("--state-dir")
-            .arg(&self.plane.state_dir)
-            .stdin(Stdio::null())
-            .output();
-        match down {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "[api_load] control-plane.sh down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("[api_load] control-plane.sh down: {e}"),
+        if let Err(e) = kubekms_e2e::control_plane_down(&self.plane.state_dir) {
+            eprintln!("[api_load] {e:#}");
         }
     }
 }
@@ -339,7 +327,6 @@ fn start_cluster(context: &StartContext) -> Result<Cluster, StartError> {
     };
     let mut cluster = Cluster {
         plane: placeholder,
-        repo_root: context.repo_root.clone(),
         operator: None,
     };
     if !out.status.success() {

@@ -215,19 +215,8 @@ impl Drop for Plane {
         {
             eprintln!("[operator_scale] stopping the operator: {e:#}");
         }
-        let down = Command::new(repo_root().join("hack/control-plane.sh"))
-            .arg("down")
-            .arg("--state-dir")
-            .arg(&self.cp.state_dir)
-            .stdin(Stdio::null())
-            .output();
-        match down {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "[operator_scale] control-plane.sh down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("[operator_scale] control-plane.sh down: {e}"),
+        if let Err(e) = kubekms_e2e::control_plane_down(&self.cp.state_dir) {
+            eprintln!("[operator_scale] {e:#}");
         }
         if self.keep {
             eprintln!(

@@ -6,11 +6,16 @@
 //! ([`Site::restore`]: an etcd snapshot and the root key file, nothing else, following the
 //! runbook's steps in its order). [`Site::destroy`] removes a host's whole folder.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, ensure};
+use kms_core::KmsKey;
+use kms_core::keystore::RootKeyStore;
+use kms_plugin::restore::BackupObjects;
 
 use crate::process::{sh_quote, sibling_bin};
 use crate::{ControlPlane, repo_root, unique_name};
@@ -295,11 +300,31 @@ impl Site {
         Ok(())
     }
 
-    /// The operator's command line, for a run the test watches itself.
+    /// The operator's command line on the root key file `root_key`, for a run the test
+    /// watches itself.
     ///
     /// # Errors
     /// When the binary or the log cannot be found.
     pub fn operator_command(&self, root_key: &Path, extra: &[&str]) -> Result<Command> {
+        self.operator_command_with(
+            &["--root-key".into(), root_key.into()],
+            "dr-operator",
+            extra,
+        )
+    }
+
+    /// The operator's command line with the root key flags `root_key_flags` and the
+    /// identity `identity`: admin kubeconfig, all namespaces, Lease in kubekms-system with a
+    /// 4 s duration, log appended to the control plane's `logs/kubekms-operator.log`.
+    ///
+    /// # Errors
+    /// When the binary or the log cannot be found.
+    pub fn operator_command_with(
+        &self,
+        root_key_flags: &[OsString],
+        identity: &str,
+        extra: &[&str],
+    ) -> Result<Command> {
         let bin = sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -308,15 +333,14 @@ impl Site {
         let mut cmd = Command::new(bin);
         cmd.env("KUBECONFIG", &self.cp.kubeconfig)
             .env("RUST_LOG", "info")
-            .arg("--root-key")
-            .arg(root_key)
+            .args(root_key_flags)
             .args([
                 "--lease-namespace",
                 SYSTEM_NAMESPACE,
                 "--metrics-addr",
                 "127.0.0.1:0",
                 "--identity",
-                "dr-operator",
+                identity,
                 "--lease-duration-seconds",
                 "4",
                 "--lease-renew-seconds",
@@ -381,14 +405,7 @@ impl Site {
 
     fn shut_down(&mut self) {
         self.stop_operator();
-        let _ = Command::new(repo_root().join("hack/control-plane.sh"))
-            .arg("down")
-            .arg("--state-dir")
-            .arg(&self.cp.state_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = crate::control_plane_down(&self.cp.state_dir);
     }
 
     /// `kubectl get KIND NAME -n NS -o json`.
@@ -489,6 +506,34 @@ impl Site {
         self.wait_versions(ns, name, versions)
     }
 
+    /// Creates the KmsKeys `keys` (name, spec) in the namespace `ns` and waits until each
+    /// is Enabled.
+    ///
+    /// # Errors
+    /// When kubectl fails or a key is not Enabled in time.
+    pub fn create_keys<S: AsRef<str>>(
+        &self,
+        ns: &str,
+        keys: &[(S, serde_json::Value)],
+    ) -> Result<()> {
+        let manifests: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(name, spec)| {
+                serde_json::json!({
+                    "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKey",
+                    "metadata": {"name": name.as_ref(), "namespace": ns}, "spec": spec,
+                })
+            })
+            .collect();
+        self.cp.apply(&serde_json::Value::Array(manifests))?;
+        for (name, _) in keys {
+            self.wait_key(ns, name.as_ref(), "Enabled", |k| {
+                k.pointer("/status/keyState").and_then(|s| s.as_str()) == Some("Enabled")
+            })?;
+        }
+        Ok(())
+    }
+
     /// Every KmsKey and KmsKeyMaterial, as `kubectl get -A -o json` prints them (a List).
     ///
     /// # Errors
@@ -499,6 +544,29 @@ impl Site {
             .kubectl(["get", "kmskeys,kmskeymaterials", "-A", "-o", "json"])?;
         Ok(String::from_utf8(out.stdout)?)
     }
+}
+
+/// Every key of `objects` (`namespace/name` to key), unwrapped under `store` by
+/// `kubekms_k8s::unwrap::key_from_objects`, the function the keyring of kubekms-server and
+/// of the plugin's follow mode unwraps with.
+///
+/// # Errors
+/// On any record without its KmsKey, or that does not unwrap.
+pub fn unwrap_all(
+    objects: &BackupObjects,
+    store: &dyn RootKeyStore,
+) -> Result<BTreeMap<String, KmsKey>> {
+    let mut keys = BTreeMap::new();
+    for ((ns, name), record) in &objects.records {
+        let object = objects
+            .keys
+            .get(&(ns.clone(), name.clone()))
+            .ok_or_else(|| anyhow!("no KmsKey {ns}/{name}"))?;
+        let key = kubekms_k8s::unwrap::key_from_objects(object, record, store)
+            .with_context(|| format!("unwrapping {ns}/{name}"))?;
+        keys.insert(format!("{ns}/{name}"), key);
+    }
+    Ok(keys)
 }
 
 impl Drop for Site {

@@ -870,6 +870,98 @@ pub fn run_aws_cli(
     ))
 }
 
+/// The files of a kubekms-server whose client acts as a cluster-admin user, made by
+/// [`admin_client_files`].
+#[derive(Debug, Clone)]
+pub struct AdminClientFiles {
+    /// The client's credential.
+    pub credential: StaticCredential,
+    /// The server's `--static-credentials` file, holding `credential` only.
+    pub credentials: PathBuf,
+    /// The server's certificate.
+    pub cert: ServingCert,
+}
+
+/// Applies deploy/rbac (the server's ServiceAccount and its RBAC) to `cp`, binds the
+/// Kubernetes user `user` to cluster-admin (ClusterRoleBinding `binding`), and writes into
+/// `dir` (made if needed) a static credential of `user` in the account `account`
+/// (`static-credentials.json`) and a serving certificate signed by the control plane's CA
+/// (`tls/`).
+///
+/// # Errors
+/// When kubectl, a file or the certificate fails.
+pub fn admin_client_files(
+    cp: &ControlPlane,
+    dir: &Path,
+    binding: &str,
+    user: &str,
+    account: &str,
+) -> Result<AdminClientFiles> {
+    let rbac = repo_root().join("deploy/rbac");
+    cp.kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
+    cp.apply(&serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": binding},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))?;
+    std::fs::create_dir_all(dir)?;
+    let credential = StaticCredential::new(user, account);
+    let credentials = dir.join("static-credentials.json");
+    write_static_credentials(&credentials, std::slice::from_ref(&credential))?;
+    let cert = ServingCert::issue(cp, &dir.join("tls"))?;
+    Ok(AdminClientFiles {
+        credential,
+        credentials,
+        cert,
+    })
+}
+
+/// The HTTPS client of an AWS SDK that trusts `ca_pem` only (the CA of a [`ServingCert`]).
+///
+/// # Errors
+/// When `ca_pem` is not a PEM certificate.
+pub fn https_client_trusting(ca_pem: Vec<u8>) -> Result<aws_sdk_kms::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(TrustStore::empty().with_pem_certificate(ca_pem))
+                .build()?,
+        )
+        .build_https())
+}
+
+/// An AWS SDK configuration for kubekms-server at `endpoint`: TLS that trusts `ca_pem`
+/// only (the CA of a [`ServingCert`]), region [`REGION`], requests signed with
+/// `credential` (named `provider` in the SDK's logs). Callers add retry or timeout
+/// settings and build it.
+///
+/// # Errors
+/// When `ca_pem` is not a PEM certificate.
+pub fn sdk_config(
+    endpoint: &str,
+    ca_pem: Vec<u8>,
+    credential: &StaticCredential,
+    provider: &'static str,
+) -> Result<aws_sdk_kms::config::Builder> {
+    Ok(aws_sdk_kms::Config::builder()
+        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .http_client(https_client_trusting(ca_pem)?)
+        .endpoint_url(endpoint)
+        .region(aws_sdk_kms::config::Region::new(REGION))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            credential.access_key_id.clone(),
+            credential.secret_access_key.clone(),
+            None,
+            None,
+            provider,
+        )))
+}
+
 /// A static credential of the server's `--static-credentials` file.
 #[derive(Debug, Clone)]
 pub struct StaticCredential {

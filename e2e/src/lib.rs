@@ -52,6 +52,27 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `hack/control-plane.sh down --state-dir STATE_DIR`: stops every process of the control
+/// plane whose state folder is `state_dir`.
+///
+/// # Errors
+/// When the script cannot be run or fails (its stderr in the message).
+pub fn control_plane_down(state_dir: &Path) -> Result<()> {
+    let out = Command::new(repo_root().join("hack/control-plane.sh"))
+        .arg("down")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .stdin(Stdio::null())
+        .output()
+        .context("running control-plane.sh down")?;
+    ensure!(
+        out.status.success(),
+        "control-plane.sh down failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// A running control plane: etcd + kube-apiserver (and, once it exists, the kubekms plugin).
 #[derive(Debug, Clone)]
 pub struct ControlPlane {

@@ -34,7 +34,7 @@ use kms_core::{EncryptionAlgorithm, EncryptionContext, KeySpec, KmsKey, MessageT
 use kms_plugin::client::connect;
 use kms_plugin::pb::StatusRequest;
 use kms_plugin::restore::BackupObjects;
-use kubekms_e2e::drill::{APISERVER_KEY, SYSTEM_NAMESPACE, Site};
+use kubekms_e2e::drill::{self, APISERVER_KEY, SYSTEM_NAMESPACE, Site};
 use kubekms_e2e::{kms_server, secret_etcd_key};
 
 const APP: &str = "dr-app";
@@ -66,43 +66,19 @@ fn every_key_spec() -> Vec<(&'static str, serde_json::Value)> {
     ]
 }
 
-/// Creates the KmsKeys in `ns` and waits until each is Enabled.
+/// Creates the namespace `ns` and the KmsKeys in it; waits until each is Enabled.
 fn create_keys(site: &Site, ns: &str, keys: &[(&str, serde_json::Value)]) -> Result<()> {
     site.cp.kubectl(["create", "namespace", ns])?;
-    let manifests: Vec<serde_json::Value> = keys
-        .iter()
-        .map(|(name, spec)| {
-            serde_json::json!({
-                "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKey",
-                "metadata": {"name": name, "namespace": ns}, "spec": spec,
-            })
-        })
-        .collect();
-    site.cp.apply(&serde_json::Value::Array(manifests))?;
-    for (name, _) in keys {
-        site.wait_key(ns, name, "Enabled", |k| {
-            k.pointer("/status/keyState").and_then(|s| s.as_str()) == Some("Enabled")
-        })?;
-    }
-    Ok(())
+    site.create_keys(ns, keys)
 }
 
 /// Every key of the cluster, unwrapped under `root_key` from its objects; fails on any
 /// key that does not unwrap.
 fn unwrap_all(site: &Site, root_key: &Path) -> Result<BTreeMap<String, KmsKey>> {
-    let store = FileKeyStore::open(root_key)?;
-    let objects = BackupObjects::parse(&site.objects_json()?)?;
-    let mut keys = BTreeMap::new();
-    for ((ns, name), record) in &objects.records {
-        let object = objects
-            .keys
-            .get(&(ns.clone(), name.clone()))
-            .ok_or_else(|| anyhow!("no KmsKey {ns}/{name}"))?;
-        let key = kubekms_k8s::unwrap::key_from_objects(object, record, &store)
-            .with_context(|| format!("unwrapping {ns}/{name}"))?;
-        keys.insert(format!("{ns}/{name}"), key);
-    }
-    Ok(keys)
+    drill::unwrap_all(
+        &BackupObjects::parse(&site.objects_json()?)?,
+        &FileKeyStore::open(root_key)?,
+    )
 }
 
 fn context() -> EncryptionContext {
@@ -270,22 +246,12 @@ async fn server_and_client(
     name: &str,
     root_key: &Path,
 ) -> Result<(kms_server::KmsServer, aws_sdk_kms::Client)> {
-    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-    let rbac = kubekms_e2e::repo_root().join("deploy/rbac");
-    site.cp
-        .kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
-    site.cp.apply(&serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "dr-admin"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dr-admin"}],
-    }))?;
     let dir = site.base.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let credential = kms_server::StaticCredential::new("dr-admin", APP);
-    let credentials = dir.join("static-credentials.json");
-    kms_server::write_static_credentials(&credentials, std::slice::from_ref(&credential))?;
-    let cert = kms_server::ServingCert::issue(&site.cp, &dir.join("tls"))?;
+    let kms_server::AdminClientFiles {
+        credential,
+        credentials,
+        cert,
+    } = kms_server::admin_client_files(&site.cp, &dir, "dr-admin", "dr-admin", APP)?;
     let server = kms_server::KmsServer::start(
         &site.cp,
         name,
@@ -298,31 +264,13 @@ async fn server_and_client(
             dir,
         },
     )?;
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(
-            TlsContext::builder()
-                .with_trust_store(
-                    TrustStore::empty().with_pem_certificate(std::fs::read(&cert.ca_bundle)?),
-                )
-                .build()?,
-        )
-        .build_https();
-    let config = aws_sdk_kms::Config::builder()
-        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-        .http_client(http_client)
-        .endpoint_url(&server.endpoint)
-        .region(aws_sdk_kms::config::Region::new(kms_server::REGION))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            credential.access_key_id.clone(),
-            credential.secret_access_key.clone(),
-            None,
-            None,
-            "dr-static",
-        ))
-        .build();
+    let config = kms_server::sdk_config(
+        &server.endpoint,
+        std::fs::read(&cert.ca_bundle)?,
+        &credential,
+        "dr-static",
+    )?
+    .build();
     Ok((server, aws_sdk_kms::Client::from_conf(config)))
 }
 

@@ -22,7 +22,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
-use kubekms_e2e::process::{is_zombie, proc_starttime, tools_bin};
+use kubekms_e2e::process::{is_zombie, proc_starttime, sibling_bin, tools_bin};
 use kubekms_e2e::{
     ControlPlane, KMS_PROVIDER_NAME, check_kms_encrypted, kms_v2_prefix, preview, repo_root,
     secret_etcd_key, unique_name,
@@ -51,47 +51,6 @@ const PROCESSES: [&str; 6] = [
     "watchdog",
 ];
 
-/// `$env`, or `name` built (with the plugin, the operator and the server in one build, as
-/// local-up builds them) into this test binary's target folder.
-fn workspace_bin(env: &str, name: &str) -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os(env).filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let bin_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("no target folder above {}", exe.display()))?
-        .to_path_buf();
-    let target_dir = bin_dir
-        .parent()
-        .ok_or_else(|| anyhow!("no target folder above {}", bin_dir.display()))?;
-    let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    build
-        .current_dir(repo_root())
-        .args(["build", "--quiet", "--bins"])
-        .args([
-            "-p",
-            "kubekms-plugin",
-            "-p",
-            "kubekms-operator",
-            "-p",
-            "kubekms-server",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir);
-    if bin_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let out = build.stdin(Stdio::null()).output()?;
-    ensure!(
-        out.status.success(),
-        "building {name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(bin_dir.join(name))
-}
-
 fn phase(started: Instant, what: &str) {
     eprintln!(
         "[e2e local-up] {:>6.1}s {what}",
@@ -115,14 +74,7 @@ impl LocalState {
 impl Drop for LocalState {
     fn drop(&mut self) {
         if let Some(state) = self.control_plane_dir() {
-            let _ = Command::new(repo_root().join("hack/control-plane.sh"))
-                .arg("down")
-                .arg("--state-dir")
-                .arg(&state)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = kubekms_e2e::control_plane_down(&state);
         }
         if std::thread::panicking() {
             eprintln!("[e2e local-up] state kept in {}", self.base.display());
@@ -162,7 +114,7 @@ fn local_up_in_shell(
         .env("KUBEKMS_OPERATOR_BIN", operator)
         .env(
             "KUBEKMS_SERVER_BIN",
-            workspace_bin("KUBEKMS_SERVER_BIN", "kubekms-server")?,
+            sibling_bin("KUBEKMS_SERVER_BIN", "kubekms-server")?,
         )
         // Whatever names another control plane or plugin in this environment (hack/test.sh,
         // a developer's shell) must not reach the script.
@@ -244,8 +196,8 @@ fn stored_key_id(cp: &ControlPlane, ns: &str, name: &str, plaintext: &str) -> Re
 fn local_up_runs_kubekms_with_an_operator_managed_key() -> Result<()> {
     let t0 = Instant::now();
     let tools = tools_bin()?;
-    let plugin = workspace_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
-    let operator = workspace_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
+    let plugin = sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
+    let operator = sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
     let local = LocalState {
         base: std::env::temp_dir().join(unique_name("kubekms-e2e-local-up")),
     };
@@ -441,17 +393,7 @@ fn local_up_runs_kubekms_with_an_operator_managed_key() -> Result<()> {
     );
 
     // `down` stops every process, the operator included.
-    let down = Command::new(repo_root().join("hack/control-plane.sh"))
-        .arg("down")
-        .arg("--state-dir")
-        .arg(&state)
-        .stdin(Stdio::null())
-        .output()?;
-    ensure!(
-        down.status.success(),
-        "control-plane.sh down: {}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    kubekms_e2e::control_plane_down(&state)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left: Vec<_> = after

@@ -23,9 +23,7 @@ use envelope::{EncryptedObject, parse_stored};
 use kms_plugin::client::connect;
 use kms_plugin::pb::{DecryptRequest, EncryptRequest, StatusRequest};
 use kubekms_e2e::process::{init_plugin_state, sh_quote, sibling_bin};
-use kubekms_e2e::{
-    ControlPlane, KMS_PROVIDER_NAME, kms_v2_prefix, repo_root, secret_etcd_key, unique_name,
-};
+use kubekms_e2e::{ControlPlane, KMS_PROVIDER_NAME, kms_v2_prefix, secret_etcd_key, unique_name};
 
 /// A private control plane whose Secrets are encrypted by the kubekms plugin.
 struct PluginPlane {
@@ -160,14 +158,7 @@ impl PluginPlane {
 
 impl Drop for PluginPlane {
     fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("hack/control-plane.sh"))
-            .arg("down")
-            .arg("--state-dir")
-            .arg(&self.cp.state_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = kubekms_e2e::control_plane_down(&self.cp.state_dir);
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.base);
         }

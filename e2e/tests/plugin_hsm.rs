@@ -3,17 +3,16 @@
 //! kube-apiserver's KMS plugin, Secrets stored encrypted in etcd and read back, across a
 //! plugin restart (which unwraps its key material in the token again).
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
+use keystore_pkcs11::softhsm::SoftHsmToken;
 use kubekms_e2e::process::{sh_quote, sibling_bin};
 use kubekms_e2e::{
     ControlPlane, KMS_PROVIDER_NAME, check_kms_encrypted, secret_etcd_key, unique_name,
 };
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const LABEL: &str = "kubekms-e2e";
 
 #[test]
@@ -22,41 +21,14 @@ fn kube_apiserver_encrypts_secrets_with_the_root_key_in_softhsm() -> Result<()> 
     let bin = sibling_bin("KUBEKMS_PLUGIN_BIN", "kubekms-plugin")?;
     let base = std::env::temp_dir().join(unique_name("kubekms-e2e-hsm"));
     std::fs::create_dir_all(&base)?;
-    let tokens = base.join("tokens");
-    std::fs::create_dir(&tokens)?;
-    let conf = base.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\n",
-            tokens.display()
-        ),
-    )?;
-    let out = Command::new("softhsm2-util")
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            LABEL,
-            "--pin",
-            "3141",
-            "--so-pin",
-            "2718",
-        ])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()?;
-    ensure!(out.status.success(), "softhsm2-util: {out:?}");
-    let pin = base.join("hsm.pin");
-    std::fs::write(&pin, "3141\n")?;
-    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600))?;
+    let token = SoftHsmToken::create(&base, LABEL).map_err(anyhow::Error::msg)?;
+    let conf = token.conf.clone();
 
     let state = base.join("plugin-state");
     let out = Command::new(&bin)
         .args(["init", "--state-dir"])
         .arg(&state)
-        .args(["--pkcs11-module", MODULE, "--pkcs11-token-label", LABEL])
-        .arg("--pkcs11-pin-file")
-        .arg(&pin)
+        .args(token.flags())
         .env("SOFTHSM2_CONF", &conf)
         .stdin(Stdio::null())
         .output()?;

@@ -30,7 +30,7 @@ use kms_core::keystore::{FileKeyStore, RootKeyStore};
 use kms_core::ops;
 use kms_core::{EncryptionAlgorithm, EncryptionContext, KeySpec, KmsKey, MessageType};
 use kms_plugin::restore::BackupObjects;
-use kubekms_e2e::drill::{APISERVER_KEY, SYSTEM_NAMESPACE, Site};
+use kubekms_e2e::drill::{APISERVER_KEY, SYSTEM_NAMESPACE, Site, unwrap_all};
 use kubekms_e2e::kms_server;
 use kubekms_e2e::process::sibling_bin;
 
@@ -196,24 +196,6 @@ fn check(name: &str, made: &serde_json::Value, key: &KmsKey) -> Result<()> {
     Ok(())
 }
 
-/// Every key of `objects`, unwrapped under `store`.
-fn unwrap_all(
-    objects: &BackupObjects,
-    store: &dyn RootKeyStore,
-) -> Result<BTreeMap<String, KmsKey>> {
-    let mut keys = BTreeMap::new();
-    for ((ns, name), record) in &objects.records {
-        let object = objects
-            .keys
-            .get(&(ns.clone(), name.clone()))
-            .ok_or_else(|| anyhow!("no KmsKey {ns}/{name}"))?;
-        let key = kubekms_k8s::unwrap::key_from_objects(object, record, store)
-            .with_context(|| format!("unwrapping {ns}/{name}"))?;
-        keys.insert(format!("{ns}/{name}"), key);
-    }
-    Ok(keys)
-}
-
 /// Per record (`namespace/name`): its `rootKeyId`, and per version the wrap format and
 /// the root key id in the wrapped material's header.
 type RecordWraps = BTreeMap<String, (String, Vec<(u8, String)>)>;
@@ -276,41 +258,17 @@ fn operator(
     previous: Option<&Path>,
     extra: &[&str],
 ) -> Result<Child> {
-    let bin = sibling_bin("KUBEKMS_OPERATOR_BIN", "kubekms-operator")?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(site.cp.log_path("kubekms-operator"))?;
-    let mut cmd = Command::new(bin);
-    let (env, conf) = token.env();
-    cmd.env("KUBECONFIG", &site.cp.kubeconfig)
-        .env("RUST_LOG", "info")
-        .env(env, conf)
-        .args(token.flags())
-        .args([
-            "--lease-namespace",
-            SYSTEM_NAMESPACE,
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--identity",
-            "migrate-operator",
-            "--lease-duration-seconds",
-            "4",
-            "--lease-renew-seconds",
-            "1",
-            "--log-format",
-            "text",
-            "--root-key-migration-records-per-second",
-            "2",
-        ])
-        .args(extra);
+    let mut flags: Vec<std::ffi::OsString> = token.flags().into_iter().map(Into::into).collect();
     if let Some(previous) = previous {
-        cmd.arg("--previous-root-key-file").arg(previous);
+        flags.push("--previous-root-key-file".into());
+        flags.push(previous.into());
     }
-    Ok(cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
+    let mut args = vec!["--root-key-migration-records-per-second", "2"];
+    args.extend_from_slice(extra);
+    let (env, conf) = token.env();
+    Ok(site
+        .operator_command_with(&flags, "migrate-operator", &args)?
+        .env(env, conf)
         .spawn()?)
 }
 
@@ -321,6 +279,18 @@ fn plugin(site: &Site, token: &SoftHsmToken, args: &[&str]) -> Result<std::proce
         .env(env, conf)
         .stdin(Stdio::null())
         .output()?)
+}
+
+/// `kubekms-plugin migrate-root-key` on the plugin's folder, to the token.
+fn migrate_plugin_folder(site: &Site, token: &SoftHsmToken) -> Result<std::process::Output> {
+    let mut args = vec![
+        "migrate-root-key".to_owned(),
+        "--state-dir".to_owned(),
+        site.plugin_state.display().to_string(),
+    ];
+    args.extend(token.flags());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    plugin(site, token, &argv)
 }
 
 /// Restarts the plugin with the token's configuration in its environment, then
@@ -427,21 +397,7 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     }
     site.rotate(SYSTEM_NAMESPACE, APISERVER_KEY, "r1", 2)?;
     let keys = app_keys();
-    let manifests: Vec<serde_json::Value> = keys
-        .iter()
-        .map(|(name, spec)| {
-            serde_json::json!({
-                "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKey",
-                "metadata": {"name": name, "namespace": APP}, "spec": spec,
-            })
-        })
-        .collect();
-    site.cp.apply(&serde_json::Value::Array(manifests))?;
-    for (name, _) in &keys {
-        site.wait_key(APP, name, "Enabled", |k| {
-            k.pointer("/status/keyState").and_then(|s| s.as_str()) == Some("Enabled")
-        })?;
-    }
+    site.create_keys(APP, &keys)?;
     // Evidence under each version of `sym`: v1, then v2 after a rotation.
     let file_store = FileKeyStore::open(&root_key)?;
     let mut evidence: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
@@ -499,14 +455,7 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     read_all_secrets(&site, &secrets)?;
 
     // The plugin's folder: the token recorded, root.key kept as previous, records rewrapped.
-    let mut args = vec![
-        "migrate-root-key".to_owned(),
-        "--state-dir".to_owned(),
-        site.plugin_state.display().to_string(),
-    ];
-    args.extend(token.flags());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = plugin(&site, &token, &argv)?;
+    let out = migrate_plugin_folder(&site, &token)?;
     ensure!(
         out.status.success(),
         "migrate-root-key: {}",
@@ -607,14 +556,7 @@ async fn a_cluster_moves_from_the_root_key_file_to_the_hsm() -> Result<()> {
     // root.key deleted; a rotation under the token.
     op.kill()?;
     op.wait()?;
-    let mut args = vec![
-        "migrate-root-key".to_owned(),
-        "--state-dir".to_owned(),
-        site.plugin_state.display().to_string(),
-    ];
-    args.extend(token.flags());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = plugin(&site, &token, &argv)?;
+    let out = migrate_plugin_folder(&site, &token)?;
     ensure!(
         out.status.success()
             && String::from_utf8_lossy(&out.stdout).contains("root.key can be removed"),
@@ -745,22 +687,18 @@ async fn server_round_trip(
     blobs: &[serde_json::Value],
 ) -> Result<()> {
     use aws_sdk_kms::primitives::Blob;
-    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-    let rbac = kubekms_e2e::repo_root().join("deploy/rbac");
-    site.cp
-        .kubectl(["apply".as_ref(), "-f".as_ref(), rbac.as_os_str()])?;
-    site.cp.apply(&serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": format!("migrate-admin-{name}")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "migrate-admin"}],
-    }))?;
     let dir = site.base.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let credential = kms_server::StaticCredential::new("migrate-admin", APP);
-    let credentials = dir.join("static-credentials.json");
-    kms_server::write_static_credentials(&credentials, std::slice::from_ref(&credential))?;
-    let cert = kms_server::ServingCert::issue(&site.cp, &dir.join("tls"))?;
+    let kms_server::AdminClientFiles {
+        credential,
+        credentials,
+        cert,
+    } = kms_server::admin_client_files(
+        &site.cp,
+        &dir,
+        &format!("migrate-admin-{name}"),
+        "migrate-admin",
+        APP,
+    )?;
     let kubeconfig = dir.join("server.kubeconfig");
     site.cp
         .write_service_account_kubeconfig(SYSTEM_NAMESPACE, "kubekms-server", &kubeconfig)?;
@@ -816,31 +754,13 @@ async fn server_round_trip(
             .map(|(code, _)| code == 200)
             .unwrap_or(false))
     })?;
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(
-            TlsContext::builder()
-                .with_trust_store(
-                    TrustStore::empty().with_pem_certificate(std::fs::read(&cert.ca_bundle)?),
-                )
-                .build()?,
-        )
-        .build_https();
-    let config = aws_sdk_kms::Config::builder()
-        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-        .http_client(http_client)
-        .endpoint_url(format!("https://127.0.0.1:{port}"))
-        .region(aws_sdk_kms::config::Region::new(kms_server::REGION))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            credential.access_key_id.clone(),
-            credential.secret_access_key.clone(),
-            None,
-            None,
-            "migrate-static",
-        ))
-        .build();
+    let config = kms_server::sdk_config(
+        &format!("https://127.0.0.1:{port}"),
+        std::fs::read(&cert.ca_bundle)?,
+        &credential,
+        "migrate-static",
+    )?
+    .build();
     let kms = aws_sdk_kms::Client::from_conf(config);
     for made in blobs {
         let answer = kms

@@ -308,7 +308,6 @@ async fn rust_sdk_child() -> Result<()> {
     use aws_credential_types::provider::ProvideCredentials as _;
     use aws_sdk_kms::primitives::Blob;
     use aws_sdk_kms::types::{DataKeySpec, MessageType, SigningAlgorithmSpec};
-    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 
     let (Some(input), Some(output)) = (
         std::env::var_os(CHILD_INPUT),
@@ -330,16 +329,7 @@ async fn rust_sdk_child() -> Result<()> {
 
     // AWS_CA_BUNDLE is boto3's and the CLI's; the Rust SDK takes the CA in its HTTP client.
     let ca = std::fs::read(std::env::var_os("AWS_CA_BUNDLE").context("AWS_CA_BUNDLE")?)?;
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(
-            TlsContext::builder()
-                .with_trust_store(TrustStore::empty().with_pem_certificate(ca))
-                .build()?,
-        )
-        .build_https();
+    let http_client = kubekms_e2e::kms_server::https_client_trusting(ca)?;
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(http_client)
         .load()

@@ -34,6 +34,7 @@ use kms_core::ArnScope;
 use kms_core::keystore::FileKeyStore;
 use kube::Api;
 use kube::api::PostParams;
+use kubekms_e2e::process::sibling_bin;
 use kubekms_e2e::{ControlPlane, in_namespace, repo_root};
 use kubekms_k8s::KmsKey;
 use kubekms_k8s::names::KeyStateName;
@@ -45,52 +46,7 @@ use tokio::sync::watch;
 /// The kubekms-server binary: `KUBEKMS_SERVER_BIN`, or built now (with the plugin and the
 /// operator, as the harness builds them) into this test binary's target folder.
 pub fn server_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("KUBEKMS_SERVER_BIN").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        ensure!(
-            path.is_file(),
-            "KUBEKMS_SERVER_BIN={} is not a file",
-            path.display()
-        );
-        return Ok(path);
-    }
-    // <target>/<profile>/deps/server_smoke-<hash>
-    let exe = std::env::current_exe()?;
-    let bin_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("no target folder above {}", exe.display()))?
-        .to_path_buf();
-    let target_dir = bin_dir
-        .parent()
-        .ok_or_else(|| anyhow!("no target folder above {}", bin_dir.display()))?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(repo_root())
-        .args(["build", "--quiet", "--bins"])
-        .args([
-            "-p",
-            "kubekms-plugin",
-            "-p",
-            "kubekms-operator",
-            "-p",
-            "kubekms-server",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir);
-    if bin_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let out = build.stdin(Stdio::null()).output()?;
-    ensure!(
-        out.status.success(),
-        "building kubekms-server failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = bin_dir.join("kubekms-server");
-    ensure!(path.is_file(), "{} not built", path.display());
-    Ok(path)
+    sibling_bin("KUBEKMS_SERVER_BIN", "kubekms-server")
 }
 
 /// A running kubekms-server process.

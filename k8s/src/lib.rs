@@ -26,6 +26,8 @@ pub mod heartbeat;
 pub mod key;
 pub mod material;
 pub mod names;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod unwrap;
 
 pub use alias::{KmsAlias, KmsAliasSpec, KmsAliasStatus};

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use k8s_openapi::api::coordination::v1::Lease;
-use kms_core::keystore::{FileKeyStore, KeyOwner, RootKeyStore, WrapContext};
-use kms_core::{AliasName, KeyId, KeyMaterial, KeySpec, KeyState, Origin};
-use kubekms_k8s::material::WrappedVersion;
-use kubekms_k8s::names::{KeySpecName, KeyUsageName, OriginName, RotationTypeName};
+use kms_core::keystore::{FileKeyStore, RootKeyStore};
+use kms_core::{AliasName, KeyId, KeySpec, KeyState};
+use kubekms_k8s::names::{KeySpecName, KeyUsageName, OriginName};
+use kubekms_k8s::test_util::add_version;
 use kubekms_k8s::unwrap::UnwrapError;
 use kubekms_k8s::{KmsAlias, KmsGrant, KmsKey, KmsKeyMaterial, KmsKeyMaterialSpec, KmsKeySpec};
 use kubekms_keyring::{KeySetBuilder, KeyringMetrics, Objects};
@@ -35,31 +35,6 @@ fn fixture() -> Fixture {
 
 fn unwraps(f: &Fixture) -> u64 {
     f.metrics.unwraps.get()
-}
-
-/// Adds a version of fresh material to a record, wrapped as the operator wraps it.
-fn add_version(store: &dyn RootKeyStore, record: &mut KmsKeyMaterial) {
-    let spec = KeySpec::from(record.spec.key_spec);
-    let version = u32::try_from(record.spec.versions.len()).expect("len") + 1;
-    let material = KeyMaterial::generate(spec).expect("material");
-    let context = WrapContext {
-        key_id: KeyId::parse(&record.spec.key_id).expect("id"),
-        version,
-        spec,
-        usage: record.spec.key_usage.into(),
-        origin: Origin::AwsKms,
-        owner: Some(KeyOwner::new(
-            record.metadata.namespace.clone().expect("ns"),
-            record.metadata.name.clone().expect("name"),
-        )),
-    };
-    record.spec.versions.push(WrappedVersion {
-        version,
-        created: "2026-01-01T00:00:00Z".to_owned(),
-        rotation_type: (version > 1).then_some(RotationTypeName::OnDemand),
-        wrapped: base64::engine::general_purpose::STANDARD
-            .encode(store.wrap(&context, material.serialized()).expect("wrap")),
-    });
 }
 
 fn bump(meta: &mut kube::api::ObjectMeta) {

@@ -4,8 +4,6 @@
 //! process of this test binary with its own configuration and token folder.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::Mechanism;
@@ -13,105 +11,28 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use keystore_pkcs11::args::{Pkcs11Args, RootKeyLocation};
+use keystore_pkcs11::softhsm::{SOFTHSM_MODULE as MODULE, SoftHsmToken, USER_PIN, in_own_token};
 use keystore_pkcs11::{
     DERIVE_KEY_LABEL, Pkcs11Config, Pkcs11KeyStore, WRAP_FORMAT_PKCS11, WRAP_KEY_LABEL,
 };
 use kms_core::keystore::{DerivedKeyPurpose, FileKeyStore, KeyOwner, RootKeyStore, WrapContext};
 use kms_core::{KeyId, KeySpec, KeyUsage, Origin, SecretBytes};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const CHILD_ENV: &str = "KUBEKMS_TEST_SOFTHSM_DIR";
 const LABEL: &str = "kubekms-test";
-const PIN: &str = "1234-user";
+const OTHER_LABEL: &str = "other-token";
 
-/// A token folder with one initialized token, `LABEL`, and its PIN file.
-struct Token {
-    dir: PathBuf,
+/// Runs `body` in a child process with its own SoftHSM2 configuration and two tokens,
+/// `LABEL` and `OTHER_LABEL`.
+fn in_own_softhsm(name: &str, body: impl FnOnce(&SoftHsmToken)) {
+    in_own_token(name, &[LABEL, OTHER_LABEL], body);
 }
 
-impl Token {
-    fn config(&self) -> Pkcs11Config {
-        Pkcs11Config {
-            module: MODULE.into(),
-            token_label: LABEL.into(),
-            pin_file: self.dir.join("pin"),
-        }
+/// The configuration of the other token in the same folder.
+fn other_config(token: &SoftHsmToken) -> Pkcs11Config {
+    Pkcs11Config {
+        token_label: OTHER_LABEL.into(),
+        ..token.config()
     }
-
-    fn tokens(&self) -> PathBuf {
-        self.dir.join("tokens")
-    }
-
-    /// Another token in the same folder (created by the parent before the module loads).
-    fn other_config(&self) -> Pkcs11Config {
-        Pkcs11Config {
-            token_label: "other-token".into(),
-            ..self.config()
-        }
-    }
-}
-
-fn softhsm_util(conf: &Path, args: &[&str]) {
-    let output = Command::new("softhsm2-util")
-        .args(args)
-        .env("SOFTHSM2_CONF", conf)
-        .output()
-        .expect("softhsm2-util");
-    assert!(
-        output.status.success(),
-        "softhsm2-util {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Runs `body` in a child process with its own SoftHSM2 configuration and tokens.
-fn in_own_softhsm(name: &str, body: impl FnOnce(&Token)) {
-    if let Some(dir) = std::env::var_os(CHILD_ENV) {
-        body(&Token { dir: dir.into() });
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).expect("token dir");
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-            tokens.display()
-        ),
-    )
-    .expect("conf");
-    for label in [LABEL, "other-token"] {
-        softhsm_util(
-            &conf,
-            &[
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--pin",
-                PIN,
-                "--so-pin",
-                "5678-so",
-            ],
-        );
-    }
-    let pin = dir.path().join("pin");
-    std::fs::write(&pin, format!("{PIN}\n")).expect("pin");
-    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let output = Command::new(std::env::current_exe().expect("current exe"))
-        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
-        .env("SOFTHSM2_CONF", &conf)
-        .env(CHILD_ENV, dir.path())
-        .output()
-        .expect("child test");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "child {name}:\n{stdout}\n{stderr}"
-    );
 }
 
 fn context() -> WrapContext {
@@ -245,17 +166,17 @@ fn a_second_open_unwraps_and_derives_the_same_keys() {
         let args = Pkcs11Args {
             pkcs11_module: Some(MODULE.into()),
             pkcs11_token_label: Some(LABEL.into()),
-            pkcs11_pin_file: Some(token.dir.join("pin")),
+            pkcs11_pin_file: Some(token.pin_file.clone()),
         };
         let location = RootKeyLocation::from_flags("unused".into(), &args);
         assert_eq!(location.open().expect("open by flags").root_key_id(), id);
         // Another token's root keys are other keys.
-        let other = Pkcs11KeyStore::init(&token.other_config()).expect("init other");
+        let other = Pkcs11KeyStore::init(&other_config(token)).expect("init other");
         assert_ne!(other.root_key_id(), id);
         let err = other.unwrap(&context(), &wrapped).expect_err("other token");
         assert_eq!(err.aws_exception_name(), "KeyUnavailableException");
         // Material of a root key file is refused by name, not as corrupt.
-        let file = FileKeyStore::init(&token.dir.join("root.key")).expect("file store");
+        let file = FileKeyStore::init(&token.folder().join("root.key")).expect("file store");
         let from_file = file.wrap(&context(), &material).expect("file wrap");
         let err = second
             .unwrap(&context(), &from_file)
@@ -301,7 +222,7 @@ fn wrong_pin_wrong_token_missing_keys_and_module_are_named() {
             );
             Pkcs11KeyStore::init(&token.config()).expect("init");
 
-            let wrong_pin = token.dir.join("wrong-pin");
+            let wrong_pin = token.folder().join("wrong-pin");
             std::fs::write(&wrong_pin, "9999-wrong").expect("write");
             std::fs::set_permissions(&wrong_pin, std::fs::Permissions::from_mode(0o400))
                 .expect("chmod");
@@ -338,7 +259,7 @@ fn wrong_pin_wrong_token_missing_keys_and_module_are_named() {
             );
 
             let err =
-                Pkcs11KeyStore::open(&token.other_config()).expect_err("keys not in that token");
+                Pkcs11KeyStore::open(&other_config(token)).expect_err("keys not in that token");
             assert!(err.to_string().contains("no key object labelled"), "{err}");
 
             let config = Pkcs11Config {
@@ -373,7 +294,7 @@ fn the_root_keys_are_sensitive_and_never_leave_the_token() {
                 .find(|s| pkcs11.get_token_info(*s).expect("info").label().trim_end() == LABEL)
                 .expect("token");
             let session = pkcs11.open_rw_session(slot).expect("session");
-            match session.login(UserType::User, Some(&AuthPin::from(PIN.to_owned()))) {
+            match session.login(UserType::User, Some(&AuthPin::from(USER_PIN.to_owned()))) {
                 Ok(())
                 | Err(cryptoki::error::Error::Pkcs11(
                     cryptoki::error::RvError::UserAlreadyLoggedIn,
@@ -466,7 +387,7 @@ fn a_key_object_that_could_leave_the_token_is_refused() {
                 .expect("token");
             let session = pkcs11.open_rw_session(slot).expect("session");
             session
-                .login(UserType::User, Some(&AuthPin::from(PIN.to_owned())))
+                .login(UserType::User, Some(&AuthPin::from(USER_PIN.to_owned())))
                 .expect("login");
             for (label, mechanism) in [
                 (WRAP_KEY_LABEL, Mechanism::AesKeyGen),
@@ -507,7 +428,7 @@ fn a_token_that_goes_away_is_unavailable_then_service_resumes() {
             let wrapped = store.wrap(&context(), &material).expect("wrap");
             // The token goes away: its folder is gone and the module is reset under the store
             // (every session handle becomes invalid).
-            let away = token.dir.join("tokens-away");
+            let away = token.folder().join("tokens-away");
             std::fs::rename(token.tokens(), &away).expect("remove the token");
             Pkcs11::new(MODULE)
                 .expect("module")

@@ -22,6 +22,8 @@ use crate::secret::SecretBytes;
 use crate::spec::{KeySpec, KeyUsage, Origin};
 
 mod migrating;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 pub use migrating::{MigratingKeyStore, rewrap, wrapped_by, wrapped_root_key_id};
 
 /// Length of a file root key.

@@ -2,67 +2,36 @@
 //! the --pkcs11-* flags, then `serve` (which finds the token through the state folder) and
 //! a KMS v2 Encrypt/Decrypt round trip over the Unix socket, across a restart.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use keystore_pkcs11::softhsm::{SOFTHSM_MODULE as MODULE, SoftHsmToken, USER_PIN as PIN};
 use kms_plugin::client::{Client, connect};
 use kms_plugin::pb::{DecryptRequest, EncryptRequest, StatusRequest};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kubekms-plugin");
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const LABEL: &str = "kubekms-plugin-test";
-const PIN: &str = "4321-user";
 
 /// A SoftHSM2 configuration of its own, with one initialized token.
 struct SoftHsm {
     dir: tempfile::TempDir,
+    token: SoftHsmToken,
 }
 
 impl SoftHsm {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).expect("token dir");
-        std::fs::write(
-            dir.path().join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .expect("conf");
-        let hsm = Self { dir };
-        let out = hsm
-            .command("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                LABEL,
-                "--pin",
-                PIN,
-                "--so-pin",
-                "8765-so",
-            ])
-            .output()
-            .expect("softhsm2-util");
-        assert!(out.status.success(), "{}", text(&out));
-        std::fs::write(hsm.pin_file(), PIN).expect("pin");
-        std::fs::set_permissions(hsm.pin_file(), std::fs::Permissions::from_mode(0o600))
-            .expect("chmod");
-        hsm
+        let token = SoftHsmToken::create(dir.path(), LABEL).expect("token");
+        Self { dir, token }
     }
 
     fn pin_file(&self) -> PathBuf {
-        self.dir.path().join("pin")
+        self.token.pin_file.clone()
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env("SOFTHSM2_CONF", self.dir.path().join("softhsm2.conf"));
-        cmd
+        self.token.command(program)
     }
 
     fn plugin(&self, args: &[&str]) -> Output {

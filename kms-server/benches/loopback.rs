@@ -26,8 +26,7 @@ const AK: &str = "AKIAKUBEKMSBENCH0001";
 const SK: &str = "bench-secret-0123456789abcdefghijklmnop";
 
 fn signed(addr: SocketAddr, body: &[u8]) -> http::Request<Full<Bytes>> {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    use aws_smithy_runtime_api::client::identity::Identity;
+    use kubekms_server::test_util::sign_v4;
     let uri = format!("http://{addr}/");
     let mut request = http::Request::builder()
         .method("POST")
@@ -37,29 +36,14 @@ fn signed(addr: SocketAddr, body: &[u8]) -> http::Request<Full<Bytes>> {
         .header("x-amz-target", "TrentService.Encrypt")
         .body(body.to_vec())
         .expect("request");
-    let identity: Identity =
-        aws_credential_types::Credentials::new(AK, SK, None, None, "bench").into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region("local")
-        .name("kms")
-        .time(std::time::SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .expect("params")
-        .into();
-    let signable = SignableRequest::new(
-        "POST",
-        &uri,
-        request
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.to_str().expect("ascii"))),
-        SignableBody::Bytes(body),
-    )
-    .expect("signable");
-    let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
-    instructions.apply_to_request_http1x(&mut request);
+    sign_v4(
+        &mut request,
+        AK,
+        SK,
+        None,
+        "local",
+        std::time::SystemTime::now(),
+    );
     request.map(|b| Full::new(Bytes::from(b)))
 }
 

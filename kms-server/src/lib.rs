@@ -32,6 +32,8 @@ pub mod protocol;
 pub mod resolve;
 pub mod server;
 pub mod sts;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 pub mod tls;
 
 pub use audit::{AuditLog, AuditRecord};

@@ -3,11 +3,11 @@
 //! is wrong. The store itself is tested in keystore-pkcs11; the plugin's e2e round trip in
 //! kms-plugin/tests/hsm.rs.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Output};
 
+use keystore_pkcs11::softhsm::{SOFTHSM_MODULE as MODULE, SoftHsmToken, USER_PIN};
+
 const BIN: &str = env!("CARGO_BIN_EXE_kubekms-server");
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 fn text(o: &Output) -> String {
     format!(
@@ -21,36 +21,9 @@ fn text(o: &Output) -> String {
 #[test]
 fn the_server_opens_its_root_key_in_the_token_named_by_the_flags() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).expect("tokens");
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\n",
-            tokens.display()
-        ),
-    )
-    .expect("conf");
-    let init = Command::new("softhsm2-util")
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "srv",
-            "--pin",
-            "2468",
-            "--so-pin",
-            "1357",
-        ])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("softhsm2-util");
-    assert!(init.status.success(), "{}", text(&init));
-    let pin = dir.path().join("pin");
-    std::fs::write(&pin, "9753").expect("pin");
-    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let pin = pin.to_str().expect("utf-8");
+    let token = SoftHsmToken::create(dir.path(), "srv").expect("token");
+    std::fs::write(&token.pin_file, "9753").expect("wrong pin");
+    let pin = token.pin_file.to_str().expect("utf-8");
     let server = |extra: &[&str], label: &str| {
         Command::new(BIN)
             .args([
@@ -69,7 +42,7 @@ fn the_server_opens_its_root_key_in_the_token_named_by_the_flags() {
                 pin,
             ])
             .args(extra)
-            .env("SOFTHSM2_CONF", &conf)
+            .env("SOFTHSM2_CONF", &token.conf)
             .env_remove("KUBEKMS_ROOT_KEY")
             .output()
             .expect("kubekms-server")
@@ -84,7 +57,7 @@ fn the_server_opens_its_root_key_in_the_token_named_by_the_flags() {
         text(&out)
     );
 
-    std::fs::write(dir.path().join("pin"), "2468").expect("right pin");
+    std::fs::write(&token.pin_file, USER_PIN).expect("right pin");
     let out = server(&[], "srv");
     assert!(!out.status.success());
     assert!(

@@ -8,19 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use http::{Request, Response};
 use k8s_openapi::api::coordination::v1::Lease;
-use kms_core::keystore::{FileKeyStore, KeyOwner, RootKeyStore, WrapContext};
-use kms_core::{
-    ArnScope, EncryptionContext, KeyId, KeyIdentifier, KeyMaterial, KeySpec, Origin,
-    derive_account_id,
-};
+use kms_core::keystore::{FileKeyStore, RootKeyStore};
+use kms_core::{ArnScope, EncryptionContext, KeyId, KeyIdentifier, derive_account_id};
 use kube::Client;
 use kube::client::Body;
 use kubekms_k8s::account::{ANNOTATION_ACCOUNT_ID, Accounts};
-use kubekms_k8s::material::WrappedVersion;
 use kubekms_k8s::names::{KeySpecName, KeyUsageName, OriginName};
+use kubekms_k8s::test_util::add_version;
 use kubekms_k8s::{KmsAlias, KmsGrant, KmsKey, KmsKeyMaterial, KmsKeyMaterialSpec, KmsKeySpec};
 use kubekms_keyring::{KeySetBuilder, KeyringMetrics, Objects};
 use kubekms_server::kubernetes::{
@@ -32,30 +28,6 @@ use kubekms_server::{
 };
 use serde_json::{Value, json};
 use tokio::sync::watch;
-
-fn add_version(store: &dyn RootKeyStore, record: &mut KmsKeyMaterial) {
-    let spec = KeySpec::from(record.spec.key_spec);
-    let version = u32::try_from(record.spec.versions.len()).expect("len") + 1;
-    let material = KeyMaterial::generate(spec).expect("material");
-    let context = WrapContext {
-        key_id: KeyId::parse(&record.spec.key_id).expect("id"),
-        version,
-        spec,
-        usage: record.spec.key_usage.into(),
-        origin: Origin::AwsKms,
-        owner: Some(KeyOwner::new(
-            record.metadata.namespace.clone().expect("ns"),
-            record.metadata.name.clone().expect("name"),
-        )),
-    };
-    record.spec.versions.push(WrappedVersion {
-        version,
-        created: "2026-01-01T00:00:00Z".to_owned(),
-        rotation_type: None,
-        wrapped: base64::engine::general_purpose::STANDARD
-            .encode(store.wrap(&context, material.serialized()).expect("wrap")),
-    });
-}
 
 fn objects(store: &dyn RootKeyStore, namespace: &str, name: &str) -> (KmsKey, KmsKeyMaterial) {
     let mut record = KmsKeyMaterial::new(

@@ -32,6 +32,8 @@ pub mod reencrypt;
 pub mod root_key;
 pub mod run;
 pub mod server;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 
 pub use clock::{Clock, OffsetFileClock, SystemClock, TestClock};
 pub use metrics::Metrics;

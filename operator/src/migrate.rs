@@ -334,56 +334,22 @@ pub async fn run(
 mod tests {
     use kms_core::KeyId;
     use kms_core::keystore::FileKeyStore;
-    use kubekms_k8s::KmsKeySpec;
+    use kms_core::keystore::test_util::old_and_new_file_stores;
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::key::plan::{NewVersion, new_record};
+    use crate::key::plan::NewVersion;
+    use crate::test_util::wrapped_record;
 
     async fn record(root: &Arc<dyn RootKeyStore>, versions: u32) -> KmsKeyMaterialSpec {
-        let spec: KmsKeySpec = serde_json::from_value(
-            serde_json::json!({"keySpec": "ECC_NIST_P256", "keyUsage": "SIGN_VERIFY"}),
-        )
-        .expect("spec");
-        let now = OffsetDateTime::UNIX_EPOCH;
-        let (mut record, _) = new_record(
-            &spec,
-            KeyId::single_from_random([4; 16]),
-            &root.root_key_id(),
-            now,
-        )
-        .expect("record");
-        let wanted = (1..=versions)
-            .map(|version| NewVersion {
-                version,
-                created: now,
-                rotation_type: None,
-            })
-            .collect();
-        let wrapped =
-            crate::key::material::wrap_new_versions(root.clone(), &record, "ns", "k", wanted)
-                .await
-                .expect("wrap");
-        record.versions = wrapped;
-        record
-    }
-
-    fn stores() -> (
-        tempfile::TempDir,
-        Arc<dyn RootKeyStore>,
-        Arc<dyn RootKeyStore>,
-    ) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let old: Arc<dyn RootKeyStore> =
-            Arc::new(FileKeyStore::init(&dir.path().join("old.key")).expect("old"));
-        let new: Arc<dyn RootKeyStore> =
-            Arc::new(FileKeyStore::init(&dir.path().join("new.key")).expect("new"));
-        (dir, old, new)
+        let spec = serde_json::json!({"keySpec": "ECC_NIST_P256", "keyUsage": "SIGN_VERIFY"});
+        let key_id = KeyId::single_from_random([4; 16]);
+        wrapped_record(root, spec, key_id, "ns", "k", versions).await
     }
 
     #[tokio::test]
     async fn a_record_is_moved_whole_and_then_needs_nothing() {
-        let (_dir, old, new) = stores();
+        let (_dir, old, new) = old_and_new_file_stores();
         let both = MigratingKeyStore::new(new.clone(), vec![old.clone()]).expect("both");
         let before = record(&old, 3).await;
         assert!(needs_rewrap(&before, &*new));
@@ -416,7 +382,7 @@ mod tests {
     /// under the old one: the record still needs moving, and is moved.
     #[tokio::test]
     async fn a_record_rotated_mid_migration_still_counts_as_pending() {
-        let (_dir, old, new) = stores();
+        let (_dir, old, new) = old_and_new_file_stores();
         let both: Arc<dyn RootKeyStore> =
             Arc::new(MigratingKeyStore::new(new.clone(), vec![old.clone()]).expect("both"));
         let mut mixed = record(&old, 2).await;
@@ -446,7 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_record_under_an_unknown_root_key_is_not_moved() {
-        let (dir, old, new) = stores();
+        let (dir, old, new) = old_and_new_file_stores();
         let stranger: Arc<dyn RootKeyStore> =
             Arc::new(FileKeyStore::init(&dir.path().join("other.key")).expect("other"));
         let both = MigratingKeyStore::new(new.clone(), vec![old]).expect("both");
@@ -457,7 +423,7 @@ mod tests {
             "{error}"
         );
         // Bound to its object: the same record under another name is refused too.
-        let (_d2, old2, new2) = stores();
+        let (_d2, old2, new2) = old_and_new_file_stores();
         let both2 = MigratingKeyStore::new(new2.clone(), vec![old2.clone()]).expect("both");
         let moved_elsewhere = record(&old2, 1).await;
         assert!(rewrap_record(&both2, &*new2, "ns", "other", &moved_elsewhere).is_err());

@@ -5,23 +5,8 @@
 
 mod fake_api;
 
-use fake_api::{FakeApi, NAMESPACE};
-use kubekms_k8s::KmsKeyMaterial;
+use fake_api::{FakeApi, NAMESPACE, record_under};
 use kubekms_operator::root_key::{RootKeyError, open_or_init};
-use serde_json::json;
-
-fn record(name: &str, root_key_id: &str) -> KmsKeyMaterial {
-    serde_json::from_value(json!({
-        "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKeyMaterial",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "keyId": "0d41a7c2-5b1e-4c3a-9f10-2b3c4d5e6f70", "keySpec": "SYMMETRIC_DEFAULT",
-            "keyUsage": "ENCRYPT_DECRYPT", "origin": "AWS_KMS",
-            "createdAt": "2026-12-01T00:00:00Z", "rootKeyId": root_key_id, "versions": [],
-        },
-    }))
-    .expect("record")
-}
 
 #[tokio::test]
 async fn init_on_an_empty_cluster_creates_the_root_key() {
@@ -42,8 +27,8 @@ async fn init_on_an_empty_cluster_creates_the_root_key() {
 #[tokio::test]
 async fn init_over_existing_records_is_refused_naming_their_root_key() {
     let (client, fake) = FakeApi::start();
-    fake.put_record(&record("a", "5f3a9c0e12d4b7a8"));
-    fake.put_record(&record("b", "5f3a9c0e12d4b7a8"));
+    fake.put_record(&record_under("a", "5f3a9c0e12d4b7a8"));
+    fake.put_record(&record_under("b", "5f3a9c0e12d4b7a8"));
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("root.key");
     let err = open_or_init(&path, true, &client, Some(NAMESPACE))
@@ -104,8 +89,8 @@ async fn init_during_a_migration_ignores_only_the_previous_root_keys_records() {
     let dir = tempfile::tempdir().expect("tempdir");
     let previous = FileKeyStore::init(&dir.path().join("old.key")).expect("old");
     let (client, fake) = FakeApi::start();
-    fake.put_record(&record("a", &previous.root_key_id()));
-    fake.put_record(&record("b", "0123456789abcdef"));
+    fake.put_record(&record_under("a", &previous.root_key_id()));
+    fake.put_record(&record_under("b", "0123456789abcdef"));
     let new = RootKeyLocation::File(dir.path().join("new.key"));
     let err = open_or_init_migrating(&new, true, Some(&previous), &client, Some(NAMESPACE))
         .await
@@ -124,7 +109,7 @@ async fn init_during_a_migration_ignores_only_the_previous_root_keys_records() {
     );
     assert!(!dir.path().join("new.key").exists());
 
-    fake.put_record(&record("b", &previous.root_key_id()));
+    fake.put_record(&record_under("b", &previous.root_key_id()));
     let store = open_or_init_migrating(&new, true, Some(&previous), &client, Some(NAMESPACE))
         .await
         .expect("every record is under the previous root key");

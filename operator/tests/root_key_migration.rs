@@ -11,12 +11,12 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use fake_api::{FakeApi, NAMESPACE};
-use kms_core::keystore::{FileKeyStore, MigratingKeyStore, RootKeyStore, wrapped_by};
+use kms_core::keystore::test_util::old_and_new_file_stores;
+use kms_core::keystore::{MigratingKeyStore, RootKeyStore, wrapped_by};
 use kms_core::{ArnScope, KeyId};
-use kubekms_k8s::{KmsKeyMaterial, KmsKeySpec};
-use kubekms_operator::key::material::wrap_new_versions;
-use kubekms_operator::key::plan::{NewVersion, new_record};
+use kubekms_k8s::KmsKeyMaterial;
 use kubekms_operator::migrate::{MigrationConfig, PassReport, needs_rewrap, pass};
+use kubekms_operator::test_util::wrapped_record;
 use kubekms_operator::{Context, Metrics, TestClock};
 use time::OffsetDateTime;
 
@@ -31,11 +31,7 @@ struct Harness {
 
 fn harness() -> Harness {
     let (client, fake) = FakeApi::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let old: Arc<dyn RootKeyStore> =
-        Arc::new(FileKeyStore::init(&dir.path().join("old.key")).expect("old"));
-    let new: Arc<dyn RootKeyStore> =
-        Arc::new(FileKeyStore::init(&dir.path().join("new.key")).expect("new"));
+    let (dir, old, new) = old_and_new_file_stores();
     let stores = Arc::new(MigratingKeyStore::new(new.clone(), vec![old.clone()]).expect("stores"));
     let ctx = Context::new(
         client,
@@ -68,25 +64,15 @@ impl Harness {
         versions: u32,
         root: &Arc<dyn RootKeyStore>,
     ) {
-        let spec: KmsKeySpec = serde_json::from_value(spec).expect("spec");
-        let now = OffsetDateTime::UNIX_EPOCH;
-        let (mut record, _) = new_record(
-            &spec,
+        let record = wrapped_record(
+            root,
+            spec,
             KeyId::generate().expect("id"),
-            &root.root_key_id(),
-            now,
+            NAMESPACE,
+            name,
+            versions,
         )
-        .expect("record");
-        let wanted = (1..=versions)
-            .map(|version| NewVersion {
-                version,
-                created: now,
-                rotation_type: None,
-            })
-            .collect();
-        record.versions = wrap_new_versions(root.clone(), &record, NAMESPACE, name, wanted)
-            .await
-            .expect("wrapped");
+        .await;
         let mut object = KmsKeyMaterial::new(name, record);
         object.metadata.namespace = Some(NAMESPACE.to_owned());
         object.metadata.uid = Some(format!("uid-{name}"));

@@ -219,37 +219,20 @@ impl ServerSetup {
     /// An SDK client of `endpoint`: one attempt per call (no retries), so that every
     /// call the drill counts is one request.
     pub fn client(&self, endpoint: &str) -> Result<aws_sdk_kms::Client> {
-        use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-        let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::AwsLc,
-            ))
-            .tls_context(
-                TlsContext::builder()
-                    .with_trust_store(TrustStore::empty().with_pem_certificate(self.ca_pem.clone()))
-                    .build()?,
-            )
-            .build_https();
-        let config = aws_sdk_kms::Config::builder()
-            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-            .http_client(http_client)
-            .endpoint_url(endpoint)
-            .region(aws_sdk_kms::config::Region::new(kms_server::REGION))
-            .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
-            .timeout_config(
-                aws_sdk_kms::config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_timeout(CALL_TIMEOUT)
-                    .build(),
-            )
-            .credentials_provider(aws_credential_types::Credentials::new(
-                self.credential.access_key_id.clone(),
-                self.credential.secret_access_key.clone(),
-                None,
-                None,
-                "crash-drill",
-            ))
-            .build();
+        let config = kms_server::sdk_config(
+            endpoint,
+            self.ca_pem.clone(),
+            &self.credential,
+            "crash-drill",
+        )?
+        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_kms::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_timeout(CALL_TIMEOUT)
+                .build(),
+        )
+        .build();
         Ok(aws_sdk_kms::Client::from_conf(config))
     }
 }

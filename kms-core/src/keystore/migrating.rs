@@ -155,7 +155,8 @@ pub fn rewrap(
 mod tests {
     use super::*;
     use crate::ids::KeyId;
-    use crate::keystore::{FileKeyStore, KeyOwner};
+    use crate::keystore::KeyOwner;
+    use crate::keystore::test_util::old_and_new_file_stores;
     use crate::spec::{KeySpec, KeyUsage, Origin};
 
     fn context(version: u32) -> WrapContext {
@@ -169,22 +170,9 @@ mod tests {
         }
     }
 
-    fn stores() -> (
-        tempfile::TempDir,
-        Arc<dyn RootKeyStore>,
-        Arc<dyn RootKeyStore>,
-    ) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let old: Arc<dyn RootKeyStore> =
-            Arc::new(FileKeyStore::init(&dir.path().join("old.key")).expect("old"));
-        let new: Arc<dyn RootKeyStore> =
-            Arc::new(FileKeyStore::init(&dir.path().join("new.key")).expect("new"));
-        (dir, old, new)
-    }
-
     #[test]
     fn wraps_under_the_primary_and_unwraps_under_either() {
-        let (_dir, old, new) = stores();
+        let (_dir, old, new) = old_and_new_file_stores();
         let both = MigratingKeyStore::new(new.clone(), vec![old.clone()]).expect("both");
         let material = SecretBytes::from_slice(&[5; 32]);
         let under_old = old.wrap(&context(1), &material).expect("wrap");
@@ -212,7 +200,7 @@ mod tests {
 
     #[test]
     fn rewrap_moves_material_to_the_new_store_and_verifies_it() {
-        let (_dir, old, new) = stores();
+        let (_dir, old, new) = old_and_new_file_stores();
         let both = MigratingKeyStore::new(new.clone(), vec![old.clone()]).expect("both");
         let material = SecretBytes::from_slice(&[9; 48]);
         let under_old = old.wrap(&context(3), &material).expect("wrap");
@@ -255,7 +243,7 @@ mod tests {
 
     #[test]
     fn rewrap_refuses_material_that_does_not_read_back_the_same() {
-        let (_dir, old, new) = stores();
+        let (_dir, old, new) = old_and_new_file_stores();
         let material = SecretBytes::from_slice(&[1; 32]);
         let under_old = old.wrap(&context(1), &material).expect("wrap");
         let lying = Lying(new);

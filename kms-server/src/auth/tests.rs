@@ -3,15 +3,13 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use http::Request;
 use kms_core::SecretBytes;
 use time::OffsetDateTime;
 
 use super::*;
 use crate::principal::CredentialKind;
+use crate::test_util::sign_v4;
 
 const AK: &str = "AKIAKUBEKMSUNITTEST1";
 const SK: &str = "unit-secret-key-0123456789abcdefghijklm";
@@ -54,35 +52,14 @@ fn signed(
         .header("x-amz-target", "TrentService.Encrypt")
         .body(body.to_vec())
         .expect("request");
-    let identity: Identity = aws_credential_types::Credentials::new(
+    sign_v4(
+        &mut request,
         access_key,
         secret,
-        token.map(str::to_owned),
-        None,
-        "test",
-    )
-    .into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("kms")
-        .time(to_system(at))
-        .settings(SigningSettings::default())
-        .build()
-        .expect("params")
-        .into();
-    let signable = SignableRequest::new(
-        "POST",
-        request.uri().to_string(),
-        request
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.to_str().expect("ascii"))),
-        SignableBody::Bytes(body),
-    )
-    .expect("signable");
-    let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
-    instructions.apply_to_request_http1x(&mut request);
+        token,
+        region,
+        to_system(at),
+    );
     request
 }
 

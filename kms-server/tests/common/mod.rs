@@ -294,48 +294,26 @@ pub fn signed_request(
     token: Option<&str>,
     at: OffsetDateTime,
 ) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    use aws_smithy_runtime_api::client::identity::Identity;
+    use kubekms_server::test_util::sign_v4;
     let uri: http::Uri = format!("{endpoint}/").parse().expect("uri");
     let host = uri.authority().expect("authority").to_string();
     let mut builder = http::Request::builder()
         .method("POST")
-        .uri(uri.clone())
+        .uri(uri)
         .header("host", host)
         .header("content-type", "application/x-amz-json-1.1");
     if let Some(target) = target {
         builder = builder.header("x-amz-target", target);
     }
     let mut request = builder.body(body.to_vec()).expect("request");
-    let identity: Identity = aws_credential_types::Credentials::new(
+    sign_v4(
+        &mut request,
         access_key,
         secret,
-        token.map(str::to_owned),
-        None,
-        "t",
-    )
-    .into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(REGION)
-        .name("kms")
-        .time(std::time::SystemTime::from(at))
-        .settings(SigningSettings::default())
-        .build()
-        .expect("params")
-        .into();
-    let signable = SignableRequest::new(
-        "POST",
-        uri.to_string(),
-        request
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.to_str().expect("ascii"))),
-        SignableBody::Bytes(body),
-    )
-    .expect("signable");
-    let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
-    instructions.apply_to_request_http1x(&mut request);
+        token,
+        REGION,
+        std::time::SystemTime::from(at),
+    );
     request.map(|b| http_body_util::Full::new(bytes::Bytes::from(b)))
 }
 

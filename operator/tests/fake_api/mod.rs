@@ -26,6 +26,21 @@ use serde_json::{Value, json};
 
 pub const NAMESPACE: &str = "team-a";
 
+/// A KmsKeyMaterial record `name` in [`NAMESPACE`] that names the root key `root_key_id`
+/// and holds no version yet (enough for the checks of `--init-root-key`).
+pub fn record_under(name: &str, root_key_id: &str) -> KmsKeyMaterial {
+    serde_json::from_value(json!({
+        "apiVersion": "kubekms.io/v1alpha1", "kind": "KmsKeyMaterial",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "keyId": "0d41a7c2-5b1e-4c3a-9f10-2b3c4d5e6f70", "keySpec": "SYMMETRIC_DEFAULT",
+            "keyUsage": "ENCRYPT_DECRYPT", "origin": "AWS_KMS",
+            "createdAt": "2026-12-01T00:00:00Z", "rootKeyId": root_key_id, "versions": [],
+        },
+    }))
+    .expect("record")
+}
+
 type ConcurrentWrite = Box<dyn FnOnce(&mut Value) + Send>;
 
 #[derive(Default)]
