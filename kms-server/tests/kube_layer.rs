@@ -68,6 +68,7 @@ fn objects(store: &dyn RootKeyStore, namespace: &str, name: &str) -> (KmsKey, Km
             created_at: "2026-01-01T00:00:00Z".to_owned(),
             root_key_id: store.root_key_id(),
             versions: Vec::new(),
+            current_version: None,
             on_demand_rotations: 0,
             last_on_demand_token: None,
             next_rotation_time: None,

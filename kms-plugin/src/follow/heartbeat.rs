@@ -1,5 +1,7 @@
 //! The heartbeat Lease (see [`kubekms_k8s::heartbeat`]): which KmsKey this plugin serves,
-//! its key_id, and the key_id of kube-apiserver's latest DEK seed. Every Lease write is
+//! its key_id, the material versions it holds (staged ones included: the operator promotes
+//! a staged version once every plugin holds it, so a new one is reported as soon as it is
+//! loaded, not at the next tick), and the key_id of kube-apiserver's latest DEK seed. Every Lease write is
 //! bounded by [`HeartbeatConfig::call_timeout`]: an API server that accepts the request and
 //! never answers costs one attempt, not the heartbeat.
 
@@ -58,13 +60,23 @@ pub async fn heartbeat(
 ) {
     let leases: Api<Lease> = Api::namespaced(client, &target.namespace);
     let params = PatchParams::apply(heartbeat::FIELD_MANAGER).force();
-    let mut sent: Option<(String, Option<String>)> = None;
+    let mut sent: Option<(String, Option<String>, Vec<u32>)> = None;
     let mut renewed: Option<Instant> = None;
     let mut last_error: Option<String> = None;
     loop {
-        let served = plugin.ring().key_id().to_owned();
+        // Registered before the keys are read, so a change in between is not missed.
+        let keys_changed = plugin.keys_changed();
+        tokio::pin!(keys_changed);
+        keys_changed.as_mut().enable();
+        let ring = plugin.ring();
+        let served = ring.key_id().to_owned();
+        let held = ring.held_versions();
         let seeded = plugin.seeded();
-        let report = (served.clone(), seeded.as_ref().map(|(id, _)| id.clone()));
+        let report = (
+            served.clone(),
+            seeded.as_ref().map(|(id, _)| id.clone()),
+            held.clone(),
+        );
         let due = sent.as_ref() != Some(&report)
             || renewed.is_none_or(|at| at.elapsed() >= config.renew_every);
         if due {
@@ -73,6 +85,7 @@ pub async fn heartbeat(
                 key_name: target.name.clone(),
                 served_key_id: Some(served),
                 seeded,
+                held: Some((ring.active().to_string(), held)),
                 renewed: None,
                 duration_seconds: heartbeat::LEASE_DURATION_SECONDS,
             };
@@ -106,8 +119,11 @@ pub async fn heartbeat(
                 }
             }
         }
+        // After a failed write, wait for the tick rather than retrying at every change.
+        let wake_on_change = last_error.is_none();
         tokio::select! {
             () = tokio::time::sleep(config.tick) => {}
+            () = keys_changed, if wake_on_change => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
