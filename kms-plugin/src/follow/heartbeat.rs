@@ -203,4 +203,73 @@ mod tests {
         let _ = stop_tx.send(true);
         task.await.expect("heartbeat task");
     }
+
+    fn lease_answer() -> Response<Body> {
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "kubekms-plugin-cp-1", "namespace": "kube-system"},
+        });
+        Response::builder()
+            .status(200)
+            .body(Body::from(serde_json::to_vec(&lease).expect("json")))
+            .expect("response")
+    }
+
+    async fn held_versions_of(request: Request<Body>) -> String {
+        let body = request.into_body().collect_bytes().await.expect("body");
+        let lease: serde_json::Value = serde_json::from_slice(&body).expect("lease json");
+        lease["metadata"]["annotations"][heartbeat::ANNOTATION_HELD_VERSIONS]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// A newly loaded version is reported at once, not at the next renewal or tick (here
+    /// an hour away): the operator promotes a staged version on these reports.
+    #[tokio::test]
+    async fn a_new_version_is_reported_as_soon_as_it_is_loaded() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = StateDir::new(tmp.path().join("state"));
+        dir.init(OffsetDateTime::now_utc()).expect("init");
+        let plugin = Plugin::open(dir.clone(), Arc::new(Metrics::new())).expect("open");
+        let (service, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let hour = Duration::from_secs(3600);
+        let config = HeartbeatConfig {
+            renew_every: hour,
+            call_timeout: Duration::from_secs(10),
+            tick: hour,
+        };
+        let task = tokio::spawn(heartbeat(
+            plugin.clone(),
+            "kube-system/apiserver-key".parse().expect("target"),
+            "cp-1".to_owned(),
+            client,
+            config,
+            stop_rx,
+        ));
+        let wait = Duration::from_secs(20);
+        let (first, respond) = tokio::time::timeout(wait, api.next_request())
+            .await
+            .expect("a first Lease write")
+            .expect("request");
+        respond.send_response(lease_answer());
+        let key_id = plugin.ring().active().to_string();
+        assert_eq!(held_versions_of(first).await, format!("{key_id}:1"));
+
+        dir.rotate(OffsetDateTime::now_utc()).expect("rotate");
+        let loader = plugin.clone();
+        tokio::task::spawn_blocking(move || loader.refresh())
+            .await
+            .expect("refresh");
+        let (second, respond) = tokio::time::timeout(wait, api.next_request())
+            .await
+            .expect("the new version was reported without waiting for the tick")
+            .expect("request");
+        respond.send_response(lease_answer());
+        assert_eq!(held_versions_of(second).await, format!("{key_id}:1,2"));
+        let _ = stop_tx.send(true);
+        task.await.expect("heartbeat task");
+    }
 }
