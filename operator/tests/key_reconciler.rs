@@ -1606,6 +1606,12 @@ async fn a_staged_version_is_promoted_only_once_every_plugin_holds_it() {
         Some(1),
         "no re-encryption to a staged version"
     );
+    let metrics = h.ctx.metrics.encode().expect("metrics");
+    assert!(
+        metrics.contains("kubekms_operator_promotions_waiting 1")
+            && metrics.contains("kubekms_operator_versions_promoted_total 0"),
+        "{metrics}"
+    );
 
     // cp-2 comes back holding version 2: promoted, and the re-encryption pass to it begins
     // (waiting for the kube-apiservers to seed under it).
@@ -1623,6 +1629,12 @@ async fn a_staged_version_is_promoted_only_once_every_plugin_holds_it() {
         (2, "WaitingForPlugins".to_owned())
     );
     assert!(promoted.versions.iter().all(|v| !v.staged));
+    let metrics = h.ctx.metrics.encode().expect("metrics");
+    assert!(
+        metrics.contains("kubekms_operator_promotions_waiting 0")
+            && metrics.contains("kubekms_operator_versions_promoted_total 1"),
+        "{metrics}"
+    );
 
     // Another rotation while cp-2 is gone for good: deleting its Lease releases it.
     h.rotate_on_demand("k1", "r2");

@@ -366,6 +366,7 @@ async fn execute(
         )
         .await?;
         next.versions.extend(wrapped);
+        let promoted = effective_current(&next) > effective_current(&record.spec);
         record.spec = next;
         // Carries the resourceVersion read: a record changed meanwhile is a conflict
         // (409) and the pass is retried from a fresh read, so nothing is lost or doubled.
@@ -378,6 +379,9 @@ async fn execute(
         )
         .await
         .map_err(|_| Error::Timeout("writing the KmsKeyMaterial record", RECORD_WRITE_TIMEOUT))??;
+        if promoted {
+            ctx.metrics.version_promoted();
+        }
     }
     notes.extend(pass.notes);
     let mut status = pass.status;
@@ -404,6 +408,13 @@ async fn execute(
         }
     }
     let state = status.key_state;
+    ctx.metrics.promotion_waiting(
+        &status::metric_name(key),
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == plan::PROMOTION_CONDITION),
+    );
     write_status(keys, key, status).await?;
     publish(ctx, &key.object_ref(&()), notes).await;
     if let Some(state) = state {
@@ -413,6 +424,14 @@ async fn execute(
         );
     }
     Ok(action)
+}
+
+/// The version a record encrypts under: its currentVersion, else its newest.
+fn effective_current(record: &KmsKeyMaterialSpec) -> u32 {
+    record
+        .current_version
+        .or_else(|| record.versions.last().map(|v| v.version))
+        .unwrap_or(0)
 }
 
 fn reencryption_done(
