@@ -457,6 +457,24 @@ async fn rotation_while_a_plugin_is_cut_off_from_the_api_servers() -> Result<()>
             move |k| current_version(k) == Some(staged) && promotion_waiting(k).is_none(),
         )?;
         phase(t0, &format!("v{staged} promoted"));
+        // The record's current version never moves back (a CEL rule of the CRD): the
+        // plugins would otherwise encrypt again under a version the Secrets are being
+        // re-encrypted away from.
+        let back = hosts.host(1).kubectl([
+            "patch",
+            "kmskeymaterial",
+            APISERVER_KEY,
+            "-n",
+            SYSTEM_NAMESPACE,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"currentVersion":{version}}}}}"#),
+        ]);
+        ensure!(
+            back.as_ref()
+                .is_err_and(|e| format!("{e:#}").contains("currentVersion never moves back")),
+            "moving the current version back was not refused: {back:?}"
+        );
         let v2_done = version + 1;
         hosts.wait_kmskey(
             Duration::from_secs(420),

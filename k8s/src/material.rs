@@ -60,6 +60,7 @@ pub struct KmsKeyMaterialSpec {
     /// from the API servers never meets a Secret under a version it does not know). Absent
     /// (records written before staged versions existed): the newest version is current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("currentVersion never moves back"))]
     pub current_version: Option<u32>,
     /// On-demand rotations done so far (of 25).
     #[serde(default)]
