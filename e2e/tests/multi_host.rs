@@ -54,6 +54,29 @@ fn served_by<'a>(key: &'a serde_json::Value, plugin: &str) -> Option<&'a serde_j
         .find(|p| p["plugin"] == plugin)
 }
 
+/// Whether a plugin's `status.servedBy` entry reports holding `version`.
+fn holds(plugin: &serde_json::Value, version: u64) -> bool {
+    plugin["heldVersions"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|x| x.as_u64() == Some(version)))
+}
+
+/// The KmsKey's `status.currentVersion`.
+fn current_version(key: &serde_json::Value) -> Option<u64> {
+    key.pointer("/status/currentVersion")
+        .and_then(serde_json::Value::as_u64)
+}
+
+/// The message of the VersionPromoted condition, while a staged version waits.
+fn promotion_waiting(key: &serde_json::Value) -> Option<String> {
+    key.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "VersionPromoted")
+        .and_then(|c| c["message"].as_str())
+        .map(str::to_owned)
+}
+
 fn reencryption(key: &serde_json::Value) -> serde_json::Value {
     key.pointer("/status/reencryption")
         .cloned()
@@ -300,11 +323,13 @@ fn rotate(hosts: &Hosts, via: usize, token: &str) -> Result<()> {
 
 /// Rotation while host 2's plugin is cut off from every API server (its own included),
 /// while its kube-apiserver still reaches etcd and the plugin's socket:
+/// - the new version is staged, not current: host 1's plugin loads it, host 2's cannot,
+///   and the operator does not promote it, also once host 2's heartbeat has expired; the
+///   KmsKey's status names host 2 and how to let it go;
+/// - so a Secret written through host 1 during the cut reads through host 2;
 /// - Secrets read on both API servers throughout, none ever unreadable;
-/// - the operator's re-encryption waits for the cut-off plugin, also once its heartbeat
-///   has expired, and says why in the KmsKey's status;
-/// - after the heal, the plugin learns the new version, its kube-apiserver re-seeds, the
-///   pass runs and finishes;
+/// - after the heal, the plugin learns the new version, the operator promotes it, both
+///   kube-apiservers re-seed, the re-encryption pass runs and finishes;
 /// - both plugins serve the same key_id, and every Secret in etcd is under it.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root and makes network namespaces (2-4 min each): cargo test -p kubekms-e2e --test multi_host -- --include-ignored --test-threads 1"]
@@ -337,44 +362,62 @@ async fn rotation_while_a_plugin_is_cut_off_from_the_api_servers() -> Result<()>
         rotate(&hosts, 1, "mh-cut-1")?;
         phase(t0, "rotation asked");
 
-        // API server 1 writes under v2 (its plugin learned it; it re-seeded).
-        let v2_seen = v2.clone();
-        hosts.wait_kmskey(
+        // Two-step rotation: the new version is staged. h1's plugin loads it (and reports
+        // so in its heartbeat); h2's cannot, so the operator does not promote it and names
+        // h2 in the key's status. Nobody encrypts under it.
+        let staged = version + 1;
+        let key = hosts.wait_kmskey(
             Duration::from_secs(180),
-            "h1 seeded under the new version",
-            move |k| served_by(k, "h1").is_some_and(|p| p["seededKeyId"] == v2_seen.as_str()),
+            "the new version staged, held by h1, waiting for h2",
+            move |k| {
+                served_by(k, "h1").is_some_and(|p| holds(p, staged))
+                    && promotion_waiting(k).is_some_and(|m| m.contains("h2"))
+            },
         )?;
-        phase(t0, "h1's kube-apiserver seeded under v2");
-        let h2_key_id = plugin_key_id(&hosts, 2).await?;
         ensure!(
-            h2_key_id == v1,
-            "the cut-off plugin learned the rotation ({h2_key_id}): the cut does not cut"
+            current_version(&key) == Some(version),
+            "the current version moved to {:?} while h2 is cut off: {key}",
+            current_version(&key)
         );
-        // Not an assertion, a figure for docs/reliability.md: a Secret written now through
-        // host 1 is under v2, which host 2's plugin cannot know while it is cut off.
-        // In a namespace of its own: one Secret that does not decrypt fails the list of
-        // its whole namespace, which the readers would count.
+        phase(
+            t0,
+            &format!(
+                "v{staged} staged; current stays v{version}; {}",
+                promotion_waiting(&key).unwrap_or_default()
+            ),
+        );
+        for h in APISERVER_HOSTS {
+            let served = plugin_key_id(&hosts, h).await?;
+            ensure!(
+                served == v1,
+                "h{h}'s plugin serves {served} while v{staged} is only staged"
+            );
+        }
+        // The point of staging: a Secret written now through host 1 is under the current
+        // version, which host 2's plugin holds, so it reads through host 2 while host 2 is
+        // still cut off. In a namespace of its own: one Secret that does not decrypt fails
+        // the list of its whole namespace, which the readers would count.
         let probe = unique_name("probe");
         hosts.host(1).kubectl(["create", "namespace", &probe])?;
         hosts
             .host(1)
             .create_secret(&probe, &probe, "written-during-the-cut")?;
-        let on_h2 = hosts.host(2).read_secret(&probe, &probe);
+        let on_h2 = hosts
+            .host(2)
+            .read_secret(&probe, &probe)
+            .context("a Secret written through h1 during the cut must read through h2")?;
+        ensure!(on_h2 == "written-during-the-cut", "read {on_h2:?} on h2");
+        let probe_key_id = stored_key_ids(&hosts)?
+            .into_iter()
+            .find(|(k, _)| k.ends_with(&format!("/secrets/{probe}/{probe}")))
+            .map(|(_, id)| id);
+        ensure!(
+            probe_key_id.as_deref() == Some(v1.as_str()),
+            "the probe is stored under {probe_key_id:?}, not the current {v1}"
+        );
         phase(
             t0,
-            &format!(
-                "probe: a Secret written through h1 during the cut reads on h2: {}",
-                match &on_h2 {
-                    Ok(v) => format!("yes ({v})"),
-                    Err(e) => format!(
-                        "NO: {}",
-                        format!("{e:#}")
-                            .lines()
-                            .find(|l| l.contains("Error from server"))
-                            .unwrap_or("(see the error)")
-                    ),
-                }
-            ),
+            "a Secret written through h1 during the cut reads through h2 (stored under the current version)",
         );
 
         // The cut-off plugin's heartbeat expires; the operator looks again, several times.
@@ -386,18 +429,21 @@ async fn rotation_while_a_plugin_is_cut_off_from_the_api_servers() -> Result<()>
         phase(t0, "h2's heartbeat is no longer live");
         wait_reconciles(&hosts, 1, 5, "after h2's heartbeat expired").await?;
         let key = hosts.kmskey()?;
+        ensure!(
+            current_version(&key) == Some(version),
+            "promoted while h2 (not live, still serving its kube-apiserver) lacks v{staged}: {key}"
+        );
+        let waiting = promotion_waiting(&key).unwrap_or_default();
+        ensure!(
+            waiting.contains("h2 (heartbeat not renewed") && waiting.contains("kubekms-plugin-h2"),
+            "the staged version does not say it waits for the cut-off h2: {key}"
+        );
         let pass = reencryption(&key);
         ensure!(
-            pass["targetVersion"] == version + 1 && pass["phase"] == "WaitingForPlugins",
-            "the re-encryption did not wait for the cut-off plugin h2 (its kube-apiserver \
-             cannot decrypt what is rewritten under {v2}): {pass}"
+            pass["targetVersion"] == version,
+            "a re-encryption pass to a staged version: {pass}"
         );
-        let message = pass["message"].as_str().unwrap_or_default();
-        ensure!(
-            message.contains("h2"),
-            "the waiting pass does not name h2: {pass}"
-        );
-        phase(t0, &format!("the pass waits: {message}"));
+        phase(t0, &format!("the promotion waits: {waiting}"));
         ensure!(
             plugin_key_id(&hosts, 2).await? == v1,
             "h2's plugin still serves {v1} while cut off"
@@ -405,6 +451,30 @@ async fn rotation_while_a_plugin_is_cut_off_from_the_api_servers() -> Result<()>
 
         hosts.heal()?;
         phase(t0, "healed");
+        hosts.wait_kmskey(
+            Duration::from_secs(240),
+            "the staged version promoted after the heal",
+            move |k| current_version(k) == Some(staged) && promotion_waiting(k).is_none(),
+        )?;
+        phase(t0, &format!("v{staged} promoted"));
+        // The record's current version never moves back (a CEL rule of the CRD): the
+        // plugins would otherwise encrypt again under a version the Secrets are being
+        // re-encrypted away from.
+        let back = hosts.host(1).kubectl([
+            "patch",
+            "kmskeymaterial",
+            APISERVER_KEY,
+            "-n",
+            SYSTEM_NAMESPACE,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"currentVersion":{version}}}}}"#),
+        ]);
+        ensure!(
+            back.as_ref()
+                .is_err_and(|e| format!("{e:#}").contains("currentVersion never moves back")),
+            "moving the current version back was not refused: {back:?}"
+        );
         let v2_done = version + 1;
         hosts.wait_kmskey(
             Duration::from_secs(420),

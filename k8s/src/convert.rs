@@ -109,6 +109,14 @@ pub fn metadata(
             rotation_type: version.rotation_type.map(Into::into),
         });
     }
+    if let Some(current) = record.current_version
+        && !versions.iter().any(|v| v.version == current)
+    {
+        return Err(ConvertError::Invalid {
+            field: "currentVersion",
+            reason: format!("version {current} is not listed"),
+        });
+    }
     let rotation = match (&spec.rotation, &record.next_rotation_time) {
         (Some(rotation), Some(next)) if rotation.automatic => Some(RotationSchedule {
             period_days: rotation.period_in_days,
@@ -134,6 +142,7 @@ pub fn metadata(
         on_demand_rotations: record.on_demand_rotations,
         deletion_date,
         state_before_deletion: None,
+        current: record.current_version,
     })
 }
 
@@ -194,6 +203,7 @@ pub fn status(
                 version: v.version,
                 created: format_time(v.created),
                 rotation_type: v.rotation_type.map(Into::into),
+                staged: metadata.current_version().is_some_and(|c| v.version > c),
             })
             .collect(),
         next_rotation_time: metadata.rotation.map(|r| format_time(r.next_rotation)),
@@ -270,6 +280,7 @@ mod tests {
                     wrapped: String::new(),
                 },
             ],
+            current_version: None,
             on_demand_rotations: 0,
             last_on_demand_token: None,
             next_rotation_time: Some("2026-06-30T00:00:00Z".to_owned()),
@@ -353,5 +364,41 @@ mod tests {
         let mut bad_time = record();
         bad_time.created_at = "yesterday".to_owned();
         assert!(metadata(&spec(), &bad_time).is_err());
+    }
+
+    #[test]
+    fn a_record_without_current_version_uses_its_newest_and_a_staged_one_does_not() {
+        // A record as written before staged versions existed: no currentVersion field.
+        let mut json = serde_json::to_value(record()).expect("json");
+        assert!(
+            json.get("currentVersion").is_none(),
+            "absent is not written"
+        );
+        json.as_object_mut().map(|o| o.remove("currentVersion"));
+        let old: KmsKeyMaterialSpec = serde_json::from_value(json).expect("old record");
+        assert_eq!(old.current_version, None);
+        assert_eq!(
+            metadata(&spec(), &old).expect("metadata").current_version(),
+            Some(2)
+        );
+        let mut staged = record();
+        staged.current_version = Some(1);
+        let json = serde_json::to_value(&staged).expect("json");
+        assert_eq!(json["currentVersion"], 1);
+        let metadata = metadata(&spec(), &staged).expect("metadata");
+        assert_eq!(metadata.current_version(), Some(1));
+        assert_eq!(metadata.staged_versions().collect::<Vec<_>>(), vec![2]);
+        let account = kms_core::derive_account_id("team-a");
+        let status = status(&metadata, &ArnScope::default(), &account, None);
+        assert_eq!(status.current_version, Some(1));
+        let mut unlisted = record();
+        unlisted.current_version = Some(3);
+        assert!(matches!(
+            super::metadata(&spec(), &unlisted),
+            Err(ConvertError::Invalid {
+                field: "currentVersion",
+                ..
+            })
+        ));
     }
 }

@@ -21,6 +21,9 @@ pub const LABEL_SERVED_KEY: &str = "kubekms.io/plugin-for";
 pub const ANNOTATION_SERVED_KEY_ID: &str = "kubekms.io/served-key-id";
 /// Annotation: the key_id of kube-apiserver's latest Encrypt call (a DEK seed).
 pub const ANNOTATION_SEEDED_KEY_ID: &str = "kubekms.io/seeded-key-id";
+/// Annotation: the material versions the plugin holds of the key it serves,
+/// `<key id>:<version>,<version>,...` (staged versions included).
+pub const ANNOTATION_HELD_VERSIONS: &str = "kubekms.io/held-versions";
 /// Annotation: when that Encrypt call happened (RFC 3339).
 pub const ANNOTATION_SEEDED_AT: &str = "kubekms.io/seeded-at";
 /// Prefix of the Lease names.
@@ -41,6 +44,9 @@ pub struct Heartbeat {
     pub served_key_id: Option<String>,
     /// The key_id of kube-apiserver's latest DEK seed, and when.
     pub seeded: Option<(String, OffsetDateTime)>,
+    /// The key (id) the plugin serves and the material versions of it that it holds
+    /// (staged ones included): what the operator promotes a staged version on.
+    pub held: Option<(String, Vec<u32>)>,
     /// The last renewal, by the plugin's wall clock: for people only, never compared
     /// with another clock (see [`Heartbeat::is_live`]).
     pub renewed: Option<OffsetDateTime>,
@@ -98,6 +104,12 @@ impl Heartbeat {
         if let Some(id) = &self.served_key_id {
             annotations.insert(ANNOTATION_SERVED_KEY_ID.to_owned(), id.clone());
         }
+        if let Some((id, versions)) = &self.held {
+            annotations.insert(
+                ANNOTATION_HELD_VERSIONS.to_owned(),
+                format_held(id, versions),
+            );
+        }
         if let Some((id, at)) = &self.seeded {
             annotations.insert(ANNOTATION_SEEDED_KEY_ID.to_owned(), id.clone());
             annotations.insert(ANNOTATION_SEEDED_AT.to_owned(), format_time(*at));
@@ -139,12 +151,34 @@ impl Heartbeat {
             key_name: key_name.clone(),
             served_key_id: annotations.get(ANNOTATION_SERVED_KEY_ID).cloned(),
             seeded,
+            held: annotations
+                .get(ANNOTATION_HELD_VERSIONS)
+                .and_then(|text| parse_held(text)),
             renewed: spec.renew_time.and_then(|t| from_jiff(t.0)),
             duration_seconds: spec
                 .lease_duration_seconds
                 .unwrap_or(LEASE_DURATION_SECONDS),
         })
     }
+}
+
+/// `<key id>:<v>,<v>,...`.
+fn format_held(key_id: &str, versions: &[u32]) -> String {
+    let list: Vec<String> = versions.iter().map(u32::to_string).collect();
+    format!("{key_id}:{}", list.join(","))
+}
+
+/// [`format_held`]'s text; `None` when it does not parse (a Lease written by hand).
+fn parse_held(text: &str) -> Option<(String, Vec<u32>)> {
+    let (key_id, list) = text.split_once(':')?;
+    let versions = if list.is_empty() {
+        Vec::new()
+    } else {
+        list.split(',')
+            .map(|v| v.trim().parse().ok())
+            .collect::<Option<Vec<u32>>>()?
+    };
+    Some((key_id.to_owned(), versions))
 }
 
 fn to_jiff(t: OffsetDateTime) -> k8s_openapi::jiff::Timestamp {
@@ -172,6 +206,7 @@ mod tests {
             key_name: "apiserver-key".to_owned(),
             served_key_id: Some("k/v2".to_owned()),
             seeded: Some(("k/v2".to_owned(), at(5))),
+            held: Some(("k".to_owned(), vec![1, 2, 3])),
             renewed: Some(at(10)),
             duration_seconds: LEASE_DURATION_SECONDS,
         };
@@ -181,7 +216,30 @@ mod tests {
             lease.metadata.name.as_deref(),
             Some("kubekms-plugin-node-a.example")
         );
+        assert_eq!(
+            lease
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_HELD_VERSIONS))
+                .map(String::as_str),
+            Some("k:1,2,3")
+        );
         assert_eq!(Heartbeat::from_lease(&lease), Some(beat.clone()));
+        // A Lease of a plugin from before held versions were reported, or a damaged one.
+        let mut older = lease.clone();
+        for text in [None, Some("k:1,x"), Some("no-colon")] {
+            let annotations = older.metadata.annotations.get_or_insert_default();
+            match text {
+                Some(t) => annotations.insert(ANNOTATION_HELD_VERSIONS.to_owned(), t.to_owned()),
+                None => annotations.remove(ANNOTATION_HELD_VERSIONS),
+            };
+            assert_eq!(
+                Heartbeat::from_lease(&older).map(|b| b.held),
+                Some(None),
+                "{text:?}"
+            );
+        }
         let seconds = std::time::Duration::from_secs;
         assert!(beat.is_live(seconds(60)));
         assert!(!beat.is_live(seconds(61)));

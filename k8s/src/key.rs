@@ -231,6 +231,12 @@ pub struct VersionStatus {
     /// AUTOMATIC or ON_DEMAND; absent for the original material.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_type: Option<RotationTypeName>,
+    /// True while the version is staged: newer than currentVersion, loaded by the plugins
+    /// to decrypt, not yet used to encrypt. The operator makes it current once every plugin
+    /// with a heartbeat Lease for this key holds it (the VersionPromoted condition names the
+    /// plugins it waits for).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staged: bool,
 }
 
 /// A KMS plugin that serves this key to kube-apiserver.
@@ -245,6 +251,15 @@ pub struct ServedBy {
     /// The key_id under which kube-apiserver last had a DEK seed encrypted through it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeded_key_id: Option<String>,
+    /// The key (its id) whose material versions heldVersions lists: the one the plugin
+    /// serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_key_id: Option<String>,
+    /// The material versions of that key the plugin has loaded and can decrypt under,
+    /// staged ones included. A staged version becomes current only once every plugin
+    /// lists it here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_versions: Vec<u32>,
     /// Whether its heartbeat was renewed within the Lease duration.
     pub live: bool,
 }

@@ -53,6 +53,15 @@ pub struct KmsKeyMaterialSpec {
     #[x_kube(validation = Rule::new("size(self) >= size(oldSelf)").message("material versions are never removed"))]
     #[schemars(length(max = 64))]
     pub versions: Vec<WrappedVersion>,
+    /// The material version kube-apiserver's plugins and kubekms-server encrypt under.
+    /// Versions after it are staged: a rotation adds its version here first, every plugin
+    /// loads it and can decrypt under it, and the operator makes it current only once every
+    /// plugin with a heartbeat Lease for this key reports holding it (so a plugin cut off
+    /// from the API servers never meets a Secret under a version it does not know). Absent
+    /// (records written before staged versions existed): the newest version is current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("currentVersion never moves back"))]
+    pub current_version: Option<u32>,
     /// On-demand rotations done so far (of 25).
     #[serde(default)]
     pub on_demand_rotations: u32,

@@ -360,6 +360,7 @@ mod tests {
                 created_at: "2026-01-01T00:00:00Z".to_owned(),
                 root_key_id: store.root_key_id(),
                 versions: wrapped,
+                current_version: None,
                 on_demand_rotations: versions.saturating_sub(1),
                 last_on_demand_token: None,
                 next_rotation_time: None,

@@ -63,6 +63,7 @@ fn objects(
             created_at: "2026-01-01T00:00:00Z".to_owned(),
             root_key_id: store.root_key_id(),
             versions: Vec::new(),
+            current_version: None,
             on_demand_rotations: 0,
             last_on_demand_token: None,
             next_rotation_time: None,
@@ -294,6 +295,7 @@ fn served_keys_aliases_and_grants() {
         key_name: "k".to_owned(),
         served_key_id: None,
         seeded: None,
+        held: None,
         renewed: None,
         duration_seconds: 60,
     };

@@ -117,6 +117,10 @@ pub struct KeyMetadata {
     pub deletion_date: Option<OffsetDateTime>,
     /// The state the key returns to when the deletion is cancelled and material exists.
     pub state_before_deletion: Option<KeyState>,
+    /// The version new ciphertexts use, when it is not the newest: the versions after it
+    /// are staged (a two-step rotation, see [`crate::rotation`]), usable to decrypt but not
+    /// yet to encrypt. `None`: the newest version is current.
+    pub current: Option<u32>,
 }
 
 impl KeyMetadata {
@@ -163,6 +167,7 @@ impl KeyMetadata {
             on_demand_rotations: 0,
             deletion_date: None,
             state_before_deletion: None,
+            current: None,
         })
     }
 
@@ -174,10 +179,42 @@ impl KeyMetadata {
         state::check(&self.key_id, self.state, operation)
     }
 
-    /// The newest material version, used for encryption.
+    /// The material version used for encryption: the pinned [`KeyMetadata::current`] when
+    /// it is a listed version, else the newest.
     #[must_use]
     pub fn current_version(&self) -> Option<u32> {
-        self.versions.last().map(|v| v.version)
+        match self.current {
+            Some(pinned) if self.versions.iter().any(|v| v.version == pinned) => Some(pinned),
+            _ => self.versions.last().map(|v| v.version),
+        }
+    }
+
+    /// The staged versions: listed after the current one, not yet used to encrypt.
+    pub fn staged_versions(&self) -> impl Iterator<Item = u32> + '_ {
+        let current = self.current_version().unwrap_or(0);
+        self.versions
+            .iter()
+            .map(|v| v.version)
+            .filter(move |v| *v > current)
+    }
+
+    /// Makes staged `version` current (with every version before it).
+    ///
+    /// # Errors
+    /// `KMSInternalException` for a version that is not listed or older than the current
+    /// one: the current version never moves back, or ciphertexts written under the newer
+    /// one would outlive the plugins' belief that it is in use.
+    pub fn promote(&mut self, version: u32) -> KmsResult<()> {
+        let current = self.current_version().unwrap_or(0);
+        if version < current || !self.versions.iter().any(|v| v.version == version) {
+            return Err(KmsError::Internal(format!(
+                "cannot make version {version} of {} current (current {current}, newest {})",
+                self.key_id,
+                self.versions.last().map_or(0, |v| v.version)
+            )));
+        }
+        self.current = Some(version);
+        Ok(())
     }
 
     /// EnableKey.
@@ -362,12 +399,32 @@ impl KeyMetadata {
                 schedule.next_rotation = days_after(now, schedule.period_days)?;
             }
         }
-        let version = self.current_version().map_or(1, |v| v + 1);
+        let version = self.versions.last().map_or(1, |v| v.version + 1);
         self.versions.push(MaterialVersion {
             version,
             created: now,
             rotation_type: Some(rotation_type),
         });
+        if self.current.is_some() {
+            self.current = Some(version);
+        }
+        Ok(version)
+    }
+
+    /// As [`KeyMetadata::record_rotation`], but the new version is staged: the current
+    /// version stays what it was until [`KeyMetadata::promote`] (the first step of a
+    /// two-step rotation, see [`crate::rotation`]).
+    ///
+    /// # Errors
+    /// As [`KeyMetadata::record_rotation`]; nothing changes on error.
+    pub fn stage_rotation(
+        &mut self,
+        now: OffsetDateTime,
+        rotation_type: RotationType,
+    ) -> KmsResult<u32> {
+        let current = self.current_version();
+        let version = self.record_rotation(now, rotation_type)?;
+        self.current = current;
         Ok(version)
     }
 }
@@ -479,10 +536,9 @@ impl KmsKey {
     /// # Errors
     /// `KMSInvalidStateException` when the key has no material.
     pub fn current_material(&self) -> KmsResult<(u32, &KeyMaterial)> {
-        self.materials
-            .iter()
-            .next_back()
-            .map(|(v, m)| (*v, m.as_ref()))
+        self.metadata
+            .current_version()
+            .and_then(|v| self.materials.get(&v).map(|m| (v, m.as_ref())))
             .ok_or_else(|| {
                 KmsError::InvalidState(format!("{} has no key material", self.metadata.key_id))
             })

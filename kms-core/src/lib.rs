@@ -17,6 +17,7 @@ pub mod keystore;
 pub mod material;
 pub mod ops;
 pub mod primitives;
+pub mod rotation;
 pub mod secret;
 pub mod spec;
 pub mod state;

@@ -40,6 +40,7 @@ fn objects(store: &dyn RootKeyStore, namespace: &str, name: &str) -> (KmsKey, Km
             created_at: "2026-01-01T00:00:00Z".to_owned(),
             root_key_id: store.root_key_id(),
             versions: Vec::new(),
+            current_version: None,
             on_demand_rotations: 0,
             last_on_demand_token: None,
             next_rotation_time: None,
@@ -683,4 +684,43 @@ async fn account_level_actions_ask_without_a_name() {
     let review = fake.last.lock().expect("last").clone().expect("review");
     assert_eq!(review["spec"]["resourceAttributes"]["verb"], "listkeys");
     assert_eq!(review["spec"]["resourceAttributes"]["namespace"], TEAM_A);
+}
+
+/// Two-step rotation: kubekms-server, like the plugins, decrypts under a staged version
+/// (a ciphertext another replica made after the promotion) and encrypts only under the
+/// current one until the record promotes it.
+#[test]
+fn a_staged_version_decrypts_and_encrypt_stays_on_the_current_one() {
+    use kms_core::{EncryptionAlgorithm, ops};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = Arc::new(FileKeyStore::init(&tmp.path().join("root.key")).expect("root"));
+    let (key, mut record) = objects(root.as_ref(), TEAM_A, "app-key");
+    add_version(root.as_ref(), &mut record);
+    record.spec.current_version = Some(1);
+    let key_of = |record: &KmsKeyMaterial| {
+        let store: Arc<dyn RootKeyStore> = root.clone();
+        let set = KeySetBuilder::new(store, Arc::new(KeyringMetrics::new())).build(&Objects {
+            keys: vec![Arc::new(key.clone())],
+            records: vec![Arc::new(record.clone())],
+            ready: true,
+            ..Objects::default()
+        });
+        set.get(TEAM_A, "app-key")
+            .and_then(|e| e.key.as_ref().ok().cloned())
+            .expect("usable key")
+    };
+    let staged = key_of(&record);
+    let context = EncryptionContext::default();
+    let algorithm = EncryptionAlgorithm::SymmetricDefault;
+    let under_v1 = ops::encrypt(&staged, b"while staged", &context, algorithm).expect("encrypt");
+    assert_eq!(kms_core::blob::peek(&under_v1).expect("blob").1, 1);
+
+    let mut promoted_record = record.clone();
+    promoted_record.spec.current_version = Some(2);
+    let promoted = key_of(&promoted_record);
+    let under_v2 = ops::encrypt(&promoted, b"after promotion", &context, algorithm).expect("v2");
+    assert_eq!(kms_core::blob::peek(&under_v2).expect("blob").1, 2);
+    let (plaintext, version) =
+        ops::decrypt(&staged, &under_v2, &context, algorithm).expect("a staged version decrypts");
+    assert_eq!((plaintext.expose(), version), (&b"after promotion"[..], 2));
 }

@@ -235,6 +235,10 @@ pub enum Error {
     /// Generating or wrapping material on a blocking thread did not finish (it panicked).
     #[error("material generation: {0}")]
     Generation(#[from] tokio::task::JoinError),
+    /// An API call did not answer in time (the call client's read timeout is the usual
+    /// bound; writes that decide a key's state are bounded here as well).
+    #[error("{0} did not answer within {1:?}")]
+    Timeout(&'static str, std::time::Duration),
     /// The object lacks a field the API server always sets.
     #[error("object has no {0}")]
     MissingField(&'static str),

@@ -45,6 +45,10 @@ pub struct Metrics {
     migration_versions: Counter,
     /// The last state seen per key (namespace/name), to recount keys by state.
     key_states: Mutex<HashMap<String, String>>,
+    versions_promoted: Counter,
+    promotions_waiting: Gauge,
+    /// The keys (namespace/name) whose staged version waits for plugins.
+    waiting_keys: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -100,8 +104,23 @@ impl Metrics {
             "Key versions rewrapped under the primary root key by the migration",
             migration_versions.clone(),
         );
+        let versions_promoted = Counter::default();
+        registry.register(
+            "versions_promoted",
+            "Staged material versions made current (every plugin serving the key held them)",
+            versions_promoted.clone(),
+        );
+        let promotions_waiting = Gauge::default();
+        registry.register(
+            "promotions_waiting",
+            "KmsKeys whose staged material version waits for plugins to hold it (see their VersionPromoted condition)",
+            promotions_waiting.clone(),
+        );
         Self {
             registry,
+            versions_promoted,
+            promotions_waiting,
+            waiting_keys: Mutex::new(std::collections::HashSet::new()),
             migration_records,
             migration_versions,
             reconciles,
@@ -168,6 +187,26 @@ impl Metrics {
     /// Counts versions rewrapped by the root key migration.
     pub fn root_key_migration_versions(&self, count: u64) {
         self.migration_versions.inc_by(count);
+    }
+
+    /// Counts a staged version made current.
+    pub fn version_promoted(&self) {
+        self.versions_promoted.inc();
+    }
+
+    /// Records whether key `key` (namespace/name) has a staged version waiting for plugins.
+    pub fn promotion_waiting(&self, key: &str, waiting: bool) {
+        let mut keys = self
+            .waiting_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if waiting {
+            keys.insert(key.to_owned());
+        } else {
+            keys.remove(key);
+        }
+        self.promotions_waiting
+            .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
     }
 
     /// Records the state of a key (`None` when the key is gone) and recounts.
@@ -247,6 +286,19 @@ mod tests {
         );
         assert!(
             text.contains("kubekms_operator_secrets_reencrypted_total 3"),
+            "{text}"
+        );
+        metrics.promotion_waiting("a/one", true);
+        metrics.promotion_waiting("a/two", true);
+        metrics.promotion_waiting("a/one", false);
+        metrics.version_promoted();
+        let text = metrics.encode().expect("encode");
+        assert!(
+            text.contains("kubekms_operator_promotions_waiting 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubekms_operator_versions_promoted_total 1"),
             "{text}"
         );
         metrics.key_state("a/one", None);

@@ -36,6 +36,8 @@ pub fn served_by(
             plugin: beat.plugin,
             served_key_id: beat.served_key_id,
             seeded_key_id: beat.seeded.map(|(id, _)| id),
+            held_key_id: beat.held.as_ref().map(|(id, _)| id.clone()),
+            held_versions: beat.held.map(|(_, versions)| versions).unwrap_or_default(),
         })
         .collect();
     served.sort_by(|a, b| a.plugin.cmp(&b.plugin));
@@ -111,6 +113,7 @@ mod tests {
             key_name: key.to_owned(),
             served_key_id: Some("k/v1".to_owned()),
             seeded: Some(("k/v1".to_owned(), at(0))),
+            held: None,
             renewed: None,
             duration_seconds: LEASE_DURATION_SECONDS,
         }

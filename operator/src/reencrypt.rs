@@ -652,6 +652,8 @@ mod tests {
             plugin: name.to_owned(),
             served_key_id: seeded.map(str::to_owned),
             seeded_key_id: seeded.map(str::to_owned),
+            held_key_id: None,
+            held_versions: Vec::new(),
             live,
         }
     }

@@ -894,6 +894,7 @@ fn serve_key(h: &Harness, plugin: &str, key: &str) {
         key_name: key.to_owned(),
         served_key_id: Some(format!("{key_id}/v1")),
         seeded: Some((format!("{key_id}/v1"), h.clock_now())),
+        held: Some((key_id.clone(), vec![1])),
         renewed: None,
         duration_seconds: 60,
     };
@@ -1002,6 +1003,7 @@ async fn a_served_key_is_not_disabled_scheduled_for_deletion_or_destroyed() {
         key_name: "k1".to_owned(),
         served_key_id: Some(format!("{key_id}/v1")),
         seeded: None,
+        held: None,
         renewed: None,
         duration_seconds: 60,
     }
@@ -1108,6 +1110,8 @@ async fn a_record_replaced_concurrently_conflicts_and_the_retry_loses_nothing() 
             .push(third);
         record["spec"]["lastOnDemandToken"] = json!("two");
         record["spec"]["onDemandRotations"] = json!(2);
+        // No plugin serves the key: that operator made version 3 current at once too.
+        record["spec"]["currentVersion"] = json!(3);
     });
     assert!(h.try_reconcile("k1").await.is_err(), "conflict");
     assert_eq!(
@@ -1270,13 +1274,28 @@ async fn a_record_with_an_extreme_date_makes_the_key_invalid_not_a_panic() {
 }
 
 /// A heartbeat Lease of plugin `plugin` for `key`, seeded under `seeded`, whose renewTime
-/// (the plugin's clock) is `renewed`.
+/// (the plugin's clock) is `renewed`, holding versions 1 and 2 of the key (the rotation
+/// these tests make is loaded everywhere, so it is promoted; what they look at is the
+/// re-encryption that follows).
 fn heartbeat(plugin: &str, key: &str, seeded: &str, renewed: OffsetDateTime) -> Lease {
+    heartbeat_holding(plugin, key, seeded, renewed, &[1, 2])
+}
+
+/// As [`heartbeat`], holding versions `held` of the key.
+fn heartbeat_holding(
+    plugin: &str,
+    key: &str,
+    seeded: &str,
+    renewed: OffsetDateTime,
+    held: &[u32],
+) -> Lease {
+    let key_id = seeded.split('/').next().unwrap_or_default();
     Heartbeat {
         plugin: plugin.to_owned(),
         key_name: key.to_owned(),
         served_key_id: Some(seeded.to_owned()),
         seeded: Some((seeded.to_owned(), renewed)),
+        held: Some((key_id.to_owned(), held.to_vec())),
         renewed: None,
         duration_seconds: 60,
     }
@@ -1450,4 +1469,246 @@ async fn a_silent_plugin_with_a_clock_ahead_is_not_live_and_holds_the_reencrypti
         "cp-2's Lease is deleted: it no longer holds the pass"
     );
     assert_eq!(h.reencryption_phase("k1").as_deref(), Some("Done"));
+}
+
+impl Harness {
+    fn rotate_on_demand(&self, name: &str, token: &str) {
+        self.edit_spec(name, |s| {
+            s.rotation = Some(serde_json::from_value(json!({"onDemandToken": token})).expect("r"));
+        });
+    }
+
+    fn record_current(&self, name: &str) -> Option<u32> {
+        self.fake.record(name).expect("record").spec.current_version
+    }
+
+    fn status_current(&self, name: &str) -> Option<u32> {
+        self.fake
+            .key(name)
+            .and_then(|k| k.status)
+            .and_then(|s| s.current_version)
+    }
+
+    /// The VersionPromoted condition's (reason, message), while a version waits.
+    fn promotion_waiting(&self, name: &str) -> Option<(String, String)> {
+        self.fake
+            .key(name)
+            .and_then(|k| k.status)
+            .and_then(|s| {
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "VersionPromoted")
+            })
+            .map(|c| (c.reason, c.message))
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.fake
+            .take_log()
+            .into_iter()
+            .filter(|l| l.starts_with("EVENT "))
+            .collect()
+    }
+}
+
+/// Two-step rotation (issue 11 part 2): a rotation of a served key is staged; the version
+/// becomes current only once every plugin with a heartbeat Lease holds it, live or not
+/// (a plugin cut off from the API servers cannot learn it, and its kube-apiserver could
+/// not read a Secret written under it); the status names the plugins it waits for, and
+/// deleting a plugin's Lease lets the promotion go on.
+#[tokio::test(start_paused = true)]
+async fn a_staged_version_is_promoted_only_once_every_plugin_holds_it() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+    let id = h.fake.record("k1").expect("record").spec.key_id;
+    let v1 = format!("{id}/v1");
+    h.beat(heartbeat_holding("cp-1", "k1", &v1, h.clock_now(), &[1]));
+    let cp2_holding_v1 = heartbeat_holding("cp-2", "k1", &v1, h.clock_now(), &[1]);
+    h.beat(cp2_holding_v1.clone());
+    h.reconcile("k1").await;
+    h.fake.take_log();
+
+    h.rotate_on_demand("k1", "r1");
+    h.reconcile("k1").await;
+    assert_eq!(h.events(), ["EVENT Rotated", "EVENT PromotionWaiting"]);
+    assert_eq!(h.versions("k1").len(), 2, "version 2 is in the record");
+    assert_eq!(h.record_current("k1"), Some(1), "staged, not current");
+    assert_eq!(h.status_current("k1"), Some(1));
+    let staged = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    assert_eq!(
+        staged
+            .versions
+            .iter()
+            .map(|v| (v.version, v.staged))
+            .collect::<Vec<_>>(),
+        [(1, false), (2, true)]
+    );
+    let (reason, message) = h.promotion_waiting("k1").expect("waiting");
+    assert_eq!(reason, "WaitingForPlugins");
+    assert!(
+        message.contains("cp-1 (holds versions up to 1; has not loaded version 2 yet)")
+            && message.contains("cp-2 (holds versions up to 1"),
+        "{message}"
+    );
+
+    // cp-1 loads it; cp-2 does not (cut off): still staged, and only cp-2 is named.
+    h.beat(heartbeat_holding("cp-1", "k1", &v1, h.clock_now(), &[1, 2]));
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.events(),
+        ["EVENT PromotionWaiting"],
+        "the waiting set changed"
+    );
+    assert_eq!(h.record_current("k1"), Some(1));
+    let (_, message) = h.promotion_waiting("k1").expect("waiting");
+    assert!(
+        !message.contains("cp-1") && message.contains("cp-2"),
+        "{message}"
+    );
+    h.reconcile("k1").await;
+    assert_eq!(h.events(), Vec::<String>::new(), "reported once");
+
+    // cp-2's heartbeat expires (cp-1 keeps renewing): not live, it still holds the version
+    // back, and the condition says how to let it go.
+    for _ in 0..4 {
+        tokio::time::advance(std::time::Duration::from_secs(20)).await;
+        h.beat(heartbeat_holding(
+            "cp-1",
+            "k1",
+            &v1,
+            h.clock_now() + Duration::seconds(1),
+            &[1, 2],
+        ));
+    }
+    h.reconcile("k1").await;
+    let served = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    assert_eq!(
+        served
+            .served_by
+            .iter()
+            .map(|p| (p.plugin.as_str(), p.live))
+            .collect::<Vec<_>>(),
+        [("cp-1", true), ("cp-2", false)]
+    );
+    assert_eq!(
+        h.record_current("k1"),
+        Some(1),
+        "a stale plugin still counts"
+    );
+    let (_, message) = h.promotion_waiting("k1").expect("waiting");
+    assert!(
+        message.contains("cp-2 (heartbeat not renewed")
+            && message.contains("delete its Lease kubekms-plugin-cp-2"),
+        "{message}"
+    );
+    assert_eq!(
+        served.reencryption.map(|r| r.target_version),
+        Some(1),
+        "no re-encryption to a staged version"
+    );
+    let metrics = h.ctx.metrics.encode().expect("metrics");
+    assert!(
+        metrics.contains("kubekms_operator_promotions_waiting 1")
+            && metrics.contains("kubekms_operator_versions_promoted_total 0"),
+        "{metrics}"
+    );
+
+    // cp-2 comes back holding version 2: promoted, and the re-encryption pass to it begins
+    // (waiting for the kube-apiservers to seed under it).
+    h.beat(heartbeat_holding("cp-2", "k1", &v1, h.clock_now(), &[1, 2]));
+    h.reconcile("k1").await;
+    assert_eq!(h.record_current("k1"), Some(2));
+    assert_eq!(h.status_current("k1"), Some(2));
+    assert_eq!(h.promotion_waiting("k1"), None);
+    let promoted = h.fake.key("k1").and_then(|k| k.status).expect("status");
+    assert_eq!(
+        promoted
+            .reencryption
+            .map(|r| (r.target_version, r.phase))
+            .expect("pass"),
+        (2, "WaitingForPlugins".to_owned())
+    );
+    assert!(promoted.versions.iter().all(|v| !v.staged));
+    let metrics = h.ctx.metrics.encode().expect("metrics");
+    assert!(
+        metrics.contains("kubekms_operator_promotions_waiting 0")
+            && metrics.contains("kubekms_operator_versions_promoted_total 1"),
+        "{metrics}"
+    );
+
+    // Another rotation while cp-2 is gone for good: deleting its Lease releases it.
+    h.rotate_on_demand("k1", "r2");
+    h.beat(heartbeat_holding(
+        "cp-1",
+        "k1",
+        &v1,
+        h.clock_now(),
+        &[1, 2, 3],
+    ));
+    h.reconcile("k1").await;
+    assert_eq!(h.record_current("k1"), Some(2));
+    assert!(h.promotion_waiting("k1").is_some());
+    h.leases
+        .lock()
+        .expect("leases")
+        .apply_watcher_event(&Event::Delete(cp2_holding_v1));
+    h.fake.take_log();
+    h.reconcile("k1").await;
+    assert_eq!(h.events(), ["EVENT VersionPromoted"]);
+    assert_eq!(h.record_current("k1"), Some(3), "cp-2's Lease is gone");
+    assert_eq!(h.promotion_waiting("k1"), None);
+}
+
+/// A key no plugin serves has nobody to wait for: its rotation is current at once, in the
+/// same record write.
+#[tokio::test]
+async fn a_rotation_of_a_key_no_plugin_serves_is_current_at_once() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+    assert_eq!(h.record_current("k1"), None, "a new record pins nothing");
+    h.rotate_on_demand("k1", "r1");
+    h.reconcile("k1").await;
+    assert_eq!(
+        h.fake.take_log(),
+        vec![
+            "GET kmskeymaterials/k1",
+            "PUT kmskeymaterials/k1",
+            "PATCH kmskeys/k1/status",
+            "EVENT Rotated"
+        ]
+    );
+    assert_eq!(h.record_current("k1"), Some(2));
+    assert_eq!(h.status_current("k1"), Some(2));
+    assert_eq!(h.promotion_waiting("k1"), None);
+}
+
+/// The write that promotes a staged version goes to an API server that never answers: the
+/// pass fails within its bound (and is retried by the controller), instead of hanging.
+#[tokio::test(start_paused = true)]
+async fn a_promotion_write_that_never_answers_times_out() {
+    let h = harness();
+    h.create("k1", json!({})).await;
+    let id = h.fake.record("k1").expect("record").spec.key_id;
+    let v1 = format!("{id}/v1");
+    h.beat(heartbeat_holding("cp-1", "k1", &v1, h.clock_now(), &[1]));
+    h.rotate_on_demand("k1", "r1");
+    h.reconcile("k1").await;
+    assert_eq!(h.record_current("k1"), Some(1));
+    h.beat(heartbeat_holding("cp-1", "k1", &v1, h.clock_now(), &[1, 2]));
+    h.fake.take_log();
+    h.fake.stall_from_next_put();
+    let outcome = tokio::time::timeout(key::RECORD_WRITE_TIMEOUT * 4, h.try_reconcile("k1"))
+        .await
+        .expect("the pass must not hang on a write that never answers");
+    let error = outcome.expect_err("the write timed out");
+    assert!(
+        format!("{error:?}").contains("Timeout(\"writing the KmsKeyMaterial record\""),
+        "{error:?}"
+    );
+    assert_eq!(
+        h.fake.take_log(),
+        vec!["GET kmskeymaterials/k1"],
+        "the PUT was sent and never answered"
+    );
+    assert_eq!(h.record_current("k1"), Some(1));
 }

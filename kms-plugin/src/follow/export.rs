@@ -80,6 +80,7 @@ pub fn export(dir: &StateDir, target: &FollowTarget) -> Result<String, PluginErr
             created_at: record.created.clone(),
             root_key_id: kms_core::keystore::RootKeyStore::root_key_id(store),
             versions,
+            current_version: record.current_version,
             on_demand_rotations: record.on_demand_rotations,
             last_on_demand_token: None,
             next_rotation_time: None,

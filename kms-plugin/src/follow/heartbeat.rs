@@ -1,5 +1,7 @@
 //! The heartbeat Lease (see [`kubekms_k8s::heartbeat`]): which KmsKey this plugin serves,
-//! its key_id, and the key_id of kube-apiserver's latest DEK seed. Every Lease write is
+//! its key_id, the material versions it holds (staged ones included: the operator promotes
+//! a staged version once every plugin holds it, so a new one is reported as soon as it is
+//! loaded, not at the next tick), and the key_id of kube-apiserver's latest DEK seed. Every Lease write is
 //! bounded by [`HeartbeatConfig::call_timeout`]: an API server that accepts the request and
 //! never answers costs one attempt, not the heartbeat.
 
@@ -58,13 +60,23 @@ pub async fn heartbeat(
 ) {
     let leases: Api<Lease> = Api::namespaced(client, &target.namespace);
     let params = PatchParams::apply(heartbeat::FIELD_MANAGER).force();
-    let mut sent: Option<(String, Option<String>)> = None;
+    let mut sent: Option<(String, Option<String>, Vec<u32>)> = None;
     let mut renewed: Option<Instant> = None;
     let mut last_error: Option<String> = None;
     loop {
-        let served = plugin.ring().key_id().to_owned();
+        // Registered before the keys are read, so a change in between is not missed.
+        let keys_changed = plugin.keys_changed();
+        tokio::pin!(keys_changed);
+        keys_changed.as_mut().enable();
+        let ring = plugin.ring();
+        let served = ring.key_id().to_owned();
+        let held = ring.held_versions();
         let seeded = plugin.seeded();
-        let report = (served.clone(), seeded.as_ref().map(|(id, _)| id.clone()));
+        let report = (
+            served.clone(),
+            seeded.as_ref().map(|(id, _)| id.clone()),
+            held.clone(),
+        );
         let due = sent.as_ref() != Some(&report)
             || renewed.is_none_or(|at| at.elapsed() >= config.renew_every);
         if due {
@@ -73,6 +85,7 @@ pub async fn heartbeat(
                 key_name: target.name.clone(),
                 served_key_id: Some(served),
                 seeded,
+                held: Some((ring.active().to_string(), held)),
                 renewed: None,
                 duration_seconds: heartbeat::LEASE_DURATION_SECONDS,
             };
@@ -106,8 +119,11 @@ pub async fn heartbeat(
                 }
             }
         }
+        // After a failed write, wait for the tick rather than retrying at every change.
+        let wake_on_change = last_error.is_none();
         tokio::select! {
             () = tokio::time::sleep(config.tick) => {}
+            () = keys_changed, if wake_on_change => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -184,6 +200,75 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(plugin.metrics().heartbeat_failures.get() >= 1);
+        let _ = stop_tx.send(true);
+        task.await.expect("heartbeat task");
+    }
+
+    fn lease_answer() -> Response<Body> {
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "kubekms-plugin-cp-1", "namespace": "kube-system"},
+        });
+        Response::builder()
+            .status(200)
+            .body(Body::from(serde_json::to_vec(&lease).expect("json")))
+            .expect("response")
+    }
+
+    async fn held_versions_of(request: Request<Body>) -> String {
+        let body = request.into_body().collect_bytes().await.expect("body");
+        let lease: serde_json::Value = serde_json::from_slice(&body).expect("lease json");
+        lease["metadata"]["annotations"][heartbeat::ANNOTATION_HELD_VERSIONS]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// A newly loaded version is reported at once, not at the next renewal or tick (here
+    /// an hour away): the operator promotes a staged version on these reports.
+    #[tokio::test]
+    async fn a_new_version_is_reported_as_soon_as_it_is_loaded() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = StateDir::new(tmp.path().join("state"));
+        dir.init(OffsetDateTime::now_utc()).expect("init");
+        let plugin = Plugin::open(dir.clone(), Arc::new(Metrics::new())).expect("open");
+        let (service, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let hour = Duration::from_secs(3600);
+        let config = HeartbeatConfig {
+            renew_every: hour,
+            call_timeout: Duration::from_secs(10),
+            tick: hour,
+        };
+        let task = tokio::spawn(heartbeat(
+            plugin.clone(),
+            "kube-system/apiserver-key".parse().expect("target"),
+            "cp-1".to_owned(),
+            client,
+            config,
+            stop_rx,
+        ));
+        let wait = Duration::from_secs(20);
+        let (first, respond) = tokio::time::timeout(wait, api.next_request())
+            .await
+            .expect("a first Lease write")
+            .expect("request");
+        respond.send_response(lease_answer());
+        let key_id = plugin.ring().active().to_string();
+        assert_eq!(held_versions_of(first).await, format!("{key_id}:1"));
+
+        dir.rotate(OffsetDateTime::now_utc()).expect("rotate");
+        let loader = plugin.clone();
+        tokio::task::spawn_blocking(move || loader.refresh())
+            .await
+            .expect("refresh");
+        let (second, respond) = tokio::time::timeout(wait, api.next_request())
+            .await
+            .expect("the new version was reported without waiting for the tick")
+            .expect("request");
+        respond.send_response(lease_answer());
+        assert_eq!(held_versions_of(second).await, format!("{key_id}:1,2"));
         let _ = stop_tx.send(true);
         task.await.expect("heartbeat task");
     }

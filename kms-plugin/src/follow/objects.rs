@@ -44,6 +44,7 @@ pub fn local_record(target: &FollowTarget, entry: &KeyEntry, key: &kms_core::Kms
                 wrapped_material: Some(v.wrapped.clone()),
             })
             .collect(),
+        current_version: record.current_version,
         kubernetes_object: Some(target.to_string()),
         kubernetes_state: Some(entry.state.as_str().to_owned()),
     }

@@ -265,6 +265,56 @@ fn an_operator_rotation_becomes_the_key_id_and_old_versions_decrypt() {
     assert!(apply(&plugin, &key, &swapped).is_err());
 }
 
+/// Two-step rotation: a staged version (listed after the record's currentVersion) is
+/// loaded and decrypts, Encrypt and Status stay on the current version, the heartbeat's
+/// held versions include it, and a cold start from the folder keeps it staged; once the
+/// operator promotes it, it is the key_id.
+#[test]
+fn a_staged_version_decrypts_but_encrypt_stays_on_the_current_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (dir, plugin, key, mut material) = setup(tmp.path());
+    apply(&plugin, &key, &material).expect("adopt");
+    let k1 = format!("{}/v1", material.spec.key_id);
+    let k2 = format!("{}/v2", material.spec.key_id);
+    operator_rotate(&dir, &mut material);
+    material.spec.current_version = Some(1);
+    apply(&plugin, &key, &material).expect("staged v2");
+    assert_eq!(
+        plugin.ring().key_id(),
+        k1,
+        "Status stays on the current version"
+    );
+    assert_eq!(plugin.ring().held_versions(), vec![1, 2]);
+    let (staged_blob, used) = plugin.ring().encrypt(b"seed-staged").expect("encrypt");
+    assert_eq!(used, k1, "Encrypt stays on the current version");
+    let cold = Plugin::open(dir.clone(), Arc::new(Metrics::new())).expect("cold");
+    assert_eq!(cold.ring().key_id(), k1, "a cold start keeps v2 staged");
+    assert_eq!(cold.ring().held_versions(), vec![1, 2]);
+
+    // Another plugin (another host) on which v2 is already current writes under v2: this
+    // one, still staged, reads it.
+    let mut promoted = material.clone();
+    promoted.spec.current_version = Some(2);
+    apply(&cold, &key, &promoted).expect("promoted on the other plugin");
+    let (blob_v2, used) = cold.ring().encrypt(b"seed-v2").expect("encrypt");
+    assert_eq!(used, k2);
+    assert_eq!(plugin.ring().key_id(), k1);
+    let back = plugin
+        .ring()
+        .decrypt(&blob_v2, &k2, &annotations())
+        .expect("a staged version decrypts");
+    assert_eq!(back.expose(), b"seed-v2");
+
+    // Promoted here too: v2 is the key_id, v1 still decrypts.
+    apply(&plugin, &key, &promoted).expect("promoted");
+    assert_eq!(plugin.ring().key_id(), k2);
+    let back = plugin
+        .ring()
+        .decrypt(&staged_blob, &k1, &annotations())
+        .expect("v1");
+    assert_eq!(back.expose(), b"seed-staged");
+}
+
 #[test]
 fn a_version_with_other_material_under_the_same_number_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -35,6 +35,9 @@ struct Inner {
     seeded: RwLock<Option<(String, OffsetDateTime)>>,
     metrics: Arc<Metrics>,
     reload_wanted: tokio::sync::Notify,
+    /// Woken when the keys served change, so the heartbeat reports a newly loaded
+    /// (staged) version at once instead of at its next tick.
+    keys_changed: tokio::sync::Notify,
 }
 
 /// The plugin: keys + state folder + metrics. Cheap to clone.
@@ -98,6 +101,7 @@ impl Plugin {
                 seeded: RwLock::new(seeded),
                 metrics,
                 reload_wanted: tokio::sync::Notify::new(),
+                keys_changed: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -133,6 +137,13 @@ impl Plugin {
         }
         self.inner.metrics.set_key_version(ring.current_version());
         write_lock(&self.inner.ring, Arc::new(ring));
+        self.inner.keys_changed.notify_waiters();
+    }
+
+    /// Resolves at the next change of the keys served (a new version loaded, a key
+    /// adopted, a reload) after it is created (or `enable`d).
+    pub fn keys_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.keys_changed.notified()
     }
 
     /// Re-reads the state folder (a rotation by `rotate`, by another node on a shared

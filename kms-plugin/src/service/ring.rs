@@ -103,6 +103,17 @@ impl ServingKeys {
         self.current_version
     }
 
+    /// The material versions of the active key held (staged ones included): what the
+    /// heartbeat reports, so the operator promotes a staged version only once every plugin
+    /// can decrypt under it.
+    #[must_use]
+    pub fn held_versions(&self) -> Vec<u32> {
+        self.keys
+            .get(&self.active.key_id)
+            .map(|k| k.material_versions().collect())
+            .unwrap_or_default()
+    }
+
     /// The active key.
     #[must_use]
     pub fn active(&self) -> KeyId {

@@ -77,6 +77,10 @@ pub struct KeyRecord {
     pub source: String,
     /// Material versions, oldest first.
     pub versions: Vec<VersionRecord>,
+    /// The version Encrypt uses when it is not the newest: the versions after it are
+    /// staged (decrypt only) until the operator promotes them. Absent: the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u32>,
     /// For records written by the Kubernetes follower: the KmsKey (`namespace/name`), which
     /// the versions are wrapped for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +219,7 @@ pub fn key_to_record(
         root_key_id: store.root_key_id(),
         source: source.to_owned(),
         versions,
+        current_version: m.current,
         kubernetes_object: None,
         kubernetes_state: None,
     })
@@ -263,6 +268,14 @@ pub fn record_metadata(record: &KeyRecord) -> Result<KeyMetadata, PluginError> {
                 .transpose()?,
         });
     }
+    if let Some(current) = record.current_version
+        && !metadata.versions.iter().any(|v| v.version == current)
+    {
+        return Err(PluginError::StateFolder(format!(
+            "key {key_id}: current version {current} is not listed"
+        )));
+    }
+    metadata.current = record.current_version;
     Ok(metadata)
 }
 

@@ -44,6 +44,8 @@ pub const MAX_REQUEUE: std::time::Duration = std::time::Duration::from_secs(6 * 
 
 /// How often a protected key that is held or waiting is looked at without a change.
 pub const PROTECTED_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long one write of a KmsKeyMaterial record may take.
+pub const RECORD_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const CONTROLLER: &str = "kmskey";
 
@@ -142,7 +144,7 @@ async fn hold_or_destroy(
             requeue,
         } => {
             if let (Some(spec), Some(mut record)) = (scheduled, record) {
-                record.spec = spec;
+                record.spec = *spec;
                 records
                     .replace(&name, &PostParams::default(), &record)
                     .await?;
@@ -364,12 +366,22 @@ async fn execute(
         )
         .await?;
         next.versions.extend(wrapped);
+        let promoted = effective_current(&next) > effective_current(&record.spec);
         record.spec = next;
         // Carries the resourceVersion read: a record changed meanwhile is a conflict
         // (409) and the pass is retried from a fresh read, so nothing is lost or doubled.
-        records
-            .replace(&name, &PostParams::default(), &record)
-            .await?;
+        // Bounded even without the call client's read timeout: a rotation, or the
+        // promotion of a staged version, must not wait on an API server that never
+        // answers; the pass is retried.
+        tokio::time::timeout(
+            RECORD_WRITE_TIMEOUT,
+            records.replace(&name, &PostParams::default(), &record),
+        )
+        .await
+        .map_err(|_| Error::Timeout("writing the KmsKeyMaterial record", RECORD_WRITE_TIMEOUT))??;
+        if promoted {
+            ctx.metrics.version_promoted();
+        }
     }
     notes.extend(pass.notes);
     let mut status = pass.status;
@@ -396,6 +408,13 @@ async fn execute(
         }
     }
     let state = status.key_state;
+    ctx.metrics.promotion_waiting(
+        &status::metric_name(key),
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == plan::PROMOTION_CONDITION),
+    );
     write_status(keys, key, status).await?;
     publish(ctx, &key.object_ref(&()), notes).await;
     if let Some(state) = state {
@@ -405,6 +424,14 @@ async fn execute(
         );
     }
     Ok(action)
+}
+
+/// The version a record encrypts under: its currentVersion, else its newest.
+fn effective_current(record: &KmsKeyMaterialSpec) -> u32 {
+    record
+        .current_version
+        .or_else(|| record.versions.last().map(|v| v.version))
+        .unwrap_or(0)
 }
 
 fn reencryption_done(

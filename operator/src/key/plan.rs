@@ -15,7 +15,7 @@
 //! (if it was not) and the material destroyed once the date has passed.
 
 use kms_core::key::{DEFAULT_PENDING_WINDOW_DAYS, KeyMetadata};
-use kms_core::{ArnScope, KeyId, KeySpec, KmsError, Origin, RotationType};
+use kms_core::{ArnScope, KeyId, KeySpec, KmsError, Origin, RotationType, rotation};
 use kube::runtime::controller::Action;
 use kubekms_k8s::convert::{self, format_time, parse_time};
 use kubekms_k8s::names::{KeySpecName, KeyStateName, KeyUsageName, OriginName};
@@ -174,6 +174,7 @@ pub fn new_record(
         created_at: format_time(metadata.created),
         root_key_id: root_key_id.to_owned(),
         versions: Vec::new(),
+        current_version: None,
         on_demand_rotations: 0,
         last_on_demand_token: rotation.and_then(|r| r.on_demand_token.clone()),
         next_rotation_time,
@@ -318,6 +319,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             input.root.id,
             now,
             RotationType::Automatic,
+            !served.is_empty(),
             &mut notes,
         ) {
             Ok(version) => new_versions.push(version),
@@ -341,6 +343,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             input.root.id,
             now,
             RotationType::OnDemand,
+            !served.is_empty(),
             &mut notes,
         ) {
             Ok(version) => {
@@ -366,8 +369,21 @@ pub fn plan(input: &Input<'_>) -> Plan {
         }
     }
 
+    let waiting = promote_staged(&mut metadata, &mut next, served, previous, &mut notes);
+
     let planned = with_planned_versions(&next, &new_versions);
     let mut status = status::derive(previous, &spec, &planned, input.scope, input.account, now);
+    if let Some(message) = waiting {
+        status.conditions.push(Condition {
+            type_: PROMOTION_CONDITION.to_owned(),
+            status: "False".to_owned(),
+            reason: "WaitingForPlugins".to_owned(),
+            message,
+            last_transition_time: format_time(now),
+            observed_generation: previous.generation,
+        });
+        status::keep_transition_times(previous.status, &mut status);
+    }
     if let Some((reason, message)) = rotation_problem {
         status.conditions.push(Condition {
             type_: "Rotation".to_owned(),
@@ -408,11 +424,16 @@ pub fn plan(input: &Input<'_>) -> Plan {
 
     let mut requeue = next_action(&planned, state, now);
     let reencryption = plan_reencryption(input, &planned, &mut status, &mut notes);
-    if !reencryption.rewrite
-        && status
-            .reencryption
-            .as_ref()
-            .is_some_and(|r| r.phase == reencrypt::PHASE_WAITING)
+    let promotion_waits = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == PROMOTION_CONDITION);
+    if promotion_waits
+        || !reencryption.rewrite
+            && status
+                .reencryption
+                .as_ref()
+                .is_some_and(|r| r.phase == reencrypt::PHASE_WAITING)
     {
         requeue = Action::requeue(PROTECTED_RECHECK);
     }
@@ -549,6 +570,7 @@ fn rotate(
     root_key_id: &str,
     now: OffsetDateTime,
     rotation_type: RotationType,
+    served: bool,
     notes: &mut Vec<Note>,
 ) -> Result<NewVersion, KmsError> {
     if rotation_type == RotationType::Automatic
@@ -557,18 +579,27 @@ fn rotate(
         // kms-core restarts the schedule at now + period: check it stays in range first.
         add_days("now", now, schedule.period_days).map_err(KmsError::Validation)?;
     }
-    let version = metadata.record_rotation(now, rotation_type)?;
+    // Staged: the plugins load it and decrypt under it, and encrypt under it only once the
+    // operator promotes it (see promote_staged).
+    let version = metadata.stage_rotation(now, rotation_type)?;
     // A record written before wrap format 2 names the root key by its older identifier.
     root_key_id.clone_into(&mut record.root_key_id);
     record.on_demand_rotations = metadata.on_demand_rotations;
+    record.current_version = metadata.current;
     if rotation_type == RotationType::Automatic {
         record.next_rotation_time = metadata.rotation.map(|r| format_time(r.next_rotation));
     }
+    let what = if served {
+        "is staged; it becomes current once every plugin serving the key holds it"
+    } else {
+        // promote_staged makes it current in this same pass.
+        "is current (no plugin serves the key)"
+    };
     notes.push(Note::normal(
         "Rotated",
         "Rotate",
         format!(
-            "key {} rotated ({rotation_type}): material version {version} is current",
+            "key {} rotated ({rotation_type}): material version {version} {what}",
             metadata.key_id
         ),
     ));
@@ -579,6 +610,101 @@ fn rotate(
     })
 }
 
+/// The condition type that says a staged version waits for plugins to hold it.
+pub const PROMOTION_CONDITION: &str = "VersionPromoted";
+
+/// The second step of a rotation: makes the newest staged version that every plugin with
+/// a heartbeat Lease for this key holds current, in `metadata` and `record` (a key no
+/// plugin serves at once), with an Event. Returns why a staged version still waits (for
+/// the condition), with an Event when the plugins waited for changed.
+fn promote_staged(
+    metadata: &mut KeyMetadata,
+    record: &mut KmsKeyMaterialSpec,
+    served: &[ServedBy],
+    previous: Previous<'_>,
+    notes: &mut Vec<Note>,
+) -> Option<String> {
+    let no_versions: &[u32] = &[];
+    let holders: Vec<rotation::Holder<'_>> = served
+        .iter()
+        .map(|p| rotation::Holder {
+            plugin: &p.plugin,
+            live: p.live,
+            // Versions of another key (a plugin not following this one yet) are none of
+            // this key's.
+            holds: if p.held_key_id.as_deref() == Some(record.key_id.as_str()) {
+                &p.held_versions
+            } else {
+                no_versions
+            },
+        })
+        .collect();
+    let decided = rotation::decide(metadata, &holders);
+    if let Some(version) = decided.promote_to
+        && metadata.promote(version).is_ok()
+    {
+        record.current_version = Some(version);
+        // A key no plugin serves: the Rotated Event of this pass already says it is current.
+        if !served.is_empty() {
+            notes.push(Note::normal(
+                "VersionPromoted",
+                "Rotate",
+                format!(
+                    "material version {version} of key {} is current: every plugin serving the key holds it ({})",
+                    record.key_id,
+                    served
+                        .iter()
+                        .map(|p| p.plugin.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    let (version, awaited) = decided.waiting?;
+    let plugins: Vec<String> = awaited
+        .iter()
+        .map(|p| {
+            let held = p
+                .newest_held
+                .map_or_else(|| "no version of this key".to_owned(), |v| format!("versions up to {v}"));
+            if p.live {
+                format!("{} (holds {held}; has not loaded version {version} yet)", p.plugin)
+            } else {
+                format!(
+                    "{} (heartbeat not renewed within its Lease duration: cut off from the API servers, or stopped; \
+                     holds {held}, so its kube-apiserver could not read Secrets written under version {version}; \
+                     delete its Lease kubekms-plugin-{} if that host is gone for good)",
+                    p.plugin, p.plugin
+                )
+            }
+        })
+        .collect();
+    let message = format!(
+        "material version {version} of key {} is staged: plugins decrypt under it, and encrypt under version {} until every plugin serving the key holds it; waiting for {}",
+        record.key_id,
+        metadata.current_version().unwrap_or(0),
+        plugins.join(", ")
+    );
+    let reported = previous.status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == PROMOTION_CONDITION && c.message == message)
+    });
+    if !reported {
+        notes.push(Note::normal("PromotionWaiting", "Rotate", message.clone()));
+    }
+    Some(message)
+}
+
+/// The version a record encrypts under: its currentVersion, else its newest.
+fn record_current(record: &KmsKeyMaterialSpec) -> u32 {
+    record
+        .current_version
+        .or_else(|| record.versions.last().map(|v| v.version))
+        .unwrap_or(0)
+}
+
 /// Plans the re-encryption of Secrets after a rotation of a served key into `status`.
 fn plan_reencryption(
     input: &Input<'_>,
@@ -587,7 +713,9 @@ fn plan_reencryption(
     notes: &mut Vec<Note>,
 ) -> reencrypt::Plan {
     let previous = input.previous.status.and_then(|s| s.reencryption.as_ref());
-    let current_version = record.versions.last().map_or(0, |v| v.version);
+    // Only a promoted version is one the plugins encrypt under: a staged one is not a
+    // target yet.
+    let current_version = record_current(record);
     let plan = reencrypt::plan(
         previous,
         input.served,
@@ -663,7 +791,7 @@ pub enum HeldPlan {
     /// first when the deletion was just scheduled.
     Hold {
         /// The record with its new deletion date, to write.
-        record: Option<KmsKeyMaterialSpec>,
+        record: Option<Box<KmsKeyMaterialSpec>>,
         /// The status to show.
         status: KmsKeyStatus,
         /// Events to publish.
@@ -759,7 +887,7 @@ pub fn plan_held(
         now,
     );
     Ok(HeldPlan::Hold {
-        record: scheduled,
+        record: scheduled.map(Box::new),
         status,
         notes,
         requeue: requeue_at(date, now),
@@ -868,6 +996,8 @@ mod tests {
             plugin: "cp-1".to_owned(),
             served_key_id: None,
             seeded_key_id: None,
+            held_key_id: None,
+            held_versions: Vec::new(),
             live: true,
         }];
         let pass = pass(plan(&input(&spec, &record, None, &served, t0())));
@@ -913,6 +1043,8 @@ mod tests {
             plugin: "cp-1".to_owned(),
             served_key_id: None,
             seeded_key_id: None,
+            held_key_id: None,
+            held_versions: Vec::new(),
             live: false,
         }];
         let previous = Previous {
@@ -939,7 +1071,7 @@ mod tests {
                 ..
             } => {
                 assert_eq!(reasons(&notes), ["DeletionScheduled"]);
-                scheduled
+                *scheduled
             }
             other => panic!("{other:?}"),
         };

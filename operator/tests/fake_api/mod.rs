@@ -53,6 +53,8 @@ pub struct State {
     pub log: Vec<String>,
     /// Requests are held without an answer (a hung API server).
     pub stalled: bool,
+    /// From the next PUT on, requests are held without an answer.
+    pub stall_at_put: bool,
     /// A concurrent write to apply to `resource/name` just before its next PUT.
     before_put: Option<(String, ConcurrentWrite)>,
     /// Notes of the Events, to check that no material leaks into them.
@@ -101,6 +103,12 @@ impl FakeApi {
         tokio::spawn(async move {
             let mut unanswered = Vec::new();
             while let Some((request, respond)) = handle.next_request().await {
+                {
+                    let mut state = server.lock();
+                    if state.stall_at_put && request.method() == http::Method::PUT {
+                        state.stalled = true;
+                    }
+                }
                 if server.lock().stalled {
                     // Never answered, never dropped: the caller waits forever.
                     unanswered.push(respond);
@@ -157,6 +165,11 @@ impl FakeApi {
     /// From now on, no request is answered.
     pub fn stall(&self) {
         self.lock().stalled = true;
+    }
+
+    /// From the next PUT on (that PUT included), no request is answered.
+    pub fn stall_from_next_put(&self) {
+        self.lock().stall_at_put = true;
     }
 
     /// Just before the next PUT of `resource/name` is handled, `write` changes the stored
