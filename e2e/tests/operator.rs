@@ -1184,8 +1184,22 @@ async fn a_hung_lease_renewal_stops_the_leader_before_the_standby_takes_over() -
                 .acquire_time
                 .context("the Lease has no acquireTime")?
                 .0;
+            // The Event follows the status write that made k2 Enabled: wait for it rather
+            // than list once (a CI run read the list before it was published).
+            let k2_by = wait_for("the KeyCreated Event of k2", || async {
+                Ok(events
+                    .list(&Default::default())
+                    .await?
+                    .into_iter()
+                    .find(|event| {
+                        event.reason.as_deref() == Some("KeyCreated")
+                            && event.regarding.as_ref().and_then(|r| r.name.as_deref())
+                                == Some("k2")
+                    })
+                    .map(|event| event.reporting_instance))
+            })
+            .await?;
             let mut by_a = 0;
-            let mut k2_by = None;
             for event in events.list(&Default::default()).await? {
                 let instance = event.reporting_instance.as_deref();
                 let at = event.event_time.as_ref().map(|t| t.0);
@@ -1196,11 +1210,6 @@ async fn a_hung_lease_renewal_stops_the_leader_before_the_standby_takes_over() -
                         "replica-a published {:?} at {at:?}, after replica-b acquired the Lease at {acquired_at}",
                         event.reason
                     );
-                }
-                if event.reason.as_deref() == Some("KeyCreated")
-                    && event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("k2")
-                {
-                    k2_by = event.reporting_instance.clone();
                 }
             }
             ensure!(by_a > 0, "replica-a published nothing before the stall");
