@@ -653,6 +653,7 @@ else
 fi
 
 kept_note="the keys stay in ${plugin_state}"
+if ${node_mode}; then kept_note="and the node with its pods, network namespaces, mounts and iptables chains; ${kept_note}"; fi
 if ! ${handover}; then kept_note="the operator's root key stays in ${root_key}"; fi
 
 reuse_note=""
