@@ -58,7 +58,7 @@ unset "${!ETCDCTL_@}" KUBECONFIG
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${REPO_ROOT}"
-log() { echo "[local-up] $*" >&2; }
+log() { echo "[local-up] $(date -u +%T) $*" >&2; }
 die() { echo "[local-up] error: $*" >&2; exit 1; }
 
 node_mode=false
@@ -467,6 +467,15 @@ if ${node_mode}; then
   rollout kubekms-server
   server_port="$(kubectl get service kubekms-server -n "${KEY_NS}" -o jsonpath='{.spec.ports[0].port}')"
   server_url="https://${cluster_ip}:${server_port}"
+  # The Service answers from the host (kube-proxy has its endpoints) before the AWS CLI,
+  # whose connections would otherwise wait out its 60 s connect timeout.
+  for ((i = 0; ; i++)); do
+    if curl -s -o /dev/null --connect-timeout 2 --max-time 5 --cacert "${state}/pki/ca.crt" "${server_url}/"; then
+      break
+    fi
+    ((i < WAIT_TIMEOUT / 2)) || die "kubekms-server's Service ${server_url} does not answer from this host after ${WAIT_TIMEOUT}s (kube-proxy: ${state}/logs/kube-proxy.log)"
+    sleep 1
+  done
   server_health="(pods) kubectl get pods -n ${KEY_NS} -l app.kubernetes.io/name=kubekms-server"
   server_log="(pods) kubectl logs -n ${KEY_NS} deployment/kubekms-server"
   operator_log="(pods) kubectl logs -n ${KEY_NS} deployment/kubekms-operator"

@@ -41,6 +41,7 @@ fn phase(started: Instant, what: &str) {
 /// then the folder is removed unless the test failed.
 struct LocalState {
     base: PathBuf,
+    keep: bool,
 }
 
 impl LocalState {
@@ -228,10 +229,18 @@ fn command_stdout(program: &str, args: &[&str]) -> Result<String> {
 #[test]
 #[ignore = "needs root and starts a node (about 1 min): cargo test -p kubekms-e2e --test local_up_node -- --include-ignored"]
 fn local_up_node_runs_kubekms_as_pods_and_down_leaves_nothing() -> Result<()> {
-    let t0 = Instant::now();
-    let local = LocalState {
+    let mut local = LocalState {
         base: std::env::temp_dir().join(unique_name("kubekms-e2e-local-up-node")),
+        keep: false,
     };
+    let result = check_local_up_node(&local);
+    // The state folder (logs of every process) stays for a post-mortem.
+    local.keep = result.is_err();
+    result
+}
+
+fn check_local_up_node(local: &LocalState) -> Result<()> {
+    let t0 = Instant::now();
     std::fs::create_dir_all(&local.base)?;
     // The hand-over reads the plugin's root key as its owner (uid 65532), through this folder.
     std::fs::set_permissions(
