@@ -46,6 +46,13 @@
 #   --node                also start a node (hack/node.sh, docs/node.md): containerd,
 #                         kubelet, kube-proxy, a CNI bridge, kube-controller-manager and
 #                         kube-scheduler; `up` returns once the node is Ready. Needs root.
+#   --static-pods DIR     (with --node) put DIR/*.yaml into the kubelet's staticPodPath
+#                         and start containerd and the kubelet before kube-apiserver, as
+#                         kubeadm does: a KMS plugin running as a static pod must serve
+#                         before kube-apiserver can become ready (with --kms-socket, `up`
+#                         waits for that socket first). DIR/NAME.client (a certificate
+#                         subject) gets DIR/NAME.kubeconfig, a client certificate of the
+#                         CA (hack/node.sh node_static_pods). Used by hack/local-up.sh --node
 #   --images DIR          (with --node) import every DIR/NAME.oci.tar as
 #                         kubekms.local/NAME:dev; DIR must hold pause.oci.tar (default
 #                         <repo>/target/images, written by hack/images.sh)
@@ -400,6 +407,10 @@ do_up() {
     KUBECONFIG="${STATE}/kubeconfig" KUBEKMS_ETCD_ENDPOINT="${etcd_url}" \
       start_proc kms-plugin bash -c "${PLUGIN_CMD}"
   fi
+  if ${NODE} && [[ -n "${STATIC_PODS}" ]]; then
+    node_static_pods "${STATIC_PODS}"
+    node_start_runtime
+  fi
   local enc_args=() node_args=()
   if ${NODE}; then
     # kubectl logs/exec reach the kubelet at the node's InternalIP (its hostname resolves nowhere).
@@ -414,6 +425,9 @@ do_up() {
       --encryption-provider-config-automatic-reload=true)
     if [[ -n "${PLUGIN_CMD}" ]]; then
       wait_for kms-plugin "${TIMEOUT}" test -S "${KMS_SOCKET}"
+    elif ${NODE} && [[ -n "${STATIC_PODS}" ]]; then
+      log "waiting for a static pod to serve ${KMS_SOCKET}"
+      wait_for kubelet "${TIMEOUT}" test -S "${KMS_SOCKET}"
     elif [[ ! -S "${KMS_SOCKET}" ]]; then
       log "warning: ${KMS_SOCKET} is not a socket yet; kube-apiserver will not be ready until a KMS v2 plugin serves it"
     fi
@@ -463,7 +477,7 @@ KMS_SOCKET_FROM_ENV=false
 [[ -z "${KMS_SOCKET}" ]] || KMS_SOCKET_FROM_ENV=true
 PLUGIN_CMD="${KUBEKMS_PLUGIN_CMD:-}"
 ETCD_PORT="" ETCD_PEER_PORT="" APISERVER_PORT="" WATCH_PID="" TOOLS_BIN="" ETCD_SNAPSHOT=""
-NODE=false NODE_IMAGES="${REPO_ROOT}/target/images"
+NODE=false NODE_IMAGES="${REPO_ROOT}/target/images" STATIC_PODS=""
 declare -a IMPORT_FILES=()
 TIMEOUT="${KUBEKMS_CONTROL_PLANE_TIMEOUT:-90}"
 PROC_NAME=""
@@ -487,6 +501,7 @@ while (($#)); do
     --etcd-snapshot) ETCD_SNAPSHOT="${2:?}"; shift 2 ;;
     --node) NODE=true; shift ;;
     --images) NODE_IMAGES="${2:?--images needs a folder}"; shift 2 ;;
+    --static-pods) STATIC_PODS="${2:?--static-pods needs a folder}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --)
       [[ "${cmd}" == start-process ]] || die "'--' is for start-process only (see --help)"
@@ -503,6 +518,8 @@ while (($#)); do
   esac
 done
 if [[ "${NODE_IMAGES}" != /* ]]; then NODE_IMAGES="$(pwd)/${NODE_IMAGES}"; fi
+if [[ -n "${STATIC_PODS}" && "${STATIC_PODS}" != /* ]]; then STATIC_PODS="$(pwd)/${STATIC_PODS}"; fi
+if [[ -n "${STATIC_PODS}" ]] && ! ${NODE}; then die "--static-pods needs --node"; fi
 if [[ -n "${KMS_SOCKET}" && "${KMS_SOCKET}" != /* ]]; then
   KMS_SOCKET="$(pwd)/${KMS_SOCKET}"
 fi

@@ -317,13 +317,65 @@ node_apiserver_address() {
   APISERVER_EXTRA_SAN=",IP:${NODE_IP}"
 }
 
-node_up() {
+# node_static_pods DIR : DIR/*.yaml into the kubelet's staticPodPath. A static pod cannot
+# use a ServiceAccount token: for each DIR/NAME.client (one line, a certificate subject such
+# as /CN=system:serviceaccount:NS:SA, which RBAC's ServiceAccount subjects match), write
+# DIR/NAME.kubeconfig first, with a client certificate of that subject signed by the CA and
+# kube-apiserver at https://127.0.0.1:<port> (static pods here use the host's network), owned
+# like NAME.client, mode 0400.
+node_static_pods() {
+  local dir="$1" f name subject b64cert b64key ca
+  mkdir -p "${STATE}/manifests" "${STATE}/node/pki"
+  for f in "${dir}"/*.client; do
+    [[ -f "${f}" ]] || continue
+    name="$(basename "${f}" .client)"
+    subject="$(head -n 1 "${f}")"
+    node_client_cert "static-${name}" "${subject}"
+    b64cert="$(base64 -w0 <"${STATE}/node/pki/static-${name}.crt")"
+    b64key="$(base64 -w0 <"${STATE}/node/pki/static-${name}.key")"
+    ca="$(base64 -w0 <"${STATE}/pki/ca.crt")"
+    rm -f "${dir}/${name}.kubeconfig"
+    (
+      umask 077
+      cat >"${dir}/${name}.kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: kubekms-local
+  cluster:
+    server: https://127.0.0.1:${APISERVER_PORT}
+    certificate-authority-data: ${ca}
+users:
+- name: ${name}
+  user:
+    client-certificate-data: ${b64cert}
+    client-key-data: ${b64key}
+contexts:
+- name: kubekms-local
+  context: {cluster: kubekms-local, user: ${name}}
+current-context: kubekms-local
+YAML
+    )
+    chown --reference="${f}" "${dir}/${name}.kubeconfig"
+    chmod 0400 "${dir}/${name}.kubeconfig"
+  done
+  for f in "${dir}"/*.yaml; do
+    [[ -f "${f}" ]] || continue
+    cp "${f}" "${STATE}/manifests/$(basename "${f}")"
+    log "static pod ${f} -> ${STATE}/manifests/"
+  done
+}
+
+# node_start_runtime : containerd (images imported) and the kubelet. node_up runs it, or
+# control-plane.sh does before kube-apiserver (--static-pods): as on a kubeadm node, the
+# kubelet runs the static pods (a KMS plugin kube-apiserver's readiness waits for) while
+# the API server is not there yet, and registers the node once it is.
+NODE_RUNTIME_STARTED=false
+node_start_runtime() {
   node_check_prereqs
   NODE_IP="${NODE_IP:-${KUBEKMS_NODE_IP:-$(node_host_ip)}}"
   KUBELET_PORT="$(pick_port)" KUBELET_HEALTHZ_PORT="$(pick_port)"
   PROXY_HEALTHZ_PORT="$(pick_port)" PROXY_METRICS_PORT="$(pick_port)"
-  local kcm_port sched_port
-  kcm_port="$(pick_port)" sched_port="$(pick_port)"
   echo "${STATE}" >"${NODE_OWNER}"
   node_write_config
   {
@@ -333,14 +385,14 @@ node_up() {
     echo "KUBEKMS_CONTAINERD_SOCKET=${STATE}/containerd/containerd.sock"
   } >>"${STATE}/env"
 
-  local n="${STATE}/node" pki="${STATE}/pki"
+  local n="${STATE}/node"
   log "starting containerd (log: ${STATE}/logs/containerd.log)"
   start_proc containerd containerd --config "${n}/containerd.toml"
   wait_for containerd "${TIMEOUT}" node_ctr version
   local -a archives=("${NODE_IMAGES}"/*.oci.tar)
   node_import "${archives[@]}"
 
-  log "starting kubelet, kube-proxy, kube-controller-manager, kube-scheduler (logs in ${STATE}/logs)"
+  log "starting kubelet (log: ${STATE}/logs/kubelet.log, static pods: ${STATE}/manifests)"
   start_proc kubelet "${TOOLS_BIN}/kubelet" \
     --config "${n}/kubelet.yaml" \
     --kubeconfig "${n}/kubelet.kubeconfig" \
@@ -348,6 +400,14 @@ node_up() {
     --node-ip "${NODE_IP}" \
     --root-dir "${STATE}/kubelet" \
     --cert-dir "${n}/pki"
+  NODE_RUNTIME_STARTED=true
+}
+
+node_up() {
+  ${NODE_RUNTIME_STARTED} || node_start_runtime
+  local n="${STATE}/node" pki="${STATE}/pki" kcm_port sched_port
+  kcm_port="$(pick_port)" sched_port="$(pick_port)"
+  log "starting kube-proxy, kube-controller-manager, kube-scheduler (logs in ${STATE}/logs)"
   start_proc kube-proxy "${TOOLS_BIN}/kube-proxy" --config "${n}/kube-proxy.yaml"
   start_proc kube-controller-manager "${TOOLS_BIN}/kube-controller-manager" \
     --kubeconfig "${n}/kube-controller-manager.kubeconfig" \

@@ -11,9 +11,10 @@
 #   4. cargo test --workspace with KUBEKMS_E2E_STATE naming that control plane, then the
 #      Wycheproof vector counts of kms-core
 #   5. as root, the tests that are #[ignore]d in the workspace run: the node (containerd,
-#      kubelet, pods, the plugin as a static pod; e2e/tests/node.rs, ~4 min) and the
-#      partition drills between control-plane hosts in network namespaces
-#      (e2e/tests/multi_host.rs, ~8 min)
+#      kubelet, pods, the plugin as a static pod; e2e/tests/node.rs, ~4 min), the README's
+#      `hack/local-up.sh --node` (e2e/tests/local_up_node.rs, ~1 min) and the partition
+#      drills between control-plane hosts in network namespaces (e2e/tests/multi_host.rs,
+#      ~8 min)
 #   6. every fuzz target for a short bounded time on its committed seed corpus
 #      (hack/fuzz.sh --quick, under AddressSanitizer; docs/reliability.md)
 #
@@ -102,10 +103,12 @@ else
   if [[ "$(id -u)" == "0" ]]; then
     log "the node: containerd, kubelet, pods, the plugin as a static pod (e2e/tests/node.rs)"
     cargo test -p kubekms-e2e --test node -- --include-ignored
+    log "the README's first command, hack/local-up.sh --node, then down leaves nothing (e2e/tests/local_up_node.rs)"
+    cargo test -p kubekms-e2e --test local_up_node -- --include-ignored
     log "partitions between control-plane hosts in network namespaces (e2e/tests/multi_host.rs)"
     cargo test -p kubekms-e2e --test multi_host -- --include-ignored --test-threads 1
   else
-    log "skipped, they need root: the node and multi-host tests (cargo test -p kubekms-e2e --test node|multi_host -- --include-ignored)"
+    log "skipped, they need root: the node, local-up --node and multi-host tests (cargo test -p kubekms-e2e --test node|local_up_node|multi_host -- --include-ignored)"
   fi
   log "fuzz targets, each ${KUBEKMS_FUZZ_QUICK_SECONDS:-15}s on its seed corpus (hack/fuzz.sh --quick)"
   hack/fuzz.sh --quick
