@@ -1,5 +1,6 @@
-//! End-to-end test of the README's first command, `hack/local-up.sh`, run as a user runs
-//! it but isolated: `KUBEKMS_LOCAL_STATE` puts the plugin's keys and the control plane's
+//! End-to-end test of `hack/local-up.sh` without `--node` (the README's no-root way; the
+//! first command, `--node`, is e2e/tests/local_up_node.rs), run as a user runs it but
+//! isolated: `KUBEKMS_LOCAL_STATE` puts the plugin's keys and the control plane's
 //! state folder in a temporary folder (nothing in the clone's `.state`, no control plane
 //! of anyone else reused), the already built binaries and Go tools are passed in, and the
 //! launcher's watchdog watches this test process.
