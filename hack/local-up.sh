@@ -191,9 +191,6 @@ node_plugin_manifest() {
   chown "${KUBEKMS_UID}:${KUBEKMS_UID}" "${node_static_pods}/kubekms-plugin.client"
 }
 
-# as_image_user CMD... : CMD as the image's user (the owner of the plugin's state).
-as_image_user() { setpriv --reuid "${KUBEKMS_UID}" --regid "${KUBEKMS_UID}" --clear-groups "$@"; }
-
 # node_prepare : the plugin's state (kubekms-plugin init on first use) and socket folders,
 # owned by the image's user as deploy/static-pod/kubekms-plugin.yaml's header says, and
 # the static pod folder.
@@ -205,14 +202,25 @@ node_prepare() {
   fi
   chown -R "${KUBEKMS_UID}:${KUBEKMS_UID}" "${node_plugin_state}" "${node_plugin_run}"
   chmod 0700 "${node_plugin_state}" "${node_plugin_run}"
-  # The hand-over (kubekms-plugin export) reads the root key as its owner, the image's user.
-  as_image_user test -r "${node_plugin_state}/root.key" ||
-    die "uid ${KUBEKMS_UID} cannot read ${node_plugin_state}/root.key (a parent folder that others may not search?); pick KUBEKMS_LOCAL_STATE elsewhere"
-  as_image_user test -x "${plugin_bin}" ||
-    die "uid ${KUBEKMS_UID} cannot run ${plugin_bin} (a parent folder that others may not search?)"
   # A socket left by the last run would look served to control-plane.sh at once.
   rm -f "${node_plugin_run}/kms.sock"
   node_plugin_manifest
+}
+
+# node_handover : kubekms-plugin export of the static pod's state, run by root on a copy
+# that root owns, removed afterwards. The state belongs to the image's user and the store
+# refuses a root key its process does not own; running export as that user instead needs
+# every parent folder of the state and of the binary to be searchable by it, which a clone
+# under /root (mode 0700) is not.
+node_handover() {
+  local copy rc=0
+  copy="$(mktemp -d)"
+  cp -a "${node_plugin_state}/." "${copy}/"
+  chown -R 0:0 "${copy}"
+  "${plugin_bin}" export --namespace "${KEY_NS}" --name "${KEY_NAME}" --state-dir "${copy}" |
+    kubectl apply --server-side -f - >/dev/null || rc=$?
+  rm -rf "${copy}"
+  return "${rc}"
 }
 
 # ---------------------------------------------------------------- the control plane
@@ -336,10 +344,12 @@ if ${handover}; then
     log "KmsKey ${KEY_NS}/${KEY_NAME} exists already"
   else
     log "handing the bootstrap key over: kubekms-plugin export --namespace ${KEY_NS} --name ${KEY_NAME} | kubectl apply --server-side -f -"
-    export_as=()
-    if ${node_mode}; then export_as=(as_image_user); fi
-    "${export_as[@]}" "${plugin_bin}" export --namespace "${KEY_NS}" --name "${KEY_NAME}" --state-dir "${plugin_state}" |
-      kubectl apply --server-side -f - >/dev/null
+    if ${node_mode}; then
+      node_handover
+    else
+      "${plugin_bin}" export --namespace "${KEY_NS}" --name "${KEY_NAME}" --state-dir "${plugin_state}" |
+        kubectl apply --server-side -f - >/dev/null
+    fi
   fi
   root_key="${plugin_state}/root.key"
   root_key_args=(--root-key "${root_key}")
@@ -647,9 +657,10 @@ if ${custom_state} || [[ "$(readlink -f "${REPO_ROOT}/.state/control-plane" 2>/d
 fi
 
 if ${handover}; then
-  rotate_note="Rotate the key kube-apiserver encrypts with, on demand (the operator adds a version, the
-plugin follows within a second, kube-apiserver writes under the new key_id within a minute,
-then the operator re-encrypts every Secret under it; see docs/operator.md):
+  rotate_note="Rotate the key kube-apiserver encrypts with, on demand (the operator stages a version, the
+plugin loads it within a second, the operator makes it current once every plugin holds it,
+kube-apiserver writes under the new key_id within a minute, then the operator re-encrypts
+every Secret under it; see docs/operator.md):
 
   kubectl patch kmskey ${KEY_NAME} -n ${KEY_NS} --type=merge -p '{\"spec\":{\"rotation\":{\"onDemandToken\":\"'\$(date +%s)'\"}}}'
   kubectl get kmskey ${KEY_NAME} -n ${KEY_NS} -o jsonpath='{.status.reencryption}'; echo   # WaitingForPlugins, Rewriting, Done
