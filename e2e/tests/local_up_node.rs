@@ -242,10 +242,11 @@ fn local_up_node_runs_kubekms_as_pods_and_down_leaves_nothing() -> Result<()> {
 fn check_local_up_node(local: &LocalState) -> Result<()> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&local.base)?;
-    // The hand-over reads the plugin's root key as its owner (uid 65532), through this folder.
+    // A folder others may not search, like a clone under /root: nothing of local-up may
+    // depend on the image's user (65532) reaching the host folders through it.
     std::fs::set_permissions(
         &local.base,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )?;
 
     let out = local_up_node(&local.base)?;
