@@ -24,6 +24,8 @@ NODE_NAME="kubekms-node"
 NODE_POD_CIDR="10.244.0.0/24"
 NODE_BRIDGE="kubekms0"
 NODE_OWNER="/run/kubekms-node.owner"
+# How long `up --node` waits for another node that is stopping to be gone.
+NODE_OWNER_WAIT=90
 NODE_CNI_BIN="${KUBEKMS_CNI_BIN:-/usr/lib/cni}"
 # Image references are kubekms.local/NAME:dev (hack/images.sh); the pause image is the
 # pod sandbox.
@@ -64,13 +66,37 @@ node_check_prereqs() {
   [[ -f "${NODE_IMAGES}/pause.oci.tar" ]] ||
     die "--node: ${NODE_IMAGES}/pause.oci.tar is missing (the pod sandbox image); build it with: hack/images.sh build --out ${NODE_IMAGES} pause busybox"
   if [[ -f "${NODE_OWNER}" ]]; then
-    local other
+    local other waited=0
     other="$(cat "${NODE_OWNER}")"
-    if [[ "${other}" != "${STATE}" && -d "${other}/pids" ]] &&
-      { node_alive_in "${other}" containerd || node_alive_in "${other}" kubelet; }; then
+    # A node on its way down (say, the one of the test process that just exited, whose
+    # watchdog runs `down`) is gone within about 20 s: wait for it rather than fail.
+    while [[ "${other}" != "${STATE}" ]] && node_running_in "${other}" &&
+      node_stopping "${other}" && ((waited < NODE_OWNER_WAIT)); do
+      ((waited > 0)) || log "the node of ${other} is stopping; waiting up to ${NODE_OWNER_WAIT}s for it"
+      sleep 1
+      waited=$((waited + 1))
+    done
+    if [[ "${other}" != "${STATE}" ]] && node_running_in "${other}"; then
       die "a node already runs on this host (state folder ${other}); stop it first: $0 down --state-dir ${other}"
     fi
   fi
+}
+
+# node_running_in DIR : containerd or the kubelet of the state folder DIR runs.
+node_running_in() {
+  [[ -d "$1/pids" ]] && { node_alive_in "$1" containerd || node_alive_in "$1" kubelet; }
+}
+
+# node_stopping DIR : the control plane of DIR is being stopped: its `down` runs, or its
+# watchdog's watched process has exited (the watchdog runs `down` within a second).
+node_stopping() {
+  local dir="$1" pid st watched
+  pgrep -f -- "control-plane.sh down --state-dir ${dir}( |$)" >/dev/null && return 0
+  node_alive_in "${dir}" watchdog || return 1
+  read -r pid st <"${dir}/pids/watchdog.pid" || return 1
+  # The watchdog's command line: bash -c SCRIPT watchdog WATCHED_PID CONTROL_PLANE STATE.
+  watched="$(tr '\0' '\n' <"/proc/${pid}/cmdline" 2>/dev/null | sed -n 5p)"
+  [[ "${watched}" =~ ^[0-9]+$ ]] && ! kill -0 "${watched}" 2>/dev/null
 }
 
 # node_alive_in DIR NAME : `alive NAME` for the state folder DIR.
